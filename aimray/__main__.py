@@ -1,0 +1,5 @@
+import sys
+
+from aimray.cli import main
+
+sys.exit(main())

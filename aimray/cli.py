@@ -1,0 +1,186 @@
+"""`python -m aimray`: list tasks and benchmarks, evaluate a backbone on tasks.
+
+python -m aimray tasks [--benchmark B] [--data-dir D]
+python -m aimray eval --benchmark offline-standard [--split test] [--limit N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from aimray.assets import AssetMissingError
+from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
+
+
+def _sizes(args: argparse.Namespace) -> SplitSizes:
+    return SplitSizes(args.train_size, args.dev_size, args.test_size)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="folder with the paper's data (AimMerging or O-LoRA layout)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--train-size", type=int, default=1000, help="train examples per task (default 1000)")
+    p.add_argument("--dev-size", type=int, default=200, help="dev examples per task (default 200)")
+    p.add_argument("--test-size", type=int, default=500, help="test examples per task (default 500)")
+
+
+def _task_names(args: argparse.Namespace) -> list[str]:
+    if getattr(args, "tasks", None):
+        return [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.benchmark:
+        return list(get_benchmark(args.benchmark).tasks)
+    return list(TASKS)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    """Print every task with split sizes and labels, then the benchmarks and their orders."""
+    if args.benchmark:
+        bench = get_benchmark(args.benchmark)
+        if bench.needs_data_dir and not args.data_dir:
+            raise ValueError(f"benchmark {bench.name!r} reads the paper's data: pass --data-dir")
+    names = _task_names(args)
+    data_dir = args.data_dir if args.data_dir else None
+    print(f"{'task':<16} {'train':>6} {'dev':>5} {'test':>5}  {'metric':<8} labels")
+    for name in names:
+        spec = get_task(name, data_dir)
+        data = spec.load(_sizes(args), args.seed)
+        labels = ", ".join(spec.labels) if spec.labels else "(free text)"
+        sizes = f"{len(data.train):>6} {len(data.dev):>5} {len(data.test):>5}"
+        print(f"{name:<16} {sizes}  {spec.metric:<8} {labels}")
+        if args.verbose:
+            print(f"{'':<16} source: {spec.source}")
+        for note in data.notes:
+            if args.verbose or "overlap" in note:  # dev/test overlap is always worth seeing
+                print(f"{'':<16} note: {note}")
+    print("\nbenchmarks (order: tasks)")
+    for bench in BENCHMARKS.values():
+        if args.benchmark and bench.name != args.benchmark:
+            continue
+        need = "  [needs --data-dir]" if bench.needs_data_dir else ""
+        print(f"{bench.name}: {bench.about}{need}")
+        for k, order in bench.orders.items():
+            print(f"  order {k}: {', '.join(order)}")
+    return 0
+
+
+def _write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the backbone with a fresh (identity) LoRA adapter: the zero-shot baseline of every task."""
+    import torch
+
+    from aimray.model import ModelConfig, evaluate, load_backbone
+    from aimray.provenance import provenance
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = _task_names(args)
+    specs = [get_task(n, args.data_dir) for n in names]  # fail on a bad name before loading the model
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    cfg = ModelConfig(name_or_path=args.model, max_prompt_tokens=args.max_prompt_tokens)
+    manifest = {
+        "command": "eval",
+        "argv": sys.argv,
+        "config": {**vars(args), "model": cfg.__dict__},
+        "provenance": provenance(),
+        "status": "running",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if out:
+        _write_json_atomic(out / "manifest.json", manifest)
+    rows = []
+    try:
+        t0 = time.time()
+        bb = load_backbone(cfg, seed=args.seed)
+        print(f"[eval] loaded {args.model} in {time.time() - t0:.1f} s; split={args.split} mode={args.mode}")
+        for spec in specs:
+            examples = spec.load(_sizes(args), args.seed).split(args.split)[: args.limit or None]
+            t1 = time.time()
+            mode = args.mode if spec.labels else "generate"
+            res = evaluate(bb, examples, spec.labels, mode=mode, batch_size=args.batch_size)
+            counts = Counter(ex.target for ex in examples)
+            row = {
+                "task": spec.name,
+                "split": args.split,
+                "metric": res.metric,
+                "value": res.value,
+                "n": res.n,
+                "chance": 1 / len(spec.labels) if spec.labels else None,
+                "majority": max(counts.values()) / len(examples) if spec.labels else None,
+                "seconds": time.time() - t1,
+            }
+            rows.append(row)
+            print(
+                f"[eval] {spec.name:<16} {res.metric} {100 * res.value:5.1f}  (chance {_pct(row['chance'])}, "
+                f"majority {_pct(row['majority'])}, n={res.n}, {row['seconds']:.0f} s)",
+                flush=True,
+            )
+    except BaseException:
+        if out:
+            _write_json_atomic(out / "manifest.json", {**manifest, "status": "failed"})
+        raise
+    if out:
+        _write_json_atomic(out / "results.json", rows)
+        done = {**manifest, "status": "success", "seconds": time.time() - t0}
+        _write_json_atomic(out / "manifest.json", done)
+        print(f"[eval] wrote {out}/results.json and manifest.json")
+    mean = sum(r["value"] for r in rows) / len(rows)
+    print(f"[eval] mean over {len(rows)} tasks: {100 * mean:.1f}")
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "  -  " if x is None else f"{100 * x:4.1f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aimray",
+        description="aimray: continual learning of language models by AimMerging. "
+        "Assets first: python -m aimray.assets fetch.",
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("tasks", help="list tasks (split sizes, labels) and benchmarks (orders)")
+    p.add_argument("--benchmark", help=f"only this benchmark's tasks; one of {', '.join(BENCHMARKS)}")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print sources and split notes")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("eval", help="evaluate the backbone (fresh adapter = zero-shot) on tasks")
+    p.add_argument("--benchmark", help="evaluate this benchmark's tasks (default: all offline tasks)")
+    p.add_argument("--tasks", help="comma-separated task names instead of a benchmark")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--limit", type=int, default=0, help="at most N examples per task (0 = all)")
+    p.add_argument("--mode", default="score", choices=["score", "generate"],
+                   help="score: most likely label word (default); generate: greedy exact match")  # fmt: skip
+    p.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a folder or an HF id")
+    p.add_argument("--max-prompt-tokens", type=int, default=192)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--out", help="write results.json and manifest.json here")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, AssetMissingError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

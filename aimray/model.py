@@ -1,0 +1,346 @@
+"""Backbone + LoRA, answer-only training loss, and evaluation by label-word scoring or generation.
+
+Causal LMs are fed left-padded batches, so every answer ends at the last position: the training loss and
+the scores need logits only at the last few positions (`logits_to_keep`), which skips most of the LM-head
+cost (49,152 x 576 for SmolLM2, about 40% of a forward pass per position).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from aimray import assets
+from aimray.tasks.spec import Example
+
+DEFAULT_BACKBONE = "smollm2"  # the embedded default: SmolLM2-135M-Instruct from the offline assets
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and adapter. LoRA defaults are the paper's (r 8, alpha 32, dropout 0.05, query/value)."""
+
+    name_or_path: str = DEFAULT_BACKBONE
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ()  # empty: q_proj/v_proj (decoder LMs) or q/v (T5), found in the model
+    max_prompt_tokens: int = 192  # the task text is truncated so the prompt fits
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"model.lora_r={self.lora_r} must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.max_prompt_tokens < 16:
+            raise ValueError(f"model.max_prompt_tokens={self.max_prompt_tokens} must be >= 16")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
+
+
+@dataclass
+class Backbone:
+    """A frozen pretrained LM with one trainable LoRA adapter, its tokenizer, and a token cache."""
+
+    model: PeftModel
+    tokenizer: object
+    config: ModelConfig
+    is_seq2seq: bool
+    _encoded: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """The trainable adapter tensors (the only thing the continual loop differences and merges)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def resolve_path(name_or_path: str) -> str:
+    """ "smollm2" -> the converted offline backbone; anything else is an HF id or a local folder."""
+    if name_or_path == DEFAULT_BACKBONE:
+        return str(assets.backbone_dir())
+    return name_or_path
+
+
+def _default_targets(model: torch.nn.Module) -> list[str]:
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    for pair in (["q_proj", "v_proj"], ["q", "v"], ["query", "value"]):
+        if set(pair) <= names:
+            return pair
+    raise ValueError("could not find query/value projections for LoRA; set model.lora_targets")
+
+
+def load_backbone(cfg: ModelConfig = ModelConfig(), seed: int = 0) -> Backbone:
+    """Load the LM (causal or seq2seq, from its config), freeze it, and add a fresh LoRA adapter."""
+    path = resolve_path(cfg.name_or_path)
+    try:
+        hf_config = AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"model.name_or_path={cfg.name_or_path!r}: not a model folder, and not an HF id that can be "
+            f"loaded here (no hub access?): {err}"
+        ) from err
+    is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
+    auto = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+    model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(seed)  # LoRA A is randomly initialised
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets) or _default_targets(model),
+    )
+    return Backbone(get_peft_model(model, lora), tokenizer, cfg, is_seq2seq)
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+def encode(bb: Backbone, ex: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one example, cached. Only `ex.text` is truncated to fit the budget.
+
+    Causal: the answer is " " + target followed by EOS, so scores are the probability of answering and
+    stopping. Seq2seq: the tokenizer's own target encoding (T5 appends EOS).
+    """
+    key = (ex.prefix, ex.text, ex.suffix, ex.target)
+    hit = bb._encoded.get(key)
+    if hit is not None:
+        return hit
+    tok = bb.tokenizer
+    head = tok(ex.prefix, add_special_tokens=True)["input_ids"] if ex.prefix else []
+    tail = tok(ex.suffix, add_special_tokens=False)["input_ids"] if ex.suffix else []
+    if not ex.prefix:  # raw prompts (paper layout): the text carries everything
+        head = [tok.bos_token_id] if getattr(tok, "add_bos_token", False) and tok.bos_token_id else []
+    body = tok(ex.text, add_special_tokens=False)["input_ids"]
+    budget = max(bb.config.max_prompt_tokens - len(head) - len(tail), 1)
+    prompt = head + body[:budget] + tail
+    answer = encode_answer(bb, ex.target)
+    bb._encoded[key] = (prompt, answer)
+    return prompt, answer
+
+
+def encode_answer(bb: Backbone, target: str) -> list[int]:
+    tok = bb.tokenizer
+    if bb.is_seq2seq:
+        return tok(text_target=target)["input_ids"]
+    return tok(" " + target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def _left_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def _right_pad(seqs: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+    """Position ids that skip left padding (RoPE is relative, but this keeps absolute positions exact)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0) + (start if isinstance(start, int) else start[:, None])
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def answer_loss(bb: Backbone, batch: Sequence[Example]) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a batch (prompt tokens carry no loss)."""
+    pairs = [encode(bb, ex) for ex in batch]
+    pad = bb.tokenizer.pad_token_id
+    dev = bb.device
+    if bb.is_seq2seq:
+        ids, mask = _right_pad([p for p, _ in pairs], pad)
+        labels, lmask = _right_pad([a for _, a in pairs], pad)
+        labels[lmask == 0] = -100
+        out = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev))
+        return out.loss
+    ids, mask = _left_pad([p + a for p, a in pairs], pad)
+    n_ans = max(len(a) for _, a in pairs)
+    labels = torch.full((len(pairs), n_ans), -100, dtype=torch.long)
+    for i, (_, a) in enumerate(pairs):
+        labels[i, n_ans - len(a) :] = torch.tensor(a)
+    # Logits at the last n_ans + 1 positions; position t predicts token t + 1, so drop the final one.
+    out = bb.model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=_positions(mask).to(dev),
+        logits_to_keep=n_ans + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.to(dev).reshape(-1), ignore_index=-100)
+
+
+# -------------------------------------------------------------------------------------------- evaluation
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers renamed past_key_values to cache; pass whichever this version takes."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str]) -> torch.Tensor:
+    """Log-likelihood of each option as the answer, shape (batch, options).
+
+    Causal: one pass over the prompts (keeping their KV cache and only the last position's logits), then
+    one pass over every option token continuing each cached prompt, batch x options rows of a few tokens.
+    Seq2seq: the encoder runs once per prompt; the decoder scores every option.
+    """
+    pad = bb.tokenizer.pad_token_id
+    dev = bb.device
+    model = bb.model.get_base_model()
+    n, c = len(batch), len(options)
+    prompts = [encode(bb, ex)[0] for ex in batch]
+    opt_ids = [encode_answer(bb, o) for o in options]
+    oids, omask = _right_pad(opt_ids, pad)  # (c, T)
+    oids_rep, omask_rep = oids.repeat(n, 1).to(dev), omask.repeat(n, 1).to(dev)  # row i*c + j
+    if bb.is_seq2seq:
+        ids, mask = _right_pad(prompts, pad)
+        enc = model.get_encoder()(input_ids=ids.to(dev), attention_mask=mask.to(dev))
+        enc.last_hidden_state = enc.last_hidden_state.repeat_interleave(c, dim=0)
+        start = model.config.decoder_start_token_id
+        dec_in = torch.cat([torch.full((n * c, 1), start, device=dev), oids_rep[:, :-1]], dim=1)
+        out = model(
+            encoder_outputs=enc,
+            attention_mask=mask.to(dev).repeat_interleave(c, dim=0),
+            decoder_input_ids=dec_in,
+        )
+        logp = out.logits.float().log_softmax(-1)
+    else:
+        ids, mask = _left_pad(prompts, pad)
+        ids, mask = ids.to(dev), mask.to(dev)
+        kw = _cache_kwarg(model)
+        first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                      logits_to_keep=1)  # fmt: skip
+        cache = getattr(first, "cache", None) or first.past_key_values
+        cache.batch_repeat_interleave(c)
+        lengths = mask.sum(-1).repeat_interleave(c)
+        rest = model(
+            input_ids=oids_rep,
+            attention_mask=torch.cat([mask.repeat_interleave(c, dim=0), omask_rep], dim=1),
+            position_ids=_positions(omask_rep, lengths),
+            use_cache=False,
+            **{kw: cache},
+        )
+        # Row r, position t: the distribution of option token t (position 0 comes from the prompt pass).
+        logits = torch.cat([first.logits.repeat_interleave(c, dim=0), rest.logits[:, :-1]], dim=1)
+        logp = logits.float().log_softmax(-1)
+    tok_logp = logp.gather(-1, oids_rep.unsqueeze(-1)).squeeze(-1) * omask_rep
+    return tok_logp.sum(-1).view(n, c).cpu()
+
+
+@torch.no_grad()
+def generate_answers(bb: Backbone, batch: Sequence[Example], max_new_tokens: int = 16) -> list[str]:
+    """Greedy generation of the answer text (exact-match evaluation and generation tasks)."""
+    pad = bb.tokenizer.pad_token_id
+    dev = bb.device
+    prompts = [encode(bb, ex)[0] for ex in batch]
+    if bb.is_seq2seq:
+        ids, mask = _right_pad(prompts, pad)
+    else:
+        ids, mask = _left_pad(prompts, pad)
+    out = bb.model.generate(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+    )
+    new = out if bb.is_seq2seq else out[:, ids.size(1) :]
+    return [t.strip() for t in bb.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over lower-cased whitespace tokens (longest common subsequence)."""
+    p, r = prediction.lower().split(), reference.lower().split()
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for a in p:
+        cur = [0]
+        for j, b in enumerate(r):
+            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    metric: str  # accuracy or rouge_l
+    value: float  # in [0, 1]
+    n: int
+    predictions: list[str]
+
+
+def evaluate(
+    bb: Backbone,
+    examples: Sequence[Example],
+    options: Sequence[str] = (),
+    mode: str = "score",
+    batch_size: int = 16,
+) -> EvalResult:
+    """Score a list of examples of one task.
+
+    mode "score": the option with the highest likelihood (needs options); "generate": greedy generation,
+    lower-cased exact match, or ROUGE-L when the task has no options. Examples are length-sorted into
+    batches so that padding is small; predictions come back in the input order.
+    """
+    if mode not in ("score", "generate"):
+        raise ValueError(f"eval mode {mode!r} must be score or generate")
+    if mode == "score" and not options:
+        raise ValueError("label scoring needs the task's options; use mode='generate' for generation tasks")
+    was_training = bb.model.training
+    bb.model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(encode(bb, examples[i])[0]))
+    preds: list[str] = [""] * len(examples)
+    max_new = max((len(encode_answer(bb, o)) for o in options), default=32) + 2
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = [examples[i] for i in idx]
+        if mode == "score":
+            best = score_options(bb, batch, options).argmax(-1).tolist()
+            answers = [options[b] for b in best]
+        else:
+            answers = generate_answers(bb, batch, max_new)
+        for i, a in zip(idx, answers, strict=True):
+            preds[i] = a
+    bb.model.train(was_training)
+    if options:
+        hits = [p.strip().lower() == ex.target.strip().lower() for p, ex in zip(preds, examples, strict=True)]
+        value, metric = sum(hits) / max(len(hits), 1), "accuracy"
+    else:
+        scores = [rouge_l(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
+        value, metric = sum(scores) / max(len(scores), 1), "rouge_l"
+    assert not math.isnan(value)
+    return EvalResult(metric, value, len(examples), preds)

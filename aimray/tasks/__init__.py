@@ -1,0 +1,100 @@
+"""Tasks, benchmarks and task orders.
+
+from aimray.tasks import get_task, benchmark_tasks
+data = get_task("trec").load(SplitSizes(), seed=0)
+"""
+
+from aimray.tasks.offline import OFFLINE_TASKS
+from aimray.tasks.registry import (
+    BENCHMARKS,
+    TASKS,
+    Benchmark,
+    benchmark_tasks,
+    get_benchmark,
+    get_task,
+    register_benchmark,
+    register_task,
+)
+from aimray.tasks.spec import Example, SplitSizes, TaskData, TaskSpec
+
+for _spec in OFFLINE_TASKS:
+    register_task(_spec)
+
+# Offline analogue of the paper's Standard CL benchmark: same four roles, same three orders
+# (dbpedia=wordnet, amazon=amazon, yahoo=trec, agnews=bbc).
+register_benchmark(
+    Benchmark(
+        "offline-standard",
+        {
+            1: ("wordnet", "amazon", "trec", "bbc"),
+            2: ("wordnet", "amazon", "bbc", "trec"),
+            3: ("trec", "amazon", "bbc", "wordnet"),
+        },
+        needs_data_dir=False,
+        about="offline analogue of Standard CL: dbpedia=wordnet, amazon=amazon, yahoo=trec, agnews=bbc",
+    )
+)
+register_benchmark(
+    Benchmark(
+        "offline-six",
+        {1: ("wordnet", "amazon", "trec", "bbc", "sms_spam", "tweet_sentiment")},
+        needs_data_dir=False,
+        about="all six offline tasks in one sequence",
+    )
+)
+# The paper's benchmarks, exactly as in ALGORITHM.md; they need the data in the paper's layout (--data-dir).
+register_benchmark(
+    Benchmark(
+        "standard",
+        {
+            1: ("dbpedia", "amazon", "yahoo", "agnews"),
+            2: ("dbpedia", "amazon", "agnews", "yahoo"),
+            3: ("yahoo", "amazon", "agnews", "dbpedia"),
+        },
+        needs_data_dir=True,
+        about="Standard CL benchmark (4 tasks), orders 1-3",
+    )
+)
+register_benchmark(
+    Benchmark(
+        "long",
+        {
+            4: ("mnli", "cb", "wic", "copa", "qqp", "boolqa", "rte", "imdb", "yelp", "amazon", "sst-2",
+                "dbpedia", "agnews", "multirc", "yahoo"),
+            5: ("multirc", "boolqa", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2",
+                "dbpedia", "agnews", "yelp", "amazon", "yahoo"),
+            6: ("yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2", "dbpedia",
+                "agnews", "yahoo", "multirc", "boolqa", "wic"),
+        },
+        needs_data_dir=True,
+        about="Long sequence benchmark (15 tasks), orders 4-6",
+    )
+)  # fmt: skip
+register_benchmark(
+    Benchmark(
+        "superni",
+        {
+            7: ("task1572", "task363", "task1290", "task181", "task002", "task1510", "task639",
+                "task1729", "task073", "task1590", "task748", "task511", "task591", "task1687", "task875"),
+            8: ("task748", "task073", "task1590", "task639", "task1572", "task1687", "task591",
+                "task363", "task1510", "task1729", "task181", "task511", "task002", "task1290", "task875"),
+        },
+        needs_data_dir=True,
+        about="SuperNI benchmark (15 generation tasks, ROUGE-L), orders 7-8",
+    )
+)  # fmt: skip
+
+__all__ = [
+    "BENCHMARKS",
+    "TASKS",
+    "Benchmark",
+    "Example",
+    "SplitSizes",
+    "TaskData",
+    "TaskSpec",
+    "benchmark_tasks",
+    "get_benchmark",
+    "get_task",
+    "register_benchmark",
+    "register_task",
+]

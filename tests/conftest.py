@@ -1,0 +1,71 @@
+"""Shared fixtures. The tiny random-init models here exist for unit tests only (never a default): they use
+the real SmolLM2 tokenizer from the offline assets, so `make test` fetches the assets first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aimray import assets
+
+
+def real_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(assets.backbone_dir())
+
+
+def _save_tiny(folder: Path, config) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    auto.from_config(config).save_pretrained(folder)
+    real_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide Llama with random weights (unit tests only)."""
+    from transformers import LlamaConfig
+
+    tok = real_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-llama"), config)
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory) -> str:
+    """A 2-layer, 32-wide T5 with random weights (unit tests only)."""
+    from transformers import T5Config
+
+    tok = real_tokenizer()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    config = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=pad,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=pad,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny-t5"), config)

@@ -1,0 +1,39 @@
+"""The `python -m aimray` command line (no model)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aimray", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_tasks_lists_tasks_sizes_labels_and_orders() -> None:
+    proc = run("tasks")
+    assert proc.returncode == 0, proc.stderr
+    for name in ["wordnet", "amazon", "trec", "bbc", "sms_spam", "tweet_sentiment"]:
+        assert f"\n{name} " in proc.stdout
+    assert "trec               1000   200   500  accuracy abbreviation, description" in proc.stdout
+    assert "order 3: trec, amazon, bbc, wordnet" in proc.stdout
+    assert "order 7: task1572, task363" in proc.stdout and "[needs --data-dir]" in proc.stdout
+
+
+def test_bad_names_fail_with_the_valid_ones() -> None:
+    proc = run("tasks", "--benchmark", "nope")
+    assert proc.returncode == 2 and "valid: offline-standard" in proc.stderr
+    proc = run("eval", "--tasks", "trec,bogus")
+    assert proc.returncode == 2 and "unknown task 'bogus'" in proc.stderr
+
+
+def test_paper_benchmark_without_data_dir_says_so() -> None:
+    proc = run("tasks", "--benchmark", "standard")
+    assert proc.returncode == 2 and "--data-dir" in proc.stderr
+
+
+def test_help_explains() -> None:
+    proc = run("eval", "--help")
+    assert proc.returncode == 0 and "--limit" in proc.stdout and "label word" in proc.stdout

@@ -1,0 +1,140 @@
+"""Backbone, answer-only loss and label scoring on tiny random-init models (unit tests only)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aimray.model import ModelConfig, answer_loss, encode, encode_answer, evaluate, load_backbone, rouge_l
+from aimray.tasks.spec import Example, TaskSpec
+
+OPTIONS = ("negative", "neutral", "positive", "mixed feelings")
+SPEC = TaskSpec("toy", "What is the sentiment? Choose one from the option.", OPTIONS, load=lambda s, k: None)
+TEXTS = [
+    "I loved it",
+    "terrible service, never again, the worst evening of the year",
+    "ok",
+    "it was fine I guess but the food was cold and the waiter forgot us twice",
+    "best pizza in town",
+]
+EXAMPLES = [SPEC.example(t, OPTIONS[i % len(OPTIONS)]) for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture(params=["tiny_causal", "tiny_seq2seq"])
+def backbone(request):
+    bb = load_backbone(ModelConfig(name_or_path=request.getfixturevalue(request.param), lora_dropout=0.0))
+    # Nonzero LoRA B so the adapter actually changes the outputs under test.
+    with torch.no_grad():
+        for name, p in bb.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    bb.model.eval()
+    return bb
+
+
+def naive_logprob(bb, ex: Example, answer: list[int]) -> float:
+    """log p(answer | prompt) from one full unpadded forward pass."""
+    prompt, _ = encode(bb, ex)
+    if bb.is_seq2seq:
+        out = bb.model(input_ids=torch.tensor([prompt]), labels=torch.tensor([answer]))
+        return -out.loss.item() * len(answer)
+    ids = torch.tensor([prompt + answer])
+    logp = bb.model(input_ids=ids).logits[0].log_softmax(-1)
+    return sum(logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(answer))
+
+
+def test_lora_is_the_only_trainable_part(backbone) -> None:
+    trainable = backbone.lora_state()
+    assert trainable and all("lora_" in n for n in trainable)
+    targets = {"q_proj", "v_proj"} if not backbone.is_seq2seq else {"q", "v"}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == targets
+
+
+def test_answer_loss_is_mean_nll_of_answer_tokens(backbone) -> None:
+    with torch.no_grad():
+        loss = answer_loss(backbone, EXAMPLES).item()
+    total = sum(-naive_logprob(backbone, ex, encode(backbone, ex)[1]) for ex in EXAMPLES)
+    count = sum(len(encode(backbone, ex)[1]) for ex in EXAMPLES)
+    assert loss == pytest.approx(total / count, rel=1e-4)
+
+
+def test_answer_loss_has_gradient_only_on_lora(backbone) -> None:
+    backbone.model.train()
+    answer_loss(backbone, EXAMPLES[:2]).backward()
+    grads = {n: p.grad for n, p in backbone.model.named_parameters() if p.grad is not None}
+    assert grads and all("lora_" in n for n in grads)
+
+
+def test_label_scores_equal_full_sequence_likelihood(backbone) -> None:
+    from aimray.model import score_options
+
+    scores = score_options(backbone, EXAMPLES, OPTIONS)
+    assert scores.shape == (len(EXAMPLES), len(OPTIONS))
+    for i, ex in enumerate(EXAMPLES):
+        for j, opt in enumerate(OPTIONS):
+            expected = naive_logprob(backbone, ex, encode_answer(backbone, opt))
+            assert scores[i, j].item() == pytest.approx(expected, abs=2e-4)
+
+
+def test_evaluate_returns_predictions_in_input_order(backbone) -> None:
+    from aimray.model import score_options
+
+    res = evaluate(backbone, EXAMPLES, OPTIONS, batch_size=2)
+    one_by_one = [OPTIONS[score_options(backbone, [ex], OPTIONS).argmax().item()] for ex in EXAMPLES]
+    assert res.predictions == one_by_one
+    hits = sum(p == ex.target for p, ex in zip(one_by_one, EXAMPLES, strict=True))
+    assert res.metric == "accuracy" and res.n == len(EXAMPLES) and res.value == hits / len(EXAMPLES)
+
+
+def test_generation_mode_runs_and_scores_exact_match(backbone) -> None:
+    res = evaluate(backbone, EXAMPLES[:3], OPTIONS, mode="generate", batch_size=2)
+    assert len(res.predictions) == 3 and all(isinstance(p, str) for p in res.predictions)
+    expected = sum(p.lower() == ex.target for p, ex in zip(res.predictions, EXAMPLES, strict=False)) / 3
+    assert res.value == expected
+
+
+def test_prompt_truncation_cuts_only_the_text(tiny_causal) -> None:
+    bb = load_backbone(ModelConfig(name_or_path=tiny_causal, max_prompt_tokens=40))
+    long = SPEC.example("word " * 500, "positive")
+    prompt, answer = encode(bb, long)
+    assert len(prompt) == 40
+    text = bb.tokenizer.decode(prompt)
+    assert text.startswith("What is the sentiment?") and text.endswith("\nAnswer:")
+    assert bb.tokenizer.decode(answer) == " positive" + bb.tokenizer.eos_token
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"lora_r": 0}, "lora_r"), ({"lora_dropout": 1.0}, "lora_dropout"), ({"dtype": "fp8"}, "dtype")],
+)
+def test_model_config_errors_name_the_field(kwargs, field) -> None:
+    with pytest.raises(ValueError, match=field):
+        ModelConfig(**kwargs)
+
+
+def test_missing_model_names_the_field(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="model.name_or_path"):
+        load_backbone(ModelConfig(name_or_path=str(tmp_path / "nope")))
+
+
+def test_evaluate_rejects_bad_mode_and_missing_options(tiny_causal) -> None:
+    bb = load_backbone(ModelConfig(name_or_path=tiny_causal))
+    with pytest.raises(ValueError, match="mode"):
+        evaluate(bb, EXAMPLES, OPTIONS, mode="vote")
+    with pytest.raises(ValueError, match="options"):
+        evaluate(bb, EXAMPLES, (), mode="score")
+
+
+@pytest.mark.parametrize(
+    ("pred", "ref", "value"),
+    [
+        ("the cat sat", "the cat sat", 1.0),
+        ("", "", 1.0),
+        ("", "cat", 0.0),
+        ("dog", "cat", 0.0),
+        ("the cat", "the cat sat down", 2 * (1.0 * 0.5) / 1.5),  # lcs 2: precision 1, recall 1/2
+        ("The Cat", "the cat", 1.0),
+    ],
+)
+def test_rouge_l(pred, ref, value) -> None:
+    assert rouge_l(pred, ref) == pytest.approx(value)

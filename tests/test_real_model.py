@@ -1,0 +1,67 @@
+"""End to end on the real SmolLM2-135M-Instruct from the offline assets, with a few real examples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from aimray.model import ModelConfig, answer_loss, evaluate, load_backbone
+from aimray.tasks import TASKS, SplitSizes
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_backbone(ModelConfig())
+
+
+def test_real_backbone_and_lora_shape(smollm2) -> None:
+    model = smollm2.model.get_base_model()
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert sum(p.numel() for p in smollm2.lora_state().values()) == 460_800  # r 8 on q_proj, v_proj
+
+
+def test_training_on_answers_lowers_the_loss_and_scoring_works(smollm2) -> None:
+    torch.manual_seed(0)
+    data = TASKS["amazon"].load(SplitSizes(40, 8, 8), 0)
+    batch = data.train[:8]
+    opt = torch.optim.AdamW(smollm2.lora_state().values(), lr=3e-3)
+    smollm2.model.train()
+    losses = []
+    for _ in range(4):
+        loss = answer_loss(smollm2, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    res = evaluate(smollm2, data.test, TASKS["amazon"].labels, batch_size=4)
+    assert res.n == 8 and set(res.predictions) <= {"negative", "positive"}
+
+
+def test_cli_eval_writes_results_and_manifest(tmp_path) -> None:
+    out = tmp_path / "zs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "aimray",
+        "eval",
+        "--tasks",
+        "trec,sms_spam",
+        "--limit",
+        "6",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["task"] for r in rows] == ["trec", "sms_spam"] and all(r["n"] == 6 for r in rows)
+    assert all(0 <= r["value"] <= 1 for r in rows) and rows[0]["chance"] == pytest.approx(1 / 6)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "success" and manifest["provenance"]["versions"]["torch"]
