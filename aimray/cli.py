@@ -141,6 +141,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """One continual-learning run; prints progress, then the accuracy matrix and the CL metrics."""
+    from aimray.config import make_config, parse_overrides
+    from aimray.loop import run
+
+    cfg = make_config(
+        args.preset,
+        parse_overrides(args.overrides),
+        method=args.method,
+        benchmark=args.benchmark,
+        order=args.order,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
+    t0 = time.time()
+    result = run(cfg, args.out)
+    print(format_result(result))
+    print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
+    return 0
+
+
+def format_result(result) -> str:
+    """The test accuracy matrix (rows: after each task; row 0 the base model) and the metrics."""
+    names = result.tasks
+    width = max(8, *(len(n) for n in names))
+    lines = ["accuracy matrix (test, %): rows = after training task j, columns = task i"]
+    lines.append(" " * (width + 2) + " ".join(f"{n:>{width}}" for n in names))
+    rows = ([("base", result.base_test)] if result.base_test is not None else []) + [
+        (names[j] if result.test.shape[0] == len(names) else f"stage {j + 1}", result.test[j])
+        for j in range(result.test.shape[0])
+    ]
+    for label, row in rows:
+        cells = " ".join(f"{'-':>{width}}" if v != v else f"{100 * v:>{width}.1f}" for v in row)
+        lines.append(f"{label:<{width}}  {cells}")
+    shown = ", ".join(f"{k.upper()} {100 * v:.2f}" for k, v in result.metrics.items() if v == v)
+    lines.append(f"metrics (points): {shown}")
+    merges = ", ".join(f"{k} {v}" for k, v in sorted(result.merges.items())) or "none"
+    lines.append(f"merges by trigger: {merges}")
+    return "\n".join(lines)
+
+
 def _pct(x: float | None) -> str:
     return "  -  " if x is None else f"{100 * x:4.1f}"
 
@@ -173,7 +214,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write results.json and manifest.json here")
     _add_data_args(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "run",
+        help="one continual-learning run (in this process)",
+        description="Train one LoRA adapter through a benchmark's task order with a CL method; evaluate every "
+        "task after every task; write events (Parquet), manifest.json, matrix.json and checkpoints to --out. "
+        "Rerunning with the same --out and config resumes from the last checkpoint.",
+        epilog="overrides: dotted config keys, e.g. train.lr=1e-3 controller.threshold_factor=2.5 data.train=64. "
+        f"Presets: {', '.join(_presets())}.",
+    )
+    p.add_argument("--method", default="aimmerging", help="aimmerging (default), a baseline or an ablation")
+    p.add_argument("--benchmark", default="offline-standard")
+    p.add_argument("--order", type=int, default=1)
+    p.add_argument("--preset", help="smoke (about 2 min here), demo, or paper (the paper's sizes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")
+    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_run)
     return parser
+
+
+def _presets() -> list[str]:
+    from aimray.config import preset_names
+
+    return preset_names()
 
 
 def main(argv: list[str] | None = None) -> int:

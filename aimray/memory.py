@@ -22,9 +22,7 @@ def is_number(value: object, kind: type | tuple[type, ...] = (int, float)) -> bo
 def check_config(fraction: float | None, per_task: int | None, seed: int) -> None:
     """Raise ValueError naming the field unless exactly one of fraction, per_task is set and all are valid."""
     if (fraction is None) == (per_task is None):
-        raise ValueError(
-            f"set exactly one of fraction and per_task (got fraction={fraction!r}, per_task={per_task!r})"
-        )
+        raise ValueError(f"set exactly one of fraction and per_task (got fraction={fraction!r}, per_task={per_task!r})")
     if fraction is not None and not (is_number(fraction) and 0 < fraction <= 1):
         raise ValueError(f"fraction={fraction!r} must be a number in (0, 1]")
     if per_task is not None and not (is_number(per_task, int) and per_task >= 1):
@@ -50,9 +48,7 @@ def select_indices(targets: list[str], n: int, rng: random.Random) -> list[int]:
     if len(by_class) > MAX_CLASSES:
         return sorted(rng.sample(range(len(targets)), n))
     quota = max(1, n // len(by_class))
-    chosen = [
-        i for label in sorted(by_class) for i in rng.sample(by_class[label], min(quota, len(by_class[label])))
-    ]
+    chosen = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(quota, len(by_class[label])))]
     taken = set(chosen)
     rest = [i for i in range(len(targets)) if i not in taken]
     chosen += rng.sample(rest, min(max(0, n - len(chosen)), len(rest)))
@@ -144,9 +140,7 @@ class RehearsalMemory:
             task, train = entry["task"], train_sets[entry["task"]]
             if len(train) != entry["train_size"] or any(not 0 <= i < len(train) for i in entry["indices"]):
                 size = entry["train_size"]
-                raise ValueError(
-                    f"task {task!r}: training set has {len(train)} examples, memory built on {size}"
-                )
+                raise ValueError(f"task {task!r}: training set has {len(train)} examples, memory built on {size}")
             chosen = [train[i] for i in entry["indices"]]
             if digest(chosen) != entry["digest"]:
                 raise ValueError(f"task {task!r}: training set differs from the one the memory was built on")

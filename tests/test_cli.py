@@ -7,9 +7,7 @@ import sys
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "aimray", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "aimray", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_tasks_lists_tasks_sizes_labels_and_orders() -> None:

@@ -32,9 +32,7 @@ def olora_task_dir(root: Path, kind: str, task: str, labels: list[str], per_labe
     folder = root / kind / task
     write(folder / "labels.json", labels)
     for split, n in zip(("train", "dev", "test"), per_label, strict=True):
-        write(
-            folder / f"{split}.json", [{"label": y, "sentence": x} for x, y in texts(task, split, labels, n)]
-        )
+        write(folder / f"{split}.json", [{"label": y, "sentence": x} for x, y in texts(task, split, labels, n)])
     return folder
 
 
@@ -173,9 +171,7 @@ def test_dev_test_overlap_removed_and_refilled(aim_root: Path) -> None:
     data = json_task("cb", aim_root).load(SIZES, 0)
     assert len(data.dev) == SIZES.dev and len(data.test) == SIZES.test and len(data.train) == SIZES.train
     full_test = {content_hash(cls_input(x)) for x, _ in texts("cb", "test", ["a", "b", "c"], 5)}
-    assert (
-        not {content_hash(e.text) for e in data.dev + data.train} & full_test
-    )  # disjoint from the whole file
+    assert not {content_hash(e.text) for e in data.dev + data.train} & full_test  # disjoint from the whole file
     assert Counter(e.target for e in data.dev) == {"a": 3, "b": 3, "c": 3}
     assert data.notes[:3] == (
         "train/test overlap: 2 of 62 train texts are in test; dropped from train",

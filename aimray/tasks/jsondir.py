@@ -32,10 +32,8 @@ OLORA_INSTRUCTIONS = {
     "sc": "What is the sentiment of the following paragraph?" + CHOOSE,
     "tc": "What is the topic of the following paragraph?" + CHOOSE,
     "boolqa": "According to the following passage, is the question true or false?" + CHOOSE,
-    "multirc": "According to the following passage and question, is the candidate answer true or false?"
-    + CHOOSE,
-    "wic": "Given a word and two sentences, whether the word is used with the same sense in both sentence?"
-    + CHOOSE,
+    "multirc": "According to the following passage and question, is the candidate answer true or false?" + CHOOSE,
+    "wic": "Given a word and two sentences, whether the word is used with the same sense in both sentence?" + CHOOSE,
     "copa": "",
 }
 MAX_CLASSES = 50  # AimMerging layout: more distinct train outputs than this makes a generation task
@@ -65,9 +63,7 @@ def read_records(path: Path, text_key: str, target_key: str, id_key: str = "") -
             if key not in item:
                 raise ValueError(f"{path}: item {i} has no key {key!r} (keys: {sorted(item)})")
             if not isinstance(item[key], str):
-                raise ValueError(
-                    f"{path}: item {i} key {key!r} has type {type(item[key]).__name__}, expected a string"
-                )
+                raise ValueError(f"{path}: item {i} key {key!r} has type {type(item[key]).__name__}, expected a string")
         records.append((item[text_key], item[target_key], str(item.get(id_key, "")) if id_key else ""))
     return tuple(records)
 
@@ -159,9 +155,7 @@ def disjoint_splits(
     train_pool, dev_pool = without(train, in_test), without(dev, in_test)
     if len(train_pool) < len(train):
         dropped = len(train) - len(train_pool)
-        notes.append(
-            f"train/test overlap: {dropped} of {len(train)} train texts are in test; dropped from train"
-        )
+        notes.append(f"train/test overlap: {dropped} of {len(train)} train texts are in test; dropped from train")
     if len(dev_pool) < len(dev):
         fix = "dev rebuilt from train" if not dev_pool else "removed from dev"
         dropped = len(dev) - len(dev_pool)
@@ -172,9 +166,7 @@ def disjoint_splits(
     dev_out = subsample(dev_pool, sizes.dev, rng["dev"], balanced)
     pool = without(train_pool, hashes(dev_out))
     if len(pool) < len(train_pool):
-        notes.append(
-            f"train/dev overlap: {len(train_pool) - len(pool)} train texts are in dev; dropped from train"
-        )
+        notes.append(f"train/dev overlap: {len(train_pool) - len(pool)} train texts are in dev; dropped from train")
     short = sizes.dev - len(dev_out)
     if short > 0:
         room = max(len(pool) - sizes.train, math.floor(DEV_FROM_TRAIN * len(pool)))
@@ -199,9 +191,7 @@ def unknown_targets(data: dict[str, list[Example]], labels: tuple[str, ...]) -> 
     for split, examples in data.items():
         bad = Counter(e.target for e in examples if e.target not in labels)
         if bad:
-            notes.append(
-                f"{split}: {sum(bad.values())} examples have targets outside the labels: {dict(bad)}"
-            )
+            notes.append(f"{split}: {sum(bad.values())} examples have targets outside the labels: {dict(bad)}")
     return notes
 
 
@@ -227,9 +217,7 @@ def make_loader(
 
 def aimmerging_task(name: str, root: Path) -> TaskSpec:
     """A task in the AimMerging layout: the input is the whole prompt; labels = distinct train outputs."""
-    found = {
-        p: p.stem[:-3] if p.stem.lower().endswith("_t5") else p.stem for p in (root / "train").glob("*.json")
-    }
+    found = {p: p.stem[:-3] if p.stem.lower().endswith("_t5") else p.stem for p in (root / "train").glob("*.json")}
     train_path = pick(name, found, root, "AimMerging")
     files = {split: root / split / train_path.name for split in SPLITS}
     keys = ("input", "output", "id")
@@ -254,9 +242,7 @@ def olora_task(name: str, root: Path) -> TaskSpec:
     folder = pick(name, found, root, "O-LoRA")
     kind = folder.parent.name
     if kind.lower() not in OLORA_INSTRUCTIONS:
-        raise ValueError(
-            f"{folder}: unknown O-LoRA type folder {kind!r}; known: {', '.join(OLORA_INSTRUCTIONS)}"
-        )
+        raise ValueError(f"{folder}: unknown O-LoRA type folder {kind!r}; known: {', '.join(OLORA_INSTRUCTIONS)}")
     instruction = OLORA_INSTRUCTIONS[kind.lower()]
     labels = read_labels(folder / "labels.json")
 

@@ -1,0 +1,314 @@
+"""The run config: frozen dataclasses, presets (YAML), `key=value` overrides, validation.
+
+A run has one input, a RunConfig. Presets live in aimray/presets/<name>.yaml; overrides use dotted keys
+(`controller.threshold_factor=2.5`, `train.lr=1e-3`, `data.train=64`). An unknown key or a bad value
+fails with a message naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aimray.model import ModelConfig
+from aimray.tasks.spec import SplitSizes
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Inner optimisation per task (AdamW, linear decay after warm-up, grad clipping)."""
+
+    lr: float = 3e-4
+    batch_size: int = 32
+    epochs: float = 1.0  # passes over the task's training set (fractions allowed)
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    eval_batch_size: int = 32
+    threads: int = 0  # torch threads; 0 = leave as is
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
+        _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
+        _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0")
+        _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Rehearsal memory: a fraction or a count of each earlier task's training set, class-balanced."""
+
+    fraction: float | None = 0.02
+    per_task: int | None = None
+    batch_size: int = 32  # memory batch for the forgetting signal and the rehearsal burst
+
+    def __post_init__(self) -> None:
+        _check(
+            (self.fraction is None) != (self.per_task is None),
+            "memory.fraction/per_task",
+            (self.fraction, self.per_task),
+            "set exactly one (the other to null)",
+        )
+        if self.fraction is not None:
+            _check(0 < self.fraction <= 1, "memory.fraction", self.fraction, "must be in (0, 1]")
+        if self.per_task is not None:
+            _check(self.per_task >= 1, "memory.per_task", self.per_task, "must be >= 1")
+        _check(self.batch_size >= 1, "memory.batch_size", self.batch_size, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """The AimMerging merge controller; defaults are the released code's constants (ALGORITHM.md)."""
+
+    s0: int = 8  # initial merge interval S
+    m0: int = 8  # initial rehearsal-burst length M; M = int(S * m0 / s0)
+    s_min: int = 2
+    s_max: int = 128
+    halve_at: int = 64  # after a shrink, S >= halve_at is halved; when growing, the factor gets +0.5
+    threshold_factor: float = 2.0  # delta = factor x mean(memory losses of the first floor(2S/3) steps)
+    cold_start: int = 3  # S changes only once more than this many learning signals are stored
+    early_count: int = 3  # activations that fire a merge before S steps
+    forced_multiple: float = 2.0  # after forced_multiple x S steps every step counts as an activation
+    trend: str = "last"  # "last": compare with the previous Lambda; "window": with the mean of a window
+    trend_window: int = 3
+    new_task_important_s: int = 70  # cue "new task important" = S <= this
+    weights: str = "rule"  # "rule" (paper cues) or "fixed"
+    fixed_w_in: float = 0.5
+    fixed_w_out: float = 0.5
+    outer_lr: float | None = None  # None: the burst uses the inner optimizer (released code)
+    fs_mode: str = "train"  # forgetting-signal forward in "train" (dropout on, released code) or "eval" mode
+    # Fixed-interval baseline (Recurrent-KIF style) and importance-mask fusion
+    fixed_s: int = 8
+    fixed_m: int = 4
+    importance_beta: float = 0.85
+    importance_top: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check(self.s0 >= 1, "controller.s0", self.s0, "must be >= 1")
+        _check(self.fixed_s >= 1, "controller.fixed_s", self.fixed_s, "must be >= 1")
+        _check(self.fixed_m >= 0, "controller.fixed_m", self.fixed_m, "must be >= 0")
+        _check(self.m0 >= 0, "controller.m0", self.m0, "must be >= 0")
+        _check(
+            1 <= self.s_min <= self.s_max,
+            "controller.s_min/s_max",
+            (self.s_min, self.s_max),
+            "need 1 <= s_min <= s_max",
+        )
+        _check(self.threshold_factor > 0, "controller.threshold_factor", self.threshold_factor, "must be > 0")
+        _check(self.cold_start >= 0, "controller.cold_start", self.cold_start, "must be >= 0")
+        _check(self.early_count >= 1, "controller.early_count", self.early_count, "must be >= 1")
+        _check(self.forced_multiple >= 1, "controller.forced_multiple", self.forced_multiple, "must be >= 1")
+        _check(self.trend in ("last", "window"), "controller.trend", self.trend, "must be last or window")
+        _check(self.trend_window >= 1, "controller.trend_window", self.trend_window, "must be >= 1")
+        _check(self.weights in ("rule", "fixed"), "controller.weights", self.weights, "must be rule or fixed")
+        _check(self.fs_mode in ("train", "eval"), "controller.fs_mode", self.fs_mode, "must be train or eval")
+        if self.outer_lr is not None:
+            _check(self.outer_lr > 0, "controller.outer_lr", self.outer_lr, "must be > 0 or null")
+        _check(
+            0 < self.importance_beta < 1,
+            "controller.importance_beta",
+            self.importance_beta,
+            "must be in (0, 1)",
+        )
+        _check(
+            0 < self.importance_top <= 1,
+            "controller.importance_top",
+            self.importance_top,
+            "must be in (0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: str = "score"  # "score" (label-word likelihood) or "generate" (exact match / ROUGE-L)
+    splits: tuple[str, ...] = ("test", "dev")
+    base: bool = True  # evaluate the untrained adapter first (row 0: the base model, for FWT vs base)
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("score", "generate"), "eval.mode", self.mode, "must be score or generate")
+        bad = [s for s in self.splits if s not in ("train", "dev", "test")]
+        _check(
+            not bad and self.splits,
+            "eval.splits",
+            self.splits,
+            "must be a non-empty subset of train, dev, test",
+        )
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 0  # also checkpoint every N optimizer steps inside a task (0 = task ends only)
+    keep: str = "last"  # per task: keep the "last" state or the "best_dev" one (reads past-task dev data)
+    best_dev_every: int = 40  # best_dev: evaluate every N steps ...
+    best_dev_examples: int = 25  # ... on this many dev examples of each seen task
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
+        _check(self.keep in ("last", "best_dev"), "checkpoint.keep", self.keep, "must be last or best_dev")
+        _check(self.best_dev_every >= 1, "checkpoint.best_dev_every", self.best_dev_every, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    method: str = "aimmerging"
+    benchmark: str = "offline-standard"
+    order: int = 1
+    seed: int = 0
+    data_dir: str | None = None
+    data: SplitSizes = field(default_factory=SplitSizes)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        from aimray.methods import METHODS
+        from aimray.tasks import get_benchmark
+
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; valid: {', '.join(METHODS)}")
+        try:
+            get_benchmark(self.benchmark).order(self.order)
+        except KeyError as err:
+            raise ValueError(f"benchmark/order: {err.args[0]}") from err
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} {why}")
+
+
+# ------------------------------------------------------------------------------------------ construction
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Turn a YAML/CLI value into the field's type; raise naming the field."""
+    hint = typing.get_origin(annotation)
+    if hint in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        is_null = value is None or (isinstance(value, str) and value.lower() in ("null", "none"))
+        if is_null and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None):
+                try:
+                    return _coerce(value, arg, name)
+                except ValueError:
+                    continue
+        raise ValueError(f"{name}={value!r} is not a valid {annotation}")
+    if hint is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name}={value!r} must be a list")
+        return tuple(str(v) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{name}={value!r} must be true or false")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name}={value!r} must be an integer")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} must be an integer") from None
+        if not as_float.is_integer():
+            raise ValueError(f"{name}={value!r} must be an integer")
+        return int(as_float)
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} must be a number") from None
+    if annotation is str:
+        if isinstance(value, dict | list):
+            raise ValueError(f"{name}={value!r} must be a string")
+        return str(value)
+    raise ValueError(f"{name}: unsupported type {annotation}")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
+        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} {where}; "
+                         f"valid: {', '.join(prefix + k for k in fields)}")  # fmt: skip
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{name} must be a mapping of its fields, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["train.lr=1e-3", "method=replay"] -> nested dict (values parsed as YAML scalars)."""
+    nested: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def make_config(preset: str | None = None, overrides: dict | None = None, **top: Any) -> RunConfig:
+    """Preset YAML, then top-level values (method, benchmark, ...), then nested overrides."""
+    values = load_preset(preset) if preset else {}
+    values = _merge(values, {k: v for k, v in top.items() if v is not None})
+    values = _merge(values, overrides or {})
+    return _build(RunConfig, values, "")
+
+
+def config_from_dict(values: dict) -> RunConfig:
+    """Rebuild a RunConfig from RunConfig.to_dict() (a manifest)."""
+    return _build(RunConfig, values, "")

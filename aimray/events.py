@@ -1,0 +1,111 @@
+"""Trajectory events: the Parquet schema (versioned, owned here), the writer, the run manifest.
+
+Layout of a run folder:
+    manifest.json                 config, provenance, status (running, success, failed)
+    events/<kind>/part-NNNNN.parquet  kind in steps, merges, evals, costs; one part per checkpoint
+    matrix.json                   the accuracy matrices and metrics (written at the end)
+Rows are buffered and flushed as one part per kind just before each checkpoint; the checkpoint records
+how many parts exist, and a resume deletes later parts, so no row is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+_f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "steps": pa.schema([
+        ("run_id", _str), ("task_index", _i32), ("task", _str), ("step", _i32), ("global_step", _i64),
+        ("phase", _str),  # inner (new-task step) or burst (rehearsal step of a merge)
+        ("train_loss", _f64), ("memory_loss", _f64), ("threshold", _f64), ("activations", _i32),
+        ("interval", _i32), ("burst_len", _i32), ("lam", _f64), ("lr", _f64),
+    ]),
+    "merges": pa.schema([
+        ("run_id", _str), ("task_index", _i32), ("task", _str), ("step", _i32), ("global_step", _i64),
+        ("trigger", _str),  # normal, early, forced, fixed, task_end
+        ("interval", _i32), ("burst_len", _i32), ("activations", _i32), ("w_in", _f64), ("w_out", _f64),
+        ("l1_delta_in", _f64), ("l1_delta_out", _f64), ("lam", _f64),
+    ]),
+    "evals": pa.schema([
+        ("run_id", _str), ("after_index", _i32),  # 0: before training (base); k: after the k-th task
+        ("after_task", _str), ("eval_index", _i32), ("eval_task", _str), ("split", _str),
+        ("metric", _str), ("value", _f64), ("n", _i32),
+    ]),
+    "costs": pa.schema([
+        ("run_id", _str), ("task_index", _i32), ("task", _str), ("steps", _i32), ("merges", _i32),
+        ("train_examples", _i64), ("replay_examples", _i64), ("burst_examples", _i64),
+        ("monitor_examples", _i64), ("forward_passes", _i64), ("backward_passes", _i64),
+        ("eval_examples", _i64), ("wall_seconds", _f64),
+    ]),
+}  # fmt: skip
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
+    os.replace(tmp, path)
+
+
+class EventWriter:
+    """Buffers rows per kind and writes them as Parquet parts; `parts` counts the flushes so far."""
+
+    def __init__(self, out: Path, run_id: str) -> None:
+        self.root = Path(out) / "events"
+        self.run_id = run_id
+        self.parts = 0
+        self.rows: dict[str, list[dict]] = {k: [] for k in SCHEMAS}
+
+    def add(self, kind: str, **row) -> None:
+        schema = SCHEMAS[kind]
+        missing = set(schema.names) - set(row) - {"run_id"}
+        extra = set(row) - set(schema.names)
+        if missing or extra:
+            raise ValueError(f"{kind} row: missing {sorted(missing)}, unknown {sorted(extra)}")
+        self.rows[kind].append({"run_id": self.run_id, **row})
+
+    def flush(self) -> int:
+        """Write one part per kind (empty kinds too, so the part numbers line up); returns parts so far."""
+        for kind, rows in self.rows.items():
+            folder = self.root / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            table = pa.Table.from_pylist(rows, schema=SCHEMAS[kind])
+            table = table.replace_schema_metadata({"aimray_schema_version": str(SCHEMA_VERSION)})
+            path = folder / f"part-{self.parts:05d}.parquet"
+            tmp = folder / f".part-{self.parts:05d}.tmp"
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+            rows.clear()
+        self.parts += 1
+        return self.parts
+
+    def truncate(self, parts: int) -> None:
+        """On resume: forget buffered rows and delete parts written after the checkpoint."""
+        self.parts = parts
+        self.rows = {k: [] for k in SCHEMAS}
+        for kind in SCHEMAS:
+            for path in (self.root / kind).glob("part-*.parquet"):
+                if int(path.stem.split("-")[1]) >= parts:
+                    path.unlink()
+
+
+def read_events(out: Path, kind: str) -> pa.Table:
+    """All rows of one kind of a run folder, in write order."""
+    if kind not in SCHEMAS:
+        raise KeyError(f"unknown event kind {kind!r}; valid: {', '.join(SCHEMAS)}")
+    paths = sorted((Path(out) / "events" / kind).glob("part-*.parquet"))
+    if not paths:
+        return SCHEMAS[kind].empty_table()
+    return pa.concat_tables([pq.read_table(p) for p in paths])
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
