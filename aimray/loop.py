@@ -14,6 +14,7 @@ runs this function inside Ray Train workers.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -152,6 +153,11 @@ class Context:
     manifest: dict
     log: Callable[[str], None]
     stop_at: tuple[int, int] | None
+    global_step: int = 0  # optimizer steps so far in the run, inner and burst
+
+    def tick(self) -> int:
+        self.global_step += 1
+        return self.global_step - 1
 
     def checkpoint(
         self, stage: int, step: int, ts: TaskState | None = None, optim: dict | None = None,
@@ -172,6 +178,7 @@ class Context:
             "stage": stage,
             "step": step,
             "event_parts": parts,
+            "global_step": self.global_step,
             "controller": self.controller.state_dict(),
             "memory": self.memory.state_dict(),
             "mem_rng": mem_rng.getstate() if mem_rng is not None else None,
@@ -236,7 +243,7 @@ def run(
     latest = ctx.ckpt.latest()
     if latest is not None:
         tensors, objects, state = Checkpointer.load(latest)
-        if state["run_id"] != run_id or state["config"] != cfg.to_dict():
+        if state["run_id"] != run_id or state["config"] != json.loads(json.dumps(cfg.to_dict())):
             raise ValueError(f"{out} holds a checkpoint of a different run or config; use another --out")
         assign(params, tensors["adapter"])
         ctx.memory.load_state_dict(state["memory"], {d.name: d.train for d in data})
@@ -245,6 +252,7 @@ def run(
         ctx.events.truncate(state["event_parts"])
         manifest["started_at"] = state["started_at"]
         start = state["stage"]
+        ctx.global_step = state["global_step"]
         if state["step"] > 0:
             resume = TaskState(
                 step=state["step"], anchor=tensors["anchor"], imp_in=tensors.get("imp_in", {}),
@@ -336,7 +344,7 @@ def train_stage(
         decision = controller.step(memory_loss) if merging else None
         st = controller.state
         ctx.events.add(
-            "steps", task_index=stage.index, task=stage.name, step=step, global_step=stage.index * 1_000_000 + step,
+            "steps", task_index=stage.index, task=stage.name, step=step, global_step=ctx.tick(),
             phase="inner", train_loss=loss, memory_loss=memory_loss, threshold=st.threshold,
             activations=st.activations, interval=st.interval, burst_len=st.burst,
             lam=st.lambdas[-1] if st.lambdas else None, lr=lr,
@@ -393,6 +401,7 @@ def merge(
     interval = interval or st.interval
     burst = st.burst if burst is None else burst
     activations = st.activations
+    trigger_step = ctx.global_step - 1  # the inner step that triggered the merge
     delta_in = fusion.difference(params, ts.anchor)
     before = snapshot(params)
     if method.burst:
@@ -405,7 +414,7 @@ def merge(
             ts.costs.backward_passes += 1
             ctx.events.add(
                 "steps", task_index=stage.index, task=stage.name, step=step,
-                global_step=stage.index * 1_000_000 + step, phase="burst", train_loss=loss, memory_loss=None,
+                global_step=ctx.tick(), phase="burst", train_loss=loss, memory_loss=None,
                 threshold=st.threshold, activations=activations, interval=interval, burst_len=burst,
                 lam=st.lambdas[-1] if st.lambdas else None, lr=lr,
             )  # fmt: skip
@@ -426,7 +435,7 @@ def merge(
     controller.merged(lam)
     ts.costs.merges += 1
     ctx.events.add(
-        "merges", task_index=stage.index, task=stage.name, step=step, global_step=stage.index * 1_000_000 + step,
+        "merges", task_index=stage.index, task=stage.name, step=step, global_step=trigger_step,
         trigger=trigger if method.schedule == "adaptive" else method.schedule if trigger != "task_end" else trigger,
         interval=interval, burst_len=burst if method.burst else 0, activations=activations, w_in=w_in,
         w_out=w_out, l1_delta_in=_l1(delta_in), l1_delta_out=_l1(delta_out), lam=lam,
@@ -509,8 +518,6 @@ def collect(out: Path, method: Method) -> RunResult:
 
 
 def read_manifest_tasks(out: Path) -> list[str]:
-    import json
-
     return json.loads((Path(out) / "manifest.json").read_text())["tasks"]
 
 

@@ -1,0 +1,166 @@
+"""The continual loop on a tiny random-init Llama (unit tests only) and real packaged data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aimray.config import make_config
+from aimray.events import SCHEMAS, read_events
+from aimray.loop import SimulatedKill, batch_for_step, run
+from aimray.methods import METHODS
+from aimray.tasks.spec import Example
+
+TINY = {
+    "data": {"train": 16, "dev": 4, "test": 6},
+    "train": {"batch_size": 4, "epochs": 2, "warmup_steps": 1, "lr": 1e-2, "eval_batch_size": 8, "threads": 1},
+    "memory": {"fraction": None, "per_task": 6, "batch_size": 4},
+    "controller": {"s0": 2, "m0": 1, "fixed_s": 2, "fixed_m": 1},
+    "model": {"max_prompt_tokens": 48},
+}
+
+
+def tiny_config(model: str, method: str = "aimmerging", **extra):
+    overrides = {**TINY, "model": {**TINY["model"], "name_or_path": model}}
+    for key, value in extra.items():
+        overrides[key] = {**overrides.get(key, {}), **value}
+    return make_config(None, overrides, method=method, benchmark="offline-standard", order=1)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def comparable(out, kind: str) -> list[dict]:
+    rows = read_events(out, kind).to_pylist()
+    for r in rows:
+        r.pop("wall_seconds", None)
+    return rows
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_through_the_loop(tiny_causal, tmp_path, method) -> None:
+    result = run(tiny_config(tiny_causal, method), tmp_path, log=quiet)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "success" and manifest["method"] == method
+    assert manifest["provenance"]["versions"]["torch"] and "commit" in manifest["provenance"]["git"]
+    stages = 1 if method == "mtl" else 4
+    assert result.test.shape == (stages, 4)
+    assert len(read_events(tmp_path, "costs")) == stages
+    steps = read_events(tmp_path, "steps").to_pylist()
+    inner = sum(r["phase"] == "inner" for r in steps)
+    if method == "replay":  # memory examples join each later task's training set: more steps
+        costs = read_events(tmp_path, "costs").to_pandas()
+        assert inner > 32 and costs.replay_examples.iloc[0] == 0 and (costs.replay_examples.iloc[1:] > 0).all()
+    else:
+        assert inner == 32
+    merges = read_events(tmp_path, "merges").to_pylist()
+    if METHODS[method].schedule == "none":
+        assert not merges and "op" in result.metrics
+    else:
+        assert merges, "a merging method merged nothing"
+        assert all(m["task_index"] >= 1 for m in merges)  # task 1 has no memory, no merges
+    if method == "single_merge":
+        assert [m["trigger"] for m in merges] == ["task_end"] * 3
+    if method == "single_task":
+        assert np.isnan(result.test[0, 1]) and not np.isnan(np.diag(result.test)).any()
+    assert json.loads((tmp_path / "matrix.json").read_text())["tasks"] == ["wordnet", "amazon", "trec", "bbc"]
+
+
+def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path) -> None:
+    run(tiny_config(tiny_causal), tmp_path, log=quiet)
+    steps = read_events(tmp_path, "steps").to_pandas()
+    inner = steps[steps.phase == "inner"]
+    assert inner[inner.task_index == 0].memory_loss.isna().all()  # no memory while training task 1
+    assert inner[inner.task_index > 0].memory_loss.notna().all()
+    merges = read_events(tmp_path, "merges").to_pandas()
+    assert set(merges.trigger) <= {"normal", "early", "forced"}
+    assert (merges.burst_len == 1).all() and (merges.l1_delta_in > 0).all()
+    # The burst uses the inner optimizer at the schedule's current lr (released code): at a task's last step the
+    # linear decay has reached 0 and the burst moves nothing. With a separate outer optimizer it always moves.
+    assert (merges.l1_delta_out > 0).any()
+    assert ((merges.w_in + merges.w_out) == 1.0).all()
+    bursts = steps[steps.phase == "burst"]
+    assert len(bursts) == len(merges)  # M = 1 rehearsal step per merge
+    assert steps.global_step.tolist() == list(range(len(steps)))
+    costs = read_events(tmp_path, "costs").to_pandas()
+    assert costs.burst_examples.sum() == 4 * len(merges) and costs.merges.sum() == len(merges)
+    assert (costs.monitor_examples[1:] == 8 * 4).all()  # one memory batch of 4 per step, 8 steps
+    evals = read_events(tmp_path, "evals").to_pandas()
+    assert sorted(evals.after_index.unique()) == [0, 1, 2, 3, 4] and set(evals.split) == {"test", "dev"}
+
+
+def test_outer_optimizer_option(tiny_causal, tmp_path) -> None:
+    run(tiny_config(tiny_causal, controller={"outer_lr": 1e-2}), tmp_path, log=quiet)
+    merges = read_events(tmp_path, "merges").to_pandas()
+    assert len(merges) and (merges.l1_delta_out > 0).all()
+    bursts = read_events(tmp_path, "steps").to_pandas().query("phase == 'burst'")
+    assert (bursts.lr == 1e-2).all()
+
+
+def test_no_burst_and_fixed_weights_ablations(tiny_causal, tmp_path) -> None:
+    run(tiny_config(tiny_causal, "aimmerging_no_burst"), tmp_path / "nb", log=quiet)
+    merges = read_events(tmp_path / "nb", "merges").to_pandas()
+    assert (merges.l1_delta_out == 0).all() and (merges.burst_len == 0).all()
+    run(tiny_config(tiny_causal, "aimmerging_fixed_weights"), tmp_path / "fw", log=quiet)
+    merges = read_events(tmp_path / "fw", "merges").to_pandas()
+    assert (merges.w_in == 0.5).all() and (merges.w_out == 0.5).all()
+
+
+@pytest.mark.parametrize(
+    ("stop", "extra"),
+    [
+        ((2, 0), {}),  # killed right after task 2's checkpoint
+        ((2, 3), {"checkpoint": {"every_steps": 3}}),  # killed mid-task 3, after its step-3 checkpoint
+    ],
+)
+def test_resume_reproduces_the_uninterrupted_run(tiny_causal, tmp_path, stop, extra) -> None:
+    cfg = tiny_config(tiny_causal, **extra)
+    whole = run(cfg, tmp_path / "whole", log=quiet)
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "split", log=quiet, stop_at=stop)
+    assert json.loads((tmp_path / "split" / "manifest.json").read_text())["status"] == "running"
+    resumed = run(cfg, tmp_path / "split", log=quiet)
+    assert np.array_equal(whole.test, resumed.test) and np.array_equal(whole.dev, resumed.dev)
+    for kind in SCHEMAS:
+        assert comparable(tmp_path / "whole", kind) == comparable(tmp_path / "split", kind), kind
+    manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
+    assert manifest["status"] == "success" and manifest["resumed_from"]
+
+
+def test_resume_refuses_another_config(tiny_causal, tmp_path) -> None:
+    run(tiny_config(tiny_causal, "seqlora"), tmp_path, log=quiet)
+    with pytest.raises(ValueError, match="different run or config"):
+        run(tiny_config(tiny_causal, "replay"), tmp_path, log=quiet)
+
+
+def test_failed_run_is_marked_failed(tiny_causal, tmp_path, monkeypatch) -> None:
+    import aimray.loop
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(aimray.loop, "train_stage", boom)
+    with pytest.raises(RuntimeError):
+        run(tiny_config(tiny_causal), tmp_path, log=quiet)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "disk full" in manifest["error"]
+
+
+def test_best_dev_checkpoint_option(tiny_causal, tmp_path) -> None:
+    cfg = tiny_config(tiny_causal, "seqlora", checkpoint={"keep": "best_dev", "best_dev_every": 2})
+    result = run(cfg, tmp_path, log=quiet)
+    assert result.test.shape == (4, 4)
+    costs = read_events(tmp_path, "costs").to_pandas()
+    assert (costs.eval_examples > 4 * 10).all()  # the best-dev checks read dev examples
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    examples = [Example("t", str(i), "a") for i in range(10)]
+    epoch = [batch_for_step(examples, s, 4, "x") for s in range(3)]
+    assert sorted(e.text for b in epoch for e in b) == sorted(e.text for e in examples)
+    assert [len(b) for b in epoch] == [4, 4, 2]
+    assert batch_for_step(examples, 1, 4, "x") == epoch[1]
+    assert batch_for_step(examples, 3, 4, "x") != epoch[0]  # a new shuffle in the second epoch
