@@ -27,7 +27,7 @@ assets: $(STAMP)
 	$(PY) -m aimray.assets fetch
 
 demo: assets
-	$(PY) -m aimray eval --benchmark offline-standard --out $(DEMO_OUT)/zeroshot
+	$(PY) -m aimray run --method aimmerging --benchmark offline-standard --order 1 --preset demo --out $(DEMO_OUT)
 
 test: assets
 	$(PY) -m ruff check .

@@ -65,3 +65,19 @@ def test_cli_eval_writes_results_and_manifest(tmp_path) -> None:
     assert all(0 <= r["value"] <= 1 for r in rows) and rows[0]["chance"] == pytest.approx(1 / 6)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["provenance"]["versions"]["torch"]
+
+
+def test_smoke_run_of_aimmerging_on_the_real_backbone(tmp_path) -> None:
+    """The issue's smoke command (fewer test examples), from the CLI, on the real SmolLM2."""
+    out = tmp_path / "smoke"
+    cmd = [sys.executable, "-m", "aimray", "run", "--method", "aimmerging", "--benchmark", "offline-standard",
+           "--order", "1", "--preset", "smoke", "--out", str(out), "data.test=8", "data.dev=4"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy matrix (test, %)" in proc.stdout and "metrics (points): OP" in proc.stdout
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert matrix["tasks"] == ["wordnet", "amazon", "trec", "bbc"] and len(matrix["test"]) == 4
+    assert all(v is not None for row in matrix["test"] for v in row)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "success"
+    for kind in ("steps", "merges", "evals", "costs"):
+        assert list((out / "events" / kind).glob("part-*.parquet"))

@@ -17,8 +17,11 @@ def difference(after: State, before: State) -> dict[str, torch.Tensor]:
 
 def fuse(anchor: State, delta_in: State, delta_out: State, w_in: float, w_out: float) -> dict[str, torch.Tensor]:
     """theta <- theta_t + w_in * delta_in + w_out * delta_out (global scalar weights)."""
-    weights = torch.tensor([w_in, w_out])
-    return {k: anchor[k] + task_arithmetic([delta_in[k], delta_out[k]], weights.to(anchor[k].dtype)) for k in anchor}
+    fused = {}
+    for k, theta in anchor.items():  # weights built in the tensor's dtype and on its device (no float32 rounding)
+        weights = torch.tensor([w_in, w_out], dtype=theta.dtype, device=theta.device)
+        fused[k] = theta + task_arithmetic([delta_in[k], delta_out[k]], weights)
+    return fused
 
 
 def top_mask(importance: torch.Tensor, fraction: float) -> torch.Tensor:

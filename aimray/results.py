@@ -1,0 +1,78 @@
+"""A run's results read back from its events: accuracy matrices, CL metrics, merge counts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aimray import metrics
+from aimray.events import read_events
+from aimray.methods import Method
+
+
+@dataclass
+class RunResult:
+    out: Path
+    tasks: list[str]
+    test: np.ndarray  # accuracy matrix a[j][i] on test
+    dev: np.ndarray
+    base_test: list[float] | None
+    metrics: dict[str, float]
+    merges: dict[str, int]
+
+
+def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, list[float] | None]:
+    """(a, base): a[j][i] after stage j+1 on task i (NaN where not evaluated); base = row 0 if present."""
+    rows = [r for r in evals if r["split"] == split]
+    stages = max((r["after_index"] for r in rows), default=0)
+    a = np.full((stages, len(tasks)), np.nan)
+    base = [np.nan] * len(tasks)
+    for r in rows:
+        if r["after_index"] == 0:
+            base[r["eval_index"]] = r["value"]
+        else:
+            a[r["after_index"] - 1, r["eval_index"]] = r["value"]
+    has_base = not all(np.isnan(base))
+    return a, (base if has_base else None)
+
+
+def collect(out: Path, method: Method) -> RunResult:
+    """Read a finished run's events back into accuracy matrices, metrics and merge counts."""
+    manifest_tasks = read_manifest_tasks(out)
+    evals = read_events(out, "evals").to_pylist()
+    test, base = accuracy_matrix(evals, manifest_tasks, "test")
+    dev, _ = accuracy_matrix(evals, manifest_tasks, "dev")
+    if method.joint:  # one stage: only OP is defined
+        summary = {"op": float(np.nanmean(test[-1]))}
+    elif method.reset_each_task:  # the diagonal holds the single-task scores
+        summary = {"op": float(np.nanmean(np.diag(test)))}
+    else:
+        summary = metrics.summary(test, base=base)
+        if dev.size and not np.isnan(dev).all():
+            summary["dev_op"] = metrics.average_performance(dev)
+            summary["dev_bwt"] = metrics.backward_transfer(dev)
+    merges: dict[str, int] = {}
+    for r in read_events(out, "merges").to_pylist():
+        merges[r["trigger"]] = merges.get(r["trigger"], 0) + 1
+    return RunResult(out, manifest_tasks, test, dev, base, summary, merges)
+
+
+def read_manifest_tasks(out: Path) -> list[str]:
+    return json.loads((Path(out) / "manifest.json").read_text())["tasks"]
+
+
+def result_json(result: RunResult) -> dict:
+    def clean(a):
+        return [[None if np.isnan(v) else float(v) for v in row] for row in np.atleast_2d(a)]
+
+    return {
+        "tasks": result.tasks,
+        "test": clean(result.test),
+        "dev": clean(result.dev),
+        "base_test": None if result.base_test is None else clean([result.base_test])[0],
+        "metrics": {k: (None if v != v else v) for k, v in result.metrics.items()},
+        "merges": result.merges,
+    }
