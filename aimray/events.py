@@ -58,9 +58,10 @@ def write_json_atomic(path: Path, obj: object) -> None:
 class EventWriter:
     """Buffers rows per kind and writes them as Parquet parts; `parts` counts the flushes so far."""
 
-    def __init__(self, out: Path, run_id: str) -> None:
+    def __init__(self, out: Path, run_id: str, enabled: bool = True) -> None:
         self.root = Path(out) / "events"
         self.run_id = run_id
+        self.enabled = enabled  # False on data-parallel ranks other than 0: rows are checked, not kept
         self.parts = 0
         self.rows: dict[str, list[dict]] = {k: [] for k in SCHEMAS}
 
@@ -70,11 +71,12 @@ class EventWriter:
         extra = set(row) - set(schema.names)
         if missing or extra:
             raise ValueError(f"{kind} row: missing {sorted(missing)}, unknown {sorted(extra)}")
-        self.rows[kind].append({"run_id": self.run_id, **row})
+        if self.enabled:
+            self.rows[kind].append({"run_id": self.run_id, **row})
 
     def flush(self) -> int:
         """Write one part per kind (empty kinds too, so the part numbers line up); returns parts so far."""
-        for kind, rows in self.rows.items():
+        for kind, rows in self.rows.items() if self.enabled else ():
             folder = self.root / kind
             folder.mkdir(parents=True, exist_ok=True)
             table = pa.Table.from_pylist(rows, schema=SCHEMAS[kind])
@@ -91,7 +93,7 @@ class EventWriter:
         """On resume: forget buffered rows and delete parts written after the checkpoint."""
         self.parts = parts
         self.rows = {k: [] for k in SCHEMAS}
-        for kind in SCHEMAS:
+        for kind in SCHEMAS if self.enabled else ():
             for path in (self.root / kind).glob("part-*.parquet"):
                 if int(path.stem.split("-")[1]) >= parts:
                     path.unlink()

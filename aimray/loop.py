@@ -26,12 +26,13 @@ import torch
 
 from aimray.checkpoint import Checkpointer
 from aimray.config import RunConfig
+from aimray.distributed import LOCAL, Dist
 from aimray.events import SCHEMA_VERSION, EventWriter, now, write_json_atomic
 from aimray.memory import RehearsalMemory
 from aimray.merging import fusion, signals
 from aimray.merging.controller import MergeController
 from aimray.methods import Method, get_method
-from aimray.model import Backbone, answer_loss, evaluate, load_backbone
+from aimray.model import Backbone, answer_loss, answer_tokens, evaluate, load_backbone
 from aimray.provenance import provenance
 from aimray.results import RunResult, collect, result_json
 from aimray.tasks import TaskData, TaskSpec, benchmark_tasks
@@ -78,6 +79,10 @@ class TaskState:
     best_score: float = -math.inf
     costs: Costs = field(default_factory=Costs)
     t_start: float = 0.0
+
+
+def _silent(*_args) -> None:
+    pass
 
 
 def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -141,6 +146,7 @@ class Context:
     manifest: dict
     log: Callable[[str], None]
     stop_at: tuple[int, int] | None
+    dist: Dist = LOCAL
     global_step: int = 0  # optimizer steps so far in the run, inner and burst
 
     def tick(self) -> int:
@@ -151,7 +157,8 @@ class Context:
         self, stage: int, step: int, ts: TaskState | None = None, optim: dict | None = None,
         mem_rng: random.Random | None = None,
     ) -> None:  # fmt: skip
-        """Flush the events, then write one checkpoint that records how many event parts it covers."""
+        """Flush the events, then write one checkpoint that records how many event parts it covers (rank 0
+        writes; every rank keeps the same counters)."""
         parts = self.events.flush()
         tensors = {"adapter": dict(self.params)}
         if ts is not None:
@@ -175,7 +182,8 @@ class Context:
         }
         objects = {"torch_rng": torch.get_rng_state()}
         objects.update({k: v.state_dict() for k, v in (optim or {}).items() if v is not None})
-        self.ckpt.save(f"t{stage:02d}-s{step:06d}", tensors, objects, state)
+        if self.dist.main:
+            self.ckpt.save(f"t{stage:02d}-s{step:06d}", tensors, objects, state)
         if self.stop_at == (stage, step):
             raise SimulatedKill(f"stopped at stage {stage}, step {step}")
 
@@ -187,14 +195,20 @@ def run(
     log: Callable[[str], None] = print,
     report: Callable[[dict], None] | None = None,
     stop_at: tuple[int, int] | None = None,
+    dist: Dist = LOCAL,
+    resume_from: Path | None = None,
 ) -> RunResult:
     """Run (or resume, if `out` holds a checkpoint of the same config) one continual-learning run.
 
-    `report(row)` is called after every task with its scores and costs (the Ray layer reports through it).
-    `stop_at=(stage, step)` raises SimulatedKill right after that checkpoint (stage k = after k tasks).
+    `report(row)` is called after every task with its scores, costs and checkpoint folder (the Ray layer
+    reports through it). `stop_at=(stage, step)` raises SimulatedKill right after that checkpoint (stage k =
+    after k tasks). `dist` shards every batch over data-parallel ranks (rank 0 writes the files).
+    `resume_from` names a checkpoint folder to resume from instead of the latest one under `out`.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not dist.main:
+        log = _silent
     method = get_method(cfg.method)
     specs = benchmark_tasks(cfg.benchmark, cfg.order, cfg.data_dir)
     data = [spec.load(cfg.data, cfg.seed) for spec in specs]
@@ -223,12 +237,13 @@ def run(
         cfg, method, run_id, specs, data, bb, params,
         RehearsalMemory(cfg.memory.fraction, cfg.memory.per_task, cfg.seed),
         MergeController(cfg.controller, method.schedule, method.learning_signal, method.forgetting_signal),
-        EventWriter(out, run_id), Checkpointer(out / "checkpoints"), manifest, log, stop_at,
+        EventWriter(out, run_id, enabled=dist.main), Checkpointer(out / "checkpoints"), manifest, log, stop_at, dist,
     )  # fmt: skip
+    write = write_json_atomic if dist.main else _silent
 
     # Resume from the latest checkpoint of this same config, if there is one.
     start, resume, optim_states, mem_rng_state = 0, None, {}, None
-    latest = ctx.ckpt.latest()
+    latest = Path(resume_from) if resume_from is not None else ctx.ckpt.latest()
     if latest is not None:
         tensors, objects, state = Checkpointer.load(latest)
         if state["run_id"] != run_id or state["config"] != json.loads(json.dumps(cfg.to_dict())):
@@ -252,7 +267,7 @@ def run(
             optim_states, mem_rng_state = objects, state["mem_rng"]
         log(f"[run] {run_id}: resuming from checkpoint {latest.name}")
     manifest["resumed_from"] = latest.name if latest else None
-    write_json_atomic(out / "manifest.json", manifest)
+    write(out / "manifest.json", manifest)
 
     try:
         if latest is None and cfg.eval.base and not method.reset_each_task:
@@ -276,17 +291,19 @@ def run(
             test = ", ".join(f"{t} {100 * v:.1f}" for (t, split), v in scores.items() if split == "test")
             log(f"[run] after task {stage.index + 1}/{len(stages)} ({stage.name}): test {test}")
             ctx.checkpoint(stage.index + 1, 0)
+            dist.sum(0.0)  # barrier: rank 0 has written the checkpoint and the events
             if report is not None:
-                report({"stage": stage.index + 1, "task": stage.name, "scores": scores, "costs": vars(ts.costs)})
+                report({"stage": stage.index + 1, "task": stage.name, "scores": scores, "costs": vars(ts.costs),
+                        "checkpoint": ctx.ckpt.latest() if dist.main else None})  # fmt: skip
     except SimulatedKill:
         raise
     except BaseException as err:
         failed = {**manifest, "status": "failed", "error": repr(err)[:2000], "finished_at": now()}
-        write_json_atomic(out / "manifest.json", failed)
+        write(out / "manifest.json", failed)
         raise
     result = collect(out, method)
-    write_json_atomic(out / "matrix.json", result_json(result))
-    write_json_atomic(out / "manifest.json", {**manifest, "status": "success", "finished_at": now()})
+    write(out / "matrix.json", result_json(result))
+    write(out / "manifest.json", {**manifest, "status": "success", "finished_at": now()})
     return result
 
 
@@ -356,16 +373,27 @@ def train_stage(
 
 
 def optimize(ctx: Context, batch: list[Example], optimizer, importance: dict | None) -> float:
-    """One optimizer step on the answer loss of `batch` (gradient clipping; importance EMA if asked)."""
-    for p in ctx.params.values():
+    """One optimizer step on the mean answer loss of `batch` (gradient clipping; importance EMA if asked).
+
+    Each rank takes its shard and divides its summed loss by the batch's global answer-token count, so the
+    gradients summed over ranks are those of the whole batch on one rank.
+    """
+    params = list(ctx.params.values())
+    for p in params:
         p.grad = None
-    loss = answer_loss(ctx.bb, batch)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(list(ctx.params.values()), ctx.cfg.train.grad_clip)
+    shard = ctx.dist.shard(batch)
+    tokens = ctx.dist.sum(answer_tokens(ctx.bb, shard))
+    local = 0.0
+    if shard:
+        loss = answer_loss(ctx.bb, shard, reduction="sum") / tokens
+        loss.backward()
+        local = loss.item()
+    ctx.dist.sum_grads(params)
+    torch.nn.utils.clip_grad_norm_(params, ctx.cfg.train.grad_clip)
     if importance is not None:
         fusion.update_importance(importance, ctx.params, ctx.cfg.controller.importance_beta)
     optimizer.step()
-    return loss.item()
+    return ctx.dist.sum(local)
 
 
 @torch.no_grad()
@@ -374,7 +402,9 @@ def forgetting_signal(ctx: Context, mem_rng: random.Random, costs: Costs) -> flo
     batch = ctx.memory.sample_batch(ctx.cfg.memory.batch_size, mem_rng)
     if ctx.cfg.controller.fs_mode == "eval":
         ctx.bb.model.eval()
-    loss = answer_loss(ctx.bb, batch).item()
+    shard = ctx.dist.shard(batch)
+    local = answer_loss(ctx.bb, shard, reduction="sum").item() if shard else 0.0
+    loss = ctx.dist.sum(local) / ctx.dist.sum(answer_tokens(ctx.bb, shard))
     ctx.bb.model.train()
     costs.monitor_examples += len(batch)
     costs.forward_passes += 1
@@ -441,11 +471,7 @@ def track_best(ctx: Context, stage: Stage, ts: TaskState) -> None:
     released code does; this reads past-task dev data beyond the memory) and keep the best state."""
     n = ctx.cfg.checkpoint.best_dev_examples
     seen = [i for i in stage.eval_tasks if i <= stage.index]
-    values = [
-        evaluate(ctx.bb, ctx.data[i].dev[:n], ctx.specs[i].labels, ctx.cfg.eval.mode if ctx.specs[i].labels
-                 else "generate", ctx.cfg.train.eval_batch_size).value
-        for i in seen
-    ]  # fmt: skip
+    values = [score_task(ctx, i, ctx.data[i].dev[:n])[0] for i in seen]
     ts.costs.eval_examples += n * len(seen)
     score = sum(values) / len(values)
     if score > ts.best_score:
@@ -458,11 +484,18 @@ def evaluate_tasks(ctx: Context, after_index: int, after_task: str, which: list[
     for i in which:
         spec = ctx.specs[i]
         for split in ctx.cfg.eval.splits:
-            examples = ctx.data[i].split(split)
-            mode = ctx.cfg.eval.mode if spec.labels else "generate"
-            res = evaluate(ctx.bb, examples, spec.labels, mode, ctx.cfg.train.eval_batch_size)
-            costs.eval_examples += res.n
+            value, n, metric = score_task(ctx, i, ctx.data[i].split(split))
+            costs.eval_examples += n
             ctx.events.add("evals", after_index=after_index, after_task=after_task, eval_index=i,
-                           eval_task=spec.name, split=split, metric=res.metric, value=res.value, n=res.n)  # fmt: skip
-            scores[(spec.name, split)] = res.value
+                           eval_task=spec.name, split=split, metric=metric, value=value, n=n)  # fmt: skip
+            scores[(spec.name, split)] = value
     return scores
+
+
+def score_task(ctx: Context, i: int, examples: list[Example]) -> tuple[float, int, str]:
+    """(value, n, metric) of task i on `examples`; each rank scores its shard and the sums are combined."""
+    spec = ctx.specs[i]
+    mode = ctx.cfg.eval.mode if spec.labels else "generate"
+    res = evaluate(ctx.bb, ctx.dist.shard(examples), spec.labels, mode, ctx.cfg.train.eval_batch_size)
+    n = ctx.dist.sum(res.n)
+    return ctx.dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric

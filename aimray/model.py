@@ -168,8 +168,14 @@ def _positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------- training
 
 
-def answer_loss(bb: Backbone, batch: Sequence[Example]) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a batch (prompt tokens carry no loss)."""
+def answer_tokens(bb: Backbone, batch: Sequence[Example]) -> int:
+    """Number of answer tokens in a batch (the normaliser of the mean answer loss)."""
+    return sum(len(encode(bb, ex)[1]) for ex in batch)
+
+
+def answer_loss(bb: Backbone, batch: Sequence[Example], reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the answer tokens of a batch (prompt tokens carry no loss): their mean, or with
+    reduction="sum" their sum (data-parallel ranks divide by the global token count)."""
     pairs = [encode(bb, ex) for ex in batch]
     pad = bb.tokenizer.pad_token_id
     dev = bb.device
@@ -177,23 +183,26 @@ def answer_loss(bb: Backbone, batch: Sequence[Example]) -> torch.Tensor:
         ids, mask = _right_pad([p for p, _ in pairs], pad)
         labels, lmask = _right_pad([a for _, a in pairs], pad)
         labels[lmask == 0] = -100
-        out = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev))
-        return out.loss
-    ids, mask = _left_pad([p + a for p, a in pairs], pad)
-    n_ans = max(len(a) for _, a in pairs)
-    labels = torch.full((len(pairs), n_ans), -100, dtype=torch.long)
-    for i, (_, a) in enumerate(pairs):
-        labels[i, n_ans - len(a) :] = torch.tensor(a)
-    # Logits at the last n_ans + 1 positions; position t predicts token t + 1, so drop the final one.
-    out = bb.model(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        position_ids=_positions(mask).to(dev),
-        logits_to_keep=n_ans + 1,
-        use_cache=False,
+        logits = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).logits
+    else:
+        ids, mask = _left_pad([p + a for p, a in pairs], pad)
+        n_ans = max(len(a) for _, a in pairs)
+        labels = torch.full((len(pairs), n_ans), -100, dtype=torch.long)
+        for i, (_, a) in enumerate(pairs):
+            labels[i, n_ans - len(a) :] = torch.tensor(a)
+        # Logits at the last n_ans + 1 positions; position t predicts token t + 1, so drop the final one.
+        out = bb.model(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=_positions(mask).to(dev),
+            logits_to_keep=n_ans + 1,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]
+    logits = logits.float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.to(dev).reshape(-1), ignore_index=-100, reduction=reduction
     )
-    logits = out.logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.to(dev).reshape(-1), ignore_index=-100)
 
 
 # -------------------------------------------------------------------------------------------- evaluation
