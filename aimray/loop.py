@@ -293,8 +293,9 @@ def run(
             ctx.checkpoint(stage.index + 1, 0)
             dist.sum(0.0)  # barrier: rank 0 has written the checkpoint and the events
             if report is not None:
-                report({"stage": stage.index + 1, "task": stage.name, "scores": scores, "costs": vars(ts.costs),
-                        "checkpoint": ctx.ckpt.latest() if dist.main else None})  # fmt: skip
+                seen = [specs[i].name for i in stage.eval_tasks if method.joint or i <= stage.index]
+                report({"stage": stage.index + 1, "task": stage.name, "seen": seen, "scores": scores,
+                        "costs": vars(ts.costs), "checkpoint": ctx.ckpt.latest() if dist.main else None})  # fmt: skip
     except SimulatedKill:
         raise
     except BaseException as err:

@@ -34,6 +34,7 @@ class ModelConfig:
     lora_targets: tuple[str, ...] = ()  # empty: q_proj/v_proj (decoder LMs) or q/v (T5), found in the model
     max_prompt_tokens: int = 192  # the task text is truncated so the prompt fits
     dtype: str = "float32"
+    device: str = "auto"  # "auto": the GPU when torch sees one (Ray assigns it), else the CPU
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -104,7 +105,8 @@ def load_backbone(cfg: ModelConfig = ModelConfig(), seed: int = 0) -> Backbone:
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_targets) or _default_targets(model),
     )
-    return Backbone(get_peft_model(model, lora), tokenizer, cfg, is_seq2seq)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    return Backbone(get_peft_model(model, lora).to(device), tokenizer, cfg, is_seq2seq)
 
 
 # ---------------------------------------------------------------------------------------------- encoding

@@ -1,0 +1,145 @@
+"""Ray Train: a TorchTrainer whose workers run the continual loop, data-parallel over N workers.
+
+Every worker runs `aimray.loop.run` with a `Dist` over Train's process group (gloo on CPU, nccl on GPU):
+batches are sharded, gradients and signals summed, so every rank takes the same controller decisions.
+Rank 0 writes the run folder and reports each task-end checkpoint through `ray.train.Checkpoint`; a worker
+failure is retried (FailureConfig) from the last reported checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from aimray.config import RunConfig as AimRunConfig
+from aimray.config import config_from_dict
+from aimray.distributed import Dist
+from aimray.loop import SimulatedKill, run
+from aimray.methods import get_method
+from aimray.objective import ObjectiveTracker
+from aimray.results import RunResult, collect
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How a run is laid out on Ray: `workers` data-parallel ranks with these resources each."""
+
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers={self.workers} must be >= 1 for Ray Train (0 runs in-process)")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker={self.cpus_per_worker} must be > 0")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker={self.gpus_per_worker} must be >= 0")
+
+
+def flat_metrics(row: dict) -> dict:
+    """The per-task report as flat metrics: stage, task, <task>/<split> scores, cost counters."""
+    metrics = {"stage": row["stage"], "task": row["task"]}
+    metrics.update({f"{task}/{split}": value for (task, split), value in row["scores"].items()})
+    metrics.update({f"cost/{k}": v for k, v in row["costs"].items()})
+    return metrics
+
+
+def train_worker(config: dict) -> None:
+    """The function every Ray Train worker runs."""
+    cfg = config_from_dict(config["run"])
+    out = Path(config["out"])
+    threads = max(1, int(config["cpus_per_worker"]))
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    device = "cuda" if torch.cuda.is_available() and config["gpus_per_worker"] > 0 else "cpu"
+    dist = Dist.from_process_group(device)
+
+    # Inside a Tune trial: the sweep's objective rides on every report (TuneReportCallback forwards rank 0's).
+    tracker = ObjectiveTracker(**config["tracker"]) if config.get("tracker") else None
+
+    def report(row: dict) -> None:
+        metrics = flat_metrics(row)
+        if tracker is not None:
+            metrics.update(tracker.update(row, out, cfg.method))
+            if dist.main:
+                (out / "tracker.json").write_text(json.dumps(tracker.state_dict()))
+        path = row.get("checkpoint")
+        checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    # Fault injection for tests: fail once, right after the checkpoint at (stage, step).
+    stop_at = tuple(config["fail_once_at"]) if config.get("fail_once_at") else None
+    marker = out / ".failed-once"
+    if stop_at and marker.exists():
+        stop_at = None
+    previous = ray.train.get_checkpoint()
+    try:
+        if previous is None:
+            run(cfg, out, report=report, stop_at=stop_at, dist=dist)
+        else:
+            with previous.as_directory() as folder:
+                run(cfg, out, report=report, stop_at=stop_at, dist=dist, resume_from=Path(folder))
+    except SimulatedKill:
+        if dist.main:
+            marker.touch()
+        raise
+
+
+def run_name(cfg: AimRunConfig, out: Path) -> str:
+    """Deterministic per output folder: rerunning into the same --out resumes the same Ray Train run."""
+    digest = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
+    return f"{cfg.method}-o{cfg.order}-s{cfg.seed}-{digest}"
+
+
+def run_with_ray_train(
+    cfg: AimRunConfig,
+    out: str | Path,
+    resources: Resources = Resources(),
+    storage: str | None = None,
+    fail_once_at: tuple[int, int] | None = None,
+    tracker: dict | None = None,
+) -> RunResult:
+    """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray)."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    use_gpu = resources.gpus_per_worker > 0
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "run": cfg.to_dict(),
+            "out": str(out),
+            "cpus_per_worker": resources.cpus_per_worker,
+            "gpus_per_worker": resources.gpus_per_worker,
+            "fail_once_at": list(fail_once_at) if fail_once_at else None,
+            "tracker": tracker,
+        },
+        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=run_name(cfg, out),
+            storage_path=storage or str(out / "ray"),
+            failure_config=FailureConfig(max_failures=resources.max_failures),
+            callbacks=[TuneReportCallback()] if tracker is not None else None,
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    return collect(out, get_method(cfg.method))

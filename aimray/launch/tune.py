@@ -1,0 +1,334 @@
+"""Ray Tune + Optuna over the AimMerging controller and the rehearsal sizes, each trial across task orders.
+
+A sweep spec (YAML, sweeps/configs/) names the method, benchmark, orders, preset, fixed overrides and the
+search space. Each trial runs the same config over every order (in the trial's process, or in a
+TorchTrainer with N workers) and reports after every task: `tasks_done` (the fidelity for ASHA or
+HyperBand) and `objective` (dev data only; aimray.objective). Test metrics ride along for reporting.
+
+Output under --out:
+    trials.parquet          one row per trial: config columns, objective, per-order dev/test OP/BWT/FWT,
+                            status, wall time
+    best.md                 the best configs with dev and test metrics
+    runs/<trial>/order<k>/  every run's trajectory events, manifest and accuracy matrix
+    ray/tune/               Tune's experiment state (--resume continues from it)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from aimray.config import load_preset, make_config, parse_overrides
+from aimray.loop import run
+from aimray.objective import OBJECTIVES, ObjectiveTracker
+from aimray.tasks import get_benchmark
+
+KINDS = ("uniform", "loguniform", "int", "logint", "choice")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config key: kind (uniform, loguniform, int, logint, choice), its range or choices,
+    and an optional condition {other key: value} under which it is searched (define-by-run)."""
+
+    key: str
+    kind: str
+    values: tuple
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        low, high = self.values
+        if self.kind in ("int", "logint"):
+            return trial.suggest_int(self.key, int(low), int(high), log=self.kind == "logint")
+        return trial.suggest_float(self.key, float(low), float(high), log=self.kind == "loguniform")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    method: str = "aimmerging"
+    benchmark: str = "offline-standard"
+    orders: tuple[int, ...] = ()  # empty: all orders of the benchmark
+    preset: str | None = "sweep"
+    seed: int = 0
+    data_dir: str | None = None
+    overrides: dict = field(default_factory=dict)  # fixed config values (nested)
+    space: tuple[Param, ...] = ()
+    objective: str = "dev_op"
+    scheduler: str = "asha"  # asha, hyperband or none
+    num_samples: int = 8
+    concurrency: int = 0  # 0: sized to the cluster
+    workers: int = 0  # 0: each trial runs the loop in its own process; N: a TorchTrainer with N workers
+    cpus_per_trial: float = 0.0  # 0: all CPUs / concurrency (in-process) or 1 per worker
+    gpus_per_worker: float = 0.0
+    out: str = "runs/sweep"
+    include_defaults: bool = True  # the first trial evaluates the preset's values of the searched keys
+
+    def all_orders(self) -> tuple[int, ...]:
+        bench = get_benchmark(self.benchmark)
+        return self.orders or tuple(bench.orders)
+
+    def num_tasks(self) -> int:
+        return len(get_benchmark(self.benchmark).order(self.all_orders()[0]))
+
+
+def parse_space(raw: dict) -> tuple[Param, ...]:
+    """{key: {kind: [low, high] | [choices], if: {key: value}}} -> Params, checked against the config."""
+    params = []
+    for key, rule in (raw or {}).items():
+        if not isinstance(rule, dict):
+            raise ValueError(f"space.{key}: expected a mapping like {{uniform: [1.0, 3.0]}}, got {rule!r}")
+        kinds = [k for k in rule if k in KINDS]
+        unknown = [k for k in rule if k not in (*KINDS, "if")]
+        if len(kinds) != 1 or unknown:
+            raise ValueError(f"space.{key}: give exactly one of {', '.join(KINDS)} (and optionally 'if'); got {rule}")
+        kind = kinds[0]
+        values = tuple(rule[kind])
+        if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
+            raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high, got {list(values)}")
+        if kind == "choice" and not values:
+            raise ValueError(f"space.{key}: choice needs at least one value")
+        params.append(Param(key, kind, values, tuple((rule.get("if") or {}).items())))
+    return tuple(params)
+
+
+def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> SweepSpec:
+    """The sweep spec from YAML, then `key=value` overrides (spec fields or config keys), then CLI flags."""
+    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    raw = raw or {}
+    extra = parse_overrides(overrides)
+    spec_fields = {f for f in SweepSpec.__dataclass_fields__}
+    for key, value in extra.items():
+        if key in spec_fields and key not in ("overrides", "space"):
+            raw[key] = value
+        else:  # a run config key: a fixed value for every trial
+            raw.setdefault("overrides", {})
+            raw["overrides"] = _deep_merge(raw["overrides"], {key: value})
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    unknown = sorted(set(raw) - spec_fields)
+    if unknown:
+        raise ValueError(f"unknown sweep key(s) {unknown}; valid: {', '.join(sorted(spec_fields))}")
+    raw["space"] = parse_space(raw.get("space", {}))
+    raw["orders"] = tuple(raw.get("orders") or ())
+    spec = SweepSpec(**raw)
+    if spec.objective not in OBJECTIVES:
+        raise ValueError(f"objective={spec.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if spec.scheduler not in ("asha", "hyperband", "none"):
+        raise ValueError(f"scheduler={spec.scheduler!r}; valid: asha, hyperband, none")
+    if spec.num_samples < 1:
+        raise ValueError(f"num_samples={spec.num_samples} must be >= 1")
+    # Validate every order and an example of the search space against the run config now, not in a trial.
+    for order in spec.all_orders():
+        trial_config(spec, order, {p.key: _example_value(p) for p in spec.space})
+    return spec
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _example_value(p: Param) -> Any:
+    return p.values[0]
+
+
+def nested(flat: dict[str, Any]) -> dict:
+    """{"controller.s0": 8} -> {"controller": {"s0": 8}}."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
+    overrides = _deep_merge(spec.overrides, nested(sampled))
+    return make_config(spec.preset, overrides, method=spec.method, benchmark=spec.benchmark, order=order,
+                       seed=spec.seed, data_dir=spec.data_dir)  # fmt: skip
+
+
+def define_by_run(space: tuple[Param, ...]):
+    """Optuna define-by-run search space: a parameter is searched only when its condition holds."""
+
+    def suggest(trial: optuna.Trial) -> None:
+        chosen: dict[str, Any] = {}
+        for p in space:
+            if all(chosen.get(k) == v for k, v in p.when):
+                chosen[p.key] = p.suggest(trial)
+
+    return suggest
+
+
+def default_point(spec: SweepSpec) -> dict[str, Any]:
+    """The preset's values of the searched keys (a first trial to compare the search against)."""
+    cfg = make_config(spec.preset, spec.overrides, method=spec.method, benchmark=spec.benchmark,
+                      order=spec.all_orders()[0], seed=spec.seed, data_dir=spec.data_dir).to_dict()  # fmt: skip
+    point: dict[str, Any] = {}
+    for p in spec.space:
+        node: Any = cfg
+        for part in p.key.split("."):
+            node = node[part]
+        if not all(point.get(k) == v for k, v in p.when):
+            continue
+        if p.kind == "choice" and node not in p.values:
+            return {}
+        if p.kind != "choice" and not (p.values[0] <= node <= p.values[1]):
+            return {}  # the preset lies outside the space: no default point
+        point[p.key] = node
+    return point
+
+
+# --------------------------------------------------------------------------------------------- trainable
+
+
+def run_trial(config: dict, spec: SweepSpec) -> None:
+    """One Tune trial: the sampled config over every order; reports after every task."""
+    orders = spec.all_orders()
+    trial_id = tune.get_context().get_trial_id()
+    trial_dir = Path(spec.out).resolve() / "runs" / trial_id
+    tracker = ObjectiveTracker(spec.objective, list(orders), spec.num_tasks())
+    sampled = {k: v for k, v in config.items() if not k.startswith("_")}
+    if spec.workers == 0:  # one thread per CPU given to the trial, or trials fight for cores
+        sampled["train.threads"] = max(1, int(spec.cpus_per_trial))
+    for index, order in enumerate(orders):
+        tracker.order_index = index
+        cfg = trial_config(spec, order, sampled)
+        out = trial_dir / f"order{order}"
+        if spec.workers == 0:
+
+            def report(row: dict, out: Path = out, tracker: ObjectiveTracker = tracker) -> None:
+                tune.report(tracker.update(row, out, spec.method))
+
+            run(cfg, out, report=report, log=lambda _: None)
+        else:
+            from aimray.launch.train import Resources, run_with_ray_train
+
+            res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
+            run_with_ray_train(cfg, out, res, tracker=tracker.state_dict())
+            tracker = ObjectiveTracker(**json.loads((out / "tracker.json").read_text()))
+
+
+def sweep(
+    spec: SweepSpec, resume: bool = False, address: str | None = None, storage: str | None = None
+) -> pd.DataFrame:
+    """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet)."""
+    out = Path(spec.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
+    if spec.workers == 0:
+        concurrency = spec.concurrency or max(1, int(cluster_cpus // per_trial))
+        resources = {"cpu": per_trial, "gpu": spec.gpus_per_worker}
+    else:  # the trial only drives a TorchTrainer whose workers hold the CPUs (0 is rejected)
+        concurrency = spec.concurrency or max(1, int(cluster_cpus // (spec.workers * per_trial)))
+        resources = {"cpu": 0.1}
+    spec = SweepSpec(**{**asdict(spec), "space": spec.space, "cpus_per_trial": per_trial, "out": str(out)})
+    (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
+    storage_path = storage or str(out / "ray")
+    experiment = Path(storage_path) / "tune"
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if tune.Tuner.can_restore(str(experiment)):
+            raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
+        tuner = tune.Tuner(trainable, tune_config=tune_config(spec, concurrency),
+                           run_config=tune.RunConfig(name="tune", storage_path=storage_path))  # fmt: skip
+    t0 = time.time()
+    grid = tuner.fit()
+    table = trials_table(grid, spec)
+    table.to_parquet(out / "trials.parquet.tmp", index=False)
+    os.replace(out / "trials.parquet.tmp", out / "trials.parquet")
+    (out / "best.md").write_text(best_markdown(table, spec, time.time() - t0))
+    return table
+
+
+def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
+    max_t = len(spec.all_orders()) * spec.num_tasks()
+    points = [default_point(spec)] if spec.include_defaults and spec.space else []
+    points = [p for p in points if p]
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    searcher = OptunaSearch(space=define_by_run(spec.space), metric="objective", mode="max", sampler=sampler,
+                            points_to_evaluate=points or None)  # fmt: skip
+    if spec.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="tasks_done", metric="objective", mode="max", max_t=max_t,
+                                  grace_period=spec.num_tasks(), reduction_factor=2)  # fmt: skip
+    elif spec.scheduler == "hyperband":
+        scheduler = HyperBandScheduler(time_attr="tasks_done", metric="objective", mode="max", max_t=max_t)
+    else:
+        scheduler = None
+    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+                           scheduler=scheduler, num_samples=spec.num_samples)  # fmt: skip
+
+
+def trials_table(grid, spec: SweepSpec) -> pd.DataFrame:
+    """One row per trial: config columns, objective, per-order dev/test metrics, status, wall time."""
+    max_t = len(spec.all_orders()) * spec.num_tasks()
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
+        done = int(m.get("tasks_done", 0) or 0)
+        status = "error" if result.error else ("completed" if done >= max_t else "stopped")
+        row = {"trial_id": m.get("trial_id") or Path(result.path).name, "status": status, "tasks_done": done,
+               "objective": m.get("objective", math.nan), "wall_seconds": m.get("time_total_s", math.nan)}  # fmt: skip
+        row.update({f"config/{k}": v for k, v in config.items()})
+        for order in spec.all_orders():
+            for key in ("dev_op", "dev_bwt", "test_op", "test_bwt", "test_fwt_base"):
+                row[f"o{order}/{key}"] = m.get(f"o{order}/{key}", math.nan)
+        row["error"] = repr(result.error)[:500] if result.error else None
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("objective", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def best_markdown(table: pd.DataFrame, spec: SweepSpec, seconds: float, top: int = 5) -> str:
+    """The best completed trials: config, objective (dev) and the mean test metrics over orders."""
+    done = table[table.status == "completed"].head(top)
+    orders = spec.all_orders()
+    config_cols = [c for c in table.columns if c.startswith("config/")]
+    lines = [f"# Sweep: {spec.method} on {spec.benchmark}, orders {list(orders)}, objective {spec.objective} (dev)",
+             "", f"{len(table)} trials ({(table.status == 'completed').sum()} completed, "
+             f"{(table.status == 'stopped').sum()} stopped early, {(table.status == 'error').sum()} errors) "
+             f"in {seconds / 60:.1f} min.", ""]  # fmt: skip
+    header = ["trial", "objective", "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in done.iterrows():
+        test_op = sum(r[f"o{o}/test_op"] for o in orders) / len(orders)
+        test_bwt = sum(r[f"o{o}/test_bwt"] for o in orders) / len(orders)
+        cells = [r.trial_id, f"{100 * r.objective:.2f}", f"{100 * test_op:.2f}", f"{100 * test_bwt:.2f}"]
+        cells += [_fmt(r[c]) for c in config_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+__all__ = ["SweepSpec", "best_markdown", "load_preset", "load_sweep", "sweep", "trials_table"]

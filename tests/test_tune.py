@@ -1,0 +1,136 @@
+"""Ray Tune + Optuna sweeps on Ray: a local instance and a two-node cluster started here (tiny random-init
+Llama: unit tests only). The driver is the real CLI, sweeps/tune_controller.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aimray.launch.tune import define_by_run, load_sweep, parse_space
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
+
+
+def tiny_overrides(model: str) -> list[str]:
+    return [f"model.name_or_path={model}", "model.max_prompt_tokens=40", "data.train=8", "data.dev=4",
+            "data.test=4", "train.batch_size=4", "train.epochs=1", "train.warmup_steps=0", "memory.per_task=4",
+            "memory.batch_size=2", "controller.s0=1", "controller.m0=1", "eval.base=false"]  # fmt: skip
+
+
+def sweep_cli(out: Path, model: str, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "sweeps" / "tune_controller.py"), "--config", str(SMOKE), "--out", str(out),
+           "--num-samples", "2", "--cpus-per-trial", "1", *extra, *tiny_overrides(model)]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, **popen)
+
+
+def check_sweep(out: Path, samples: int = 2) -> pd.DataFrame:
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == samples and (table.status == "completed").all(), table[["status", "error"]]
+    assert table.objective.between(0, 1).all() and (table.tasks_done == 12).all()
+    for order in (1, 2, 3):
+        assert table[f"o{order}/test_op"].notna().all() and table[f"o{order}/dev_op"].notna().all()
+    assert {"config/controller.threshold_factor", "config/memory.per_task"} <= set(table.columns)
+    for trial in table.trial_id:
+        for order in (1, 2, 3):
+            run = out / "runs" / trial / f"order{order}"
+            assert (run / "matrix.json").exists() and list((run / "events" / "steps").glob("*.parquet"))
+    assert "| trial | objective | test OP |" in (out / "best.md").read_text()
+    return table
+
+
+def test_space_parsing_and_define_by_run() -> None:
+    import optuna
+
+    space = parse_space({"a.x": {"uniform": [0.0, 1.0]}, "a.k": {"choice": ["p", "q"]},
+                         "a.y": {"int": [1, 3], "if": {"a.k": "q"}}})  # fmt: skip
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        define_by_run(space)(trial)
+        params = trial.params
+        assert ("a.y" in params) == (params["a.k"] == "q")
+        seen.add(params["a.k"])
+        study.tell(trial, 0.0)
+    assert seen == {"p", "q"}
+    with pytest.raises(ValueError, match="space.a.x"):
+        parse_space({"a.x": {"uniform": [2, 1]}})
+    with pytest.raises(ValueError, match="space.a.x"):
+        parse_space({"a.x": {"normal": [0, 1]}})
+
+
+def test_sweep_spec_errors_name_the_field(tmp_path) -> None:
+    with pytest.raises(ValueError, match="objective='accuracy'"):
+        load_sweep(SMOKE, ["objective=accuracy"])
+    with pytest.raises(ValueError, match="train.lrr"):
+        load_sweep(SMOKE, ["train.lrr=1"])
+    with pytest.raises(ValueError, match="no order 7"):
+        load_sweep(SMOKE, [], orders=(7,))
+    spec = load_sweep(SMOKE, ["num_samples=3", "train.lr=0.01"], out=str(tmp_path))
+    assert spec.num_samples == 3 and spec.overrides["train"]["lr"] == 0.01 and spec.all_orders() == (1, 2, 3)
+
+
+def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
+    out = tmp_path / "sweep"
+    proc = sweep_cli(out, tiny_causal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-4000:]
+    table = check_sweep(out)
+    assert "# Sweep: aimmerging on offline-standard" in stdout
+    # The first trial evaluates the preset's own values (points_to_evaluate); TPE proposes the second.
+    assert table["config/controller.threshold_factor"].round(6).isin([2.0]).any()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """Two `ray start` nodes on this machine, in their own temp dir; stopped by their processes only."""
+    temp = Path("/tmp") / f"aimray-ray-{os.getpid()}-{free_port()}"  # short: Ray's socket paths are limited
+    port = free_port()
+    env = {**os.environ}
+    env.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).parent / "ray")
+    head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}",
+            "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
+    worker = [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run(worker, check=True, env=env, capture_output=True, timeout=120)
+    yield f"127.0.0.1:{port}"
+    # Stop only this cluster: every process whose command line names its temp dir or its port.
+    for pattern in (str(temp), f"127.0.0.1:{port}", f"--gcs-address=.*:{port}"):
+        subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+    time.sleep(1)
+
+
+def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_node_cluster, tiny_causal, tmp_path):
+    out = tmp_path / "sweep"
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
+    proc = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--concurrency", "1",
+                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    # Kill the driver once the first trial has finished an order, mid-sweep.
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((out / "runs").glob("*/order1/matrix.json")):
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "trials.parquet").exists()
+    resumed = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--resume",
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    stdout, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, stdout[-4000:]
+    check_sweep(out)
