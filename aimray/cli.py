@@ -156,7 +156,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
     )
     t0 = time.time()
-    result = run(cfg, args.out)
+    if args.workers == 0:
+        result = run(cfg, args.out)
+    else:
+        from aimray.launch.train import Resources, run_with_ray_train
+
+        cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
+        resources = Resources(args.workers, cpus, args.gpus_per_worker, args.max_failures)
+        result = run_with_ray_train(cfg, args.out, resources, storage=args.storage)
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
     return 0
@@ -219,20 +226,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="one continual-learning run (in this process)",
         description="Train one LoRA adapter through a benchmark's task order with a CL method; evaluate every "
         "task after every task; write events (Parquet), manifest.json, matrix.json and checkpoints to --out. "
-        "Rerunning with the same --out and config resumes from the last checkpoint.",
+        "Rerunning with the same --out and config resumes from the last checkpoint. Runs in Ray Train workers "
+        "(a local Ray is started unless RAY_ADDRESS names a cluster); --workers 0 runs in this process.",
         epilog="overrides: dotted config keys, e.g. train.lr=1e-3 controller.threshold_factor=2.5 data.train=64. "
         f"Presets: {', '.join(_presets())}.",
     )
-    p.add_argument("--method", default="aimmerging", help="aimmerging (default), a baseline or an ablation")
+    p.add_argument("--method", default="aimmerging", help=f"one of {', '.join(_methods())}")
     p.add_argument("--benchmark", default="offline-standard")
     p.add_argument("--order", type=int, default=1)
     p.add_argument("--preset", help="smoke (about 2 min here), demo, or paper (the paper's sizes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="Ray Train data-parallel workers (default 1); 0 runs in this process (debugging)",
+    )
+    p.add_argument("--cpus-per-worker", type=float, default=0, help="default: all CPUs / workers")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (nccl); default 0 (gloo)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
+    p.add_argument("--storage", help="Ray Train storage (default <out>/ray; shared storage on a cluster)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
     return parser
+
+
+def _methods() -> list[str]:
+    from aimray.methods import METHODS
+
+    return list(METHODS)
 
 
 def _presets() -> list[str]:

@@ -85,6 +85,11 @@ def _silent(*_args) -> None:
     pass
 
 
+def _report(report: Callable[[dict], None] | None, row: dict) -> None:
+    if report is not None:
+        report(row)
+
+
 def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: p.detach().clone() for k, p in params.items()}
 
@@ -292,19 +297,23 @@ def run(
             log(f"[run] after task {stage.index + 1}/{len(stages)} ({stage.name}): test {test}")
             ctx.checkpoint(stage.index + 1, 0)
             dist.sum(0.0)  # barrier: rank 0 has written the checkpoint and the events
-            if report is not None:
-                seen = [specs[i].name for i in stage.eval_tasks if method.joint or i <= stage.index]
-                report({"stage": stage.index + 1, "task": stage.name, "seen": seen, "scores": scores,
-                        "costs": vars(ts.costs), "checkpoint": ctx.ckpt.latest() if dist.main else None})  # fmt: skip
+            seen = [specs[i].name for i in stage.eval_tasks if method.joint or i <= stage.index]
+            row = {"stage": stage.index + 1, "task": stage.name, "seen": seen, "scores": scores,
+                   "costs": vars(ts.costs), "checkpoint": ctx.ckpt.latest() if dist.main else None}  # fmt: skip
+            if stage.index + 1 < len(stages):
+                _report(report, row)
+        result = collect(out, method)
+        write(out / "matrix.json", result_json(result))
+        write(out / "manifest.json", {**manifest, "status": "success", "finished_at": now()})
     except SimulatedKill:
         raise
     except BaseException as err:
-        failed = {**manifest, "status": "failed", "error": repr(err)[:2000], "finished_at": now()}
-        write(out / "manifest.json", failed)
+        # SystemExit / KeyboardInterrupt: stopped from outside (e.g. a Tune scheduler ending the trial).
+        status = "stopped" if isinstance(err, SystemExit | KeyboardInterrupt) else "failed"
+        write(out / "manifest.json", {**manifest, "status": status, "error": repr(err)[:2000], "finished_at": now()})
         raise
-    result = collect(out, method)
-    write(out / "matrix.json", result_json(result))
-    write(out / "manifest.json", {**manifest, "status": "success", "finished_at": now()})
+    if start < len(stages):  # the last task's report comes once the run's files are complete
+        _report(report, row)
     return result
 
 

@@ -67,14 +67,19 @@ class ObjectiveTracker:
             seen = [v for (task, split), v in row["scores"].items() if split == "dev" and task in row["seen"]]
             running = {"dev_op": float(np.mean(seen)) if seen else math.nan, "dev_bwt": 0.0}
             metrics_["objective"] = combine(self.kind, [*self.finished, running])
-            return metrics_
-        result = collect(out, get_method(method))
-        summary = order_summary(result.dev, result.test, result.base_test)
-        self.finished.append(summary)
-        self.order_index += 1
-        metrics_.update({f"o{order}/{k}": v for k, v in summary.items()})
-        metrics_["objective"] = combine(self.kind, self.finished)
+        else:
+            self.finish(out, method)
+            metrics_["objective"] = combine(self.kind, self.finished)
+        for summary in self.finished:  # every report carries the finished orders (Tune keeps the last one)
+            metrics_.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
         return metrics_
+
+    def finish(self, out: Path, method: str) -> None:
+        """Record the running order's summary, read back from its finished run folder."""
+        result = collect(out, get_method(method))
+        order = self.orders[self.order_index]
+        self.finished.append({"order": order, **order_summary(result.dev, result.test, result.base_test)})
+        self.order_index += 1
 
     def state_dict(self) -> dict:
         return {"kind": self.kind, "orders": self.orders, "num_tasks": self.num_tasks,

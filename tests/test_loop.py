@@ -22,8 +22,8 @@ TINY = {
 }
 
 
-def tiny_config(model: str, method: str = "aimmerging", **extra):
-    overrides = {**TINY, "model": {**TINY["model"], "name_or_path": model}}
+def tiny_config(model_path: str, method: str = "aimmerging", **extra):
+    overrides = {**TINY, "model": {**TINY["model"], "name_or_path": model_path}}
     for key, value in extra.items():
         overrides[key] = {**overrides.get(key, {}), **value}
     return make_config(None, overrides, method=method, benchmark="offline-standard", order=1)

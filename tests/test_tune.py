@@ -101,36 +101,60 @@ def two_node_cluster(tmp_path):
     """Two `ray start` nodes on this machine, in their own temp dir; stopped by their processes only."""
     temp = Path("/tmp") / f"aimray-ray-{os.getpid()}-{free_port()}"  # short: Ray's socket paths are limited
     port = free_port()
-    env = {**os.environ}
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # token auth stays on: every node and client use it
     env.pop("RAY_ADDRESS", None)
     ray = str(Path(sys.executable).parent / "ray")
     head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}",
             "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
-    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
     worker = [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"]
-    subprocess.run(worker, check=True, env=env, capture_output=True, timeout=120)
-    yield f"127.0.0.1:{port}"
-    # Stop only this cluster: every process whose command line names its temp dir or its port.
-    for pattern in (str(temp), f"127.0.0.1:{port}", f"--gcs-address=.*:{port}"):
-        subprocess.run(["pkill", "-9", "-f", pattern], check=False)
-    time.sleep(1)
+    try:
+        for cmd in (head, worker):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        # Stop only this cluster: every process whose command line names its temp dir or its port.
+        for pattern in (str(temp), f"127.0.0.1:{port}", f"gcs-address=[^ ]*:{port}"):
+            subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+        time.sleep(1)
 
 
 def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_node_cluster, tiny_causal, tmp_path):
     out = tmp_path / "sweep"
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
-    proc = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--concurrency", "1",
+    env = {"RAY_AUTH_MODE": "token"}
+    proc = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--concurrency", "1", env=env,
                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    # Kill the driver once the first trial has finished an order, mid-sweep.
+    # Kill the driver mid-sweep: once the first trial has finished all its orders.
     deadline = time.time() + 600
-    while time.time() < deadline and not list((out / "runs").glob("*/order1/matrix.json")):
+    while time.time() < deadline and not list((out / "runs").glob("*/order3/matrix.json")):
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-        time.sleep(1)
+        time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "trials.parquet").exists()
-    resumed = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--resume",
+    finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/order*/matrix.json")}
+    resumed = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--resume", env=env,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     stdout, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, stdout[-4000:]
+    # Finished runs were not run again (their results were not rewritten).
+    assert finished and all(p.stat().st_mtime_ns == t for p, t in finished.items())
     check_sweep(out)
+
+
+def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
+    out = tmp_path / "abl"
+    cmd = [sys.executable, str(ROOT / "sweeps" / "ablations.py"), "--methods", "aimmerging,seqlora,single_task",
+           "--orders", "1,2", "--out", str(out), *tiny_overrides(tiny_causal)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    table = pd.read_parquet(out / "runs.parquet")
+    assert len(table) == 6 and (table.status == "success").all()
+    assert table[table.method == "aimmerging"].fwt_paper.notna().all()
+    assert table[table.method == "single_task"].fwt_paper.isna().all()
+    md = (out / "ablation.md").read_text()
+    assert "| aimmerging | 2 |" in md and "FWT (paper, vs single-task)" in md
+    # A rerun skips the finished runs.
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "6 runs, 6 already finished, 0 to run" in again.stdout

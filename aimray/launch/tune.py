@@ -167,16 +167,17 @@ def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
                        seed=spec.seed, data_dir=spec.data_dir)  # fmt: skip
 
 
-def define_by_run(space: tuple[Param, ...]):
+@dataclass(frozen=True)
+class define_by_run:
     """Optuna define-by-run search space: a parameter is searched only when its condition holds."""
 
-    def suggest(trial: optuna.Trial) -> None:
+    space: tuple[Param, ...]
+
+    def __call__(self, trial: optuna.Trial) -> None:
         chosen: dict[str, Any] = {}
-        for p in space:
+        for p in self.space:
             if all(chosen.get(k) == v for k, v in p.when):
                 chosen[p.key] = p.suggest(trial)
-
-    return suggest
 
 
 def default_point(spec: SweepSpec) -> dict[str, Any]:
@@ -220,6 +221,8 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
                 tune.report(tracker.update(row, out, spec.method))
 
             run(cfg, out, report=report, log=lambda _: None)
+            if tracker.order_index == index:  # a restored trial: this order had finished before
+                tracker.finish(out, spec.method)
         else:
             from aimray.launch.train import Resources, run_with_ray_train
 
@@ -234,8 +237,11 @@ def sweep(
     """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet)."""
     out = Path(spec.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:  # joining a cluster: token authentication (Ray's default) unless the user says otherwise
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(address=address, include_dashboard=None if address else False)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     if spec.workers == 0:
