@@ -27,7 +27,7 @@ assets: $(STAMP)
 	$(PY) -m aimray.assets fetch
 
 demo: assets
-	$(PY) -m aimray run --method aimmerging --benchmark offline-standard --order 1 --preset demo --out $(DEMO_OUT)
+	$(PY) sweeps/tune_controller.py --out $(DEMO_OUT) $(if $(wildcard $(DEMO_OUT)/ray/tune),--resume)
 
 test: assets
 	$(PY) -m ruff check .

@@ -7,7 +7,6 @@ python -m aimray eval --benchmark offline-standard [--split test] [--limit N] [-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from aimray.assets import AssetMissingError
+from aimray.events import write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 
 
@@ -69,12 +69,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the backbone with a fresh (identity) LoRA adapter: the zero-shot baseline of every task."""
     import torch
@@ -99,7 +93,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if out:
-        _write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest)
     rows = []
     try:
         t0 = time.time()
@@ -129,12 +123,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
     except BaseException:
         if out:
-            _write_json_atomic(out / "manifest.json", {**manifest, "status": "failed"})
+            write_json_atomic(out / "manifest.json", {**manifest, "status": "failed"})
         raise
     if out:
-        _write_json_atomic(out / "results.json", rows)
+        write_json_atomic(out / "results.json", rows)
         done = {**manifest, "status": "success", "seconds": time.time() - t0}
-        _write_json_atomic(out / "manifest.json", done)
+        write_json_atomic(out / "manifest.json", done)
         print(f"[eval] wrote {out}/results.json and manifest.json")
     mean = sum(r["value"] for r in rows) / len(rows)
     print(f"[eval] mean over {len(rows)} tasks: {100 * mean:.1f}")

@@ -267,10 +267,11 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def deep_merge(base: dict, extra: dict) -> dict:
+    """base with extra's values, nested mappings merged key by key."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -304,8 +305,8 @@ def load_preset(name: str) -> dict:
 def make_config(preset: str | None = None, overrides: dict | None = None, **top: Any) -> RunConfig:
     """Preset YAML, then top-level values (method, benchmark, ...), then nested overrides."""
     values = load_preset(preset) if preset else {}
-    values = _merge(values, {k: v for k, v in top.items() if v is not None})
-    values = _merge(values, overrides or {})
+    values = deep_merge(values, {k: v for k, v in top.items() if v is not None})
+    values = deep_merge(values, overrides or {})
     return _build(RunConfig, values, "")
 
 

@@ -81,6 +81,26 @@ class TaskState:
     t_start: float = 0.0
 
 
+def run_identity(config: dict) -> str:
+    """What must match for a checkpoint to be resumed: the config less execution-only fields (threads)."""
+    config = json.loads(json.dumps(config))
+    config["train"].pop("threads", None)
+    return json.dumps(config, sort_keys=True)
+
+
+def check_shared(out: Path, dist: Dist) -> None:
+    """Data-parallel ranks must see one run folder: rank 0 writes a token there, every rank reads it."""
+    token = random.SystemRandom().randrange(1, 2**31) if dist.main else 0
+    token = int(dist.sum(token))
+    marker = out / ".shared-check"
+    if dist.main:
+        marker.write_text(str(token))
+    dist.sum(0.0)  # barrier
+    seen = marker.read_text().strip() if marker.exists() else ""
+    if int(dist.sum(0.0 if seen == str(token) else 1.0)):
+        raise RuntimeError(f"data-parallel workers do not all see {out}: the run folder must be on shared storage")
+
+
 def _silent(*_args) -> None:
     pass
 
@@ -154,6 +174,11 @@ class Context:
     dist: Dist = LOCAL
     global_step: int = 0  # optimizer steps so far in the run, inner and burst
 
+    def reseed(self, phase: int) -> None:
+        """Seed torch (dropout) from (seed, global step, phase, rank): a resumed run and every data-parallel
+        rank draw exactly what the uninterrupted run draws, on CPU and GPU, with no generator state to save."""
+        torch.manual_seed(hash((self.cfg.seed, self.global_step, phase, self.dist.rank)) & 0x7FFF_FFFF)
+
     def tick(self) -> int:
         self.global_step += 1
         return self.global_step - 1
@@ -185,8 +210,7 @@ class Context:
             "best_score": ts.best_score if ts else None,
             "costs": vars(ts.costs) if ts else None,
         }
-        objects = {"torch_rng": torch.get_rng_state()}
-        objects.update({k: v.state_dict() for k, v in (optim or {}).items() if v is not None})
+        objects = {k: v.state_dict() for k, v in (optim or {}).items() if v is not None}
         if self.dist.main:
             self.ckpt.save(f"t{stage:02d}-s{step:06d}", tensors, objects, state)
         if self.stop_at == (stage, step):
@@ -212,6 +236,8 @@ def run(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if dist.world > 1:
+        check_shared(out, dist)
     if not dist.main:
         log = _silent
     method = get_method(cfg.method)
@@ -251,23 +277,23 @@ def run(
     latest = Path(resume_from) if resume_from is not None else ctx.ckpt.latest()
     if latest is not None:
         tensors, objects, state = Checkpointer.load(latest)
-        if state["run_id"] != run_id or state["config"] != json.loads(json.dumps(cfg.to_dict())):
+        if state["run_id"] != run_id or run_identity(state["config"]) != run_identity(cfg.to_dict()):
             raise ValueError(
                 f"{out} holds a checkpoint of a different run or config; use another --out or delete {out}"
             )
         assign(params, tensors["adapter"])
         ctx.memory.load_state_dict(state["memory"], {d.name: d.train for d in data})
         ctx.controller.load_state_dict(state["controller"])
-        torch.set_rng_state(objects.pop("torch_rng"))
         ctx.events.truncate(state["event_parts"])
         manifest["started_at"] = state["started_at"]
         start = state["stage"]
         ctx.global_step = state["global_step"]
         if state["step"] > 0:
+            on = {g: {k: v.to(bb.device) for k, v in tensors.get(g, {}).items()} for g in ("anchor", "imp_in",
+                  "imp_out", "best")}  # fmt: skip
             resume = TaskState(
-                step=state["step"], anchor=tensors["anchor"], imp_in=tensors.get("imp_in", {}),
-                imp_out=tensors.get("imp_out", {}), best=tensors.get("best", {}), best_score=state["best_score"],
-                costs=Costs(**state["costs"]),
+                step=state["step"], anchor=on["anchor"], imp_in=on["imp_in"], imp_out=on["imp_out"], best=on["best"],
+                best_score=state["best_score"], costs=Costs(**state["costs"]),
             )  # fmt: skip
             optim_states, mem_rng_state = objects, state["mem_rng"]
         log(f"[run] {run_id}: resuming from checkpoint {latest.name}")
@@ -352,7 +378,8 @@ def train_stage(
         c = ts.costs
         c.steps += 1
         c.train_examples += len(batch)
-        c.replay_examples += sum(ex.task != stage.name for ex in batch)
+        if method.memory == "replay":
+            c.replay_examples += sum(ex.task != stage.name for ex in batch)
         c.forward_passes += 1
         c.backward_passes += 1
         memory_loss = None
@@ -393,6 +420,7 @@ def optimize(ctx: Context, batch: list[Example], optimizer, importance: dict | N
         p.grad = None
     shard = ctx.dist.shard(batch)
     tokens = ctx.dist.sum(answer_tokens(ctx.bb, shard))
+    ctx.reseed(0)
     local = 0.0
     if shard:
         loss = answer_loss(ctx.bb, shard, reduction="sum") / tokens
@@ -413,6 +441,7 @@ def forgetting_signal(ctx: Context, mem_rng: random.Random, costs: Costs) -> flo
     if ctx.cfg.controller.fs_mode == "eval":
         ctx.bb.model.eval()
     shard = ctx.dist.shard(batch)
+    ctx.reseed(1)
     local = answer_loss(ctx.bb, shard, reduction="sum").item() if shard else 0.0
     loss = ctx.dist.sum(local) / ctx.dist.sum(answer_tokens(ctx.bb, shard))
     ctx.bb.model.train()
@@ -480,7 +509,7 @@ def track_best(ctx: Context, stage: Stage, ts: TaskState) -> None:
     """checkpoint.keep=best_dev: score the adapter on a few dev examples of every seen task (as the
     released code does; this reads past-task dev data beyond the memory) and keep the best state."""
     n = ctx.cfg.checkpoint.best_dev_examples
-    seen = [i for i in stage.eval_tasks if i <= stage.index]
+    seen = [i for i in stage.eval_tasks if ctx.method.joint or i <= stage.index]
     values = [score_task(ctx, i, ctx.data[i].dev[:n])[0] for i in seen]
     ts.costs.eval_examples += n * len(seen)
     score = sum(values) / len(values)

@@ -32,8 +32,9 @@ from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from aimray.config import load_preset, make_config, parse_overrides
+from aimray.config import deep_merge, load_preset, make_config, parse_overrides
 from aimray.loop import run
+from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ObjectiveTracker
 from aimray.tasks import get_benchmark
 
@@ -118,7 +119,7 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
             raw[key] = value
         else:  # a run config key: a fixed value for every trial
             raw.setdefault("overrides", {})
-            raw["overrides"] = _deep_merge(raw["overrides"], {key: value})
+            raw["overrides"] = deep_merge(raw["overrides"], {key: value})
     raw.update({k: v for k, v in flags.items() if v is not None})
     unknown = sorted(set(raw) - spec_fields)
     if unknown:
@@ -130,19 +131,17 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         raise ValueError(f"objective={spec.objective!r}; valid: {', '.join(OBJECTIVES)}")
     if spec.scheduler not in ("asha", "hyperband", "none"):
         raise ValueError(f"scheduler={spec.scheduler!r}; valid: asha, hyperband, none")
+    method = get_method(spec.method)
+    if method.joint or method.reset_each_task:
+        raise ValueError(
+            f"method={spec.method!r}: a sweep's objective needs a sequence of tasks (not mtl or single_task)"
+        )
     if spec.num_samples < 1:
         raise ValueError(f"num_samples={spec.num_samples} must be >= 1")
     # Validate every order and an example of the search space against the run config now, not in a trial.
     for order in spec.all_orders():
         trial_config(spec, order, {p.key: _example_value(p) for p in spec.space})
     return spec
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _example_value(p: Param) -> Any:
@@ -162,7 +161,7 @@ def nested(flat: dict[str, Any]) -> dict:
 
 
 def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
-    overrides = _deep_merge(spec.overrides, nested(sampled))
+    overrides = deep_merge(spec.overrides, nested(sampled))
     return make_config(spec.preset, overrides, method=spec.method, benchmark=spec.benchmark, order=order,
                        seed=spec.seed, data_dir=spec.data_dir)  # fmt: skip
 
