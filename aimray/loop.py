@@ -101,6 +101,11 @@ def check_shared(out: Path, dist: Dist) -> None:
         raise RuntimeError(f"data-parallel workers do not all see {out}: the run folder must be on shared storage")
 
 
+def previous_status(out: Path) -> str | None:
+    path = out / "manifest.json"
+    return json.loads(path.read_text()).get("status") if path.exists() else None
+
+
 def _silent(*_args) -> None:
     pass
 
@@ -297,6 +302,9 @@ def run(
             )  # fmt: skip
             optim_states, mem_rng_state = objects, state["mem_rng"]
         log(f"[run] {run_id}: resuming from checkpoint {latest.name}")
+    if latest is not None and start >= len(stages) and previous_status(out) == "success":
+        log(f"[run] {run_id}: already finished in {out}")
+        return collect(out, method)  # nothing to do, nothing rewritten
     manifest["resumed_from"] = latest.name if latest else None
     write(out / "manifest.json", manifest)
 

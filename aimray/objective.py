@@ -74,6 +74,15 @@ class ObjectiveTracker:
             metrics_.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
         return metrics_
 
+    def final_metrics(self) -> dict:
+        """The trial's metrics once every order has finished (reported again at the end of a trial, in case a
+        restored trial found its runs already complete and had nothing left to report)."""
+        out = {"tasks_done": len(self.finished) * self.num_tasks, "order": self.orders[-1],
+               "objective": combine(self.kind, self.finished)}  # fmt: skip
+        for summary in self.finished:
+            out.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
+        return out
+
     def finish(self, out: Path, method: str) -> None:
         """Record the running order's summary, read back from its finished run folder."""
         result = collect(out, get_method(method))

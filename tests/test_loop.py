@@ -164,3 +164,12 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     assert [len(b) for b in epoch] == [4, 4, 2]
     assert batch_for_step(examples, 1, 4, "x") == epoch[1]
     assert batch_for_step(examples, 3, 4, "x") != epoch[0]  # a new shuffle in the second epoch
+
+
+def test_a_finished_run_is_not_run_or_rewritten_again(tiny_causal, tmp_path) -> None:
+    cfg = tiny_config(tiny_causal, "seqlora")
+    first = run(cfg, tmp_path, log=quiet)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    again = run(cfg, tmp_path, log=quiet)
+    assert np.array_equal(first.test, again.test)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps

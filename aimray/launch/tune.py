@@ -220,14 +220,16 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
                 tune.report(tracker.update(row, out, spec.method))
 
             run(cfg, out, report=report, log=lambda _: None)
-            if tracker.order_index == index:  # a restored trial: this order had finished before
-                tracker.finish(out, spec.method)
         else:
             from aimray.launch.train import Resources, run_with_ray_train
 
             res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
             run_with_ray_train(cfg, out, res, tracker=tracker.state_dict())
-            tracker = ObjectiveTracker(**json.loads((out / "tracker.json").read_text()))
+            if (out / "tracker.json").exists():
+                tracker = ObjectiveTracker(**json.loads((out / "tracker.json").read_text()))
+        if tracker.order_index == index:  # a restored trial: this order had finished before, unreported
+            tracker.finish(out, spec.method)
+    tune.report(tracker.final_metrics())
 
 
 def sweep(
