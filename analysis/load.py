@@ -1,0 +1,86 @@
+"""Open a study folder (one run, a sweep or an ablation study) as tidy pandas DataFrames.
+
+A study folder holds run folders (each with manifest.json and events/<kind>/part-*.parquet, written by
+aimray.events); a sweep adds trials.parquet, an ablation study runs.parquet. Runs are found anywhere
+below the folder. Reads Parquet and JSON only: never imports torch or ray.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+
+SCHEMA_VERSION = 1  # the event schema this package reads (aimray.events.SCHEMA_VERSION)
+KINDS = ("steps", "merges", "evals", "costs")
+
+
+class NotAStudyError(ValueError):
+    """The folder holds no aimray run."""
+
+
+@dataclass
+class Study:
+    root: Path
+    runs: pd.DataFrame  # one row per run: run_id, method, benchmark, order, seed, status, path, tasks
+    steps: pd.DataFrame
+    merges: pd.DataFrame
+    evals: pd.DataFrame  # the accuracy matrices in long form: after_index, eval_task, split, value, ...
+    costs: pd.DataFrame
+    trials: pd.DataFrame | None  # a sweep's trials table
+    ablation: pd.DataFrame | None  # an ablation study's runs table
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Every folder below `root` (itself included) with a manifest.json and an events folder."""
+    return sorted(p.parent for p in Path(root).rglob("manifest.json") if (p.parent / "events").is_dir())
+
+
+def open_study(root: str | Path) -> Study:
+    """Load every run below `root`; raises NotAStudyError naming the folder when there is none, and
+    ValueError when a run was written with another event schema version."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotAStudyError(f"{root} is not a folder")
+    folders = run_folders(root)
+    if not folders:
+        raise NotAStudyError(f"{root} holds no aimray run (no manifest.json beside an events/ folder)")
+    rows = []
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
+        rows.append({
+            "run_id": manifest["run_id"], "method": manifest["method"], "benchmark": manifest["benchmark"],
+            "order": manifest["order"], "seed": manifest["seed"], "status": manifest["status"],
+            "tasks": manifest["tasks"], "path": str(folder.relative_to(root)),
+        })  # fmt: skip
+    runs = pd.DataFrame(rows)
+    # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
+    frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
+    trials = pd.read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
+    ablation = pd.read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
+    return Study(root, runs, frames["steps"], frames["merges"], frames["evals"], frames["costs"], trials, ablation)
+
+
+def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:
+    """All rows of one event kind, each with the path of its run folder relative to the study."""
+    parts = []
+    for folder in folders:
+        paths = sorted((folder / "events" / kind).glob("part-*.parquet"))
+        if paths:
+            frame = ds.dataset([str(p) for p in paths], format="parquet").to_table().to_pandas()
+            frame.insert(0, "path", str(folder.relative_to(root)))
+            parts.append(frame)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def accuracy_matrix(study: Study, path: str, split: str = "test") -> pd.DataFrame:
+    """One run's accuracy matrix: rows after_index (0 = base), columns the tasks in training order."""
+    rows = study.evals[(study.evals.path == path) & (study.evals.split == split)]
+    tasks = study.runs.set_index("path").loc[path, "tasks"]
+    return rows.pivot_table(index="after_index", columns="eval_task", values="value").reindex(columns=list(tasks))
