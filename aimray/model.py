@@ -8,7 +8,6 @@ cost (49,152 x 576 for SmolLM2, about 40% of a forward pass per position).
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -360,5 +359,4 @@ def evaluate(
     else:
         scores = [rouge_l(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
         value, metric = sum(scores) / max(len(scores), 1), "rouge_l"
-    assert not math.isnan(value)
     return EvalResult(metric, value, len(examples), preds)

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from aimray.config import deep_merge, load_preset, make_config, parse_overrides
+from aimray.config import deep_merge, make_config, parse_overrides
 from aimray.loop import run
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ObjectiveTracker
@@ -140,12 +140,8 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         raise ValueError(f"num_samples={spec.num_samples} must be >= 1")
     # Validate every order and an example of the search space against the run config now, not in a trial.
     for order in spec.all_orders():
-        trial_config(spec, order, {p.key: _example_value(p) for p in spec.space})
+        trial_config(spec, order, {p.key: p.values[0] for p in spec.space})
     return spec
-
-
-def _example_value(p: Param) -> Any:
-    return p.values[0]
 
 
 def nested(flat: dict[str, Any]) -> dict:
@@ -338,4 +334,4 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["SweepSpec", "best_markdown", "load_preset", "load_sweep", "sweep", "trials_table"]
+__all__ = ["SweepSpec", "best_markdown", "load_sweep", "sweep", "trials_table"]
