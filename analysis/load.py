@@ -1,8 +1,10 @@
 """Open a study folder (one run, a sweep or an ablation study) as tidy pandas DataFrames.
 
 A study folder holds run folders (each with manifest.json and events/<kind>/part-*.parquet, written by
-aimray.events); a sweep adds trials.parquet, an ablation study runs.parquet. Runs are found anywhere
-below the folder. Reads Parquet and JSON only: never imports torch or ray.
+aimray.events); a sweep (sweeps/tune_controller.py) adds sweep.json and trials.parquet with its runs
+under runs/<trial>/order<k>/, an ablation study (sweeps/ablations.py) runs.parquet with its runs under
+runs/<method>/o<order>-s<seed>/. Runs are found anywhere below the folder, so one run folder
+(`python -m aimray run --out`) is a study too. Reads Parquet and JSON only: never imports torch or ray.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ class NotAStudyError(ValueError):
 @dataclass
 class Study:
     root: Path
-    runs: pd.DataFrame  # one row per run: run_id, method, benchmark, order, seed, status, path, tasks
+    kind: str  # "sweep", "ablation" or "runs"
+    runs: pd.DataFrame  # one row per run: run_id, method, benchmark, order, seed, status, path, tasks, trial
     steps: pd.DataFrame
     merges: pd.DataFrame
     evals: pd.DataFrame  # the accuracy matrices in long form: after_index, eval_task, split, value, ...
     costs: pd.DataFrame
     trials: pd.DataFrame | None  # a sweep's trials table
     ablation: pd.DataFrame | None  # an ablation study's runs table
+    space: list[dict]  # a sweep's search space: [{key, kind, values, when}], from sweep.json
+    sweep: dict | None  # a sweep's spec (sweep.json)
 
 
 def run_folders(root: Path) -> list[Path]:
@@ -54,17 +59,26 @@ def open_study(root: str | Path) -> Study:
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
+        path = folder.relative_to(root)
         rows.append({
             "run_id": manifest["run_id"], "method": manifest["method"], "benchmark": manifest["benchmark"],
             "order": manifest["order"], "seed": manifest["seed"], "status": manifest["status"],
-            "tasks": manifest["tasks"], "path": str(folder.relative_to(root)),
+            "tasks": manifest["tasks"], "path": str(path),
+            # a sweep's runs sit in runs/<trial>/order<k>/: the trial they belong to
+            "trial": path.parts[1] if len(path.parts) == 3 and path.parts[0] == "runs" else None,
         })  # fmt: skip
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
     frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
     trials = pd.read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
     ablation = pd.read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
-    return Study(root, runs, frames["steps"], frames["merges"], frames["evals"], frames["costs"], trials, ablation)
+    sweep = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else None
+    if sweep is None:
+        runs["trial"] = None
+    kind = "sweep" if sweep is not None else "ablation" if ablation is not None else "runs"
+    space = list(sweep.get("space", [])) if sweep else []
+    return Study(root, kind, runs, frames["steps"], frames["merges"], frames["evals"], frames["costs"], trials,
+                 ablation, space, sweep)  # fmt: skip
 
 
 def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:

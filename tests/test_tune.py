@@ -88,6 +88,18 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert "# Sweep: aimmerging on offline-standard" in stdout
     # The first trial evaluates the preset's own values (points_to_evaluate); TPE proposes the second.
     assert table["config/controller.threshold_factor"].round(6).isin([2.0]).any()
+    # The analysis CLI reads the sweep: best trials, sensitivity, the best trial's trajectories.
+    figures = analyse(out, "Best trials (objective on dev")
+    best = table.trial_id.iloc[0]
+    assert {"sensitivity.png", "optimization_history.png", f"trajectory_runs_{best}_order1.png"} <= figures
+
+
+def analyse(study: Path, headline: str) -> set[str]:
+    """Run `python -m analysis` on a study; check the headline; return the figure files written."""
+    proc = subprocess.run([sys.executable, "-m", "analysis", str(study)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and headline in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
+    assert (study / "analysis" / "report.md").exists()
+    return {p.name for p in (study / "analysis" / "figures").iterdir()}
 
 
 def free_port() -> int:
@@ -155,6 +167,10 @@ def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
     assert table[table.method == "single_task"].fwt_paper.isna().all()
     md = (out / "ablation.md").read_text()
     assert "| aimmerging | 2 |" in md and "FWT (paper, vs single-task)" in md
+    figures = analyse(out, "| aimmerging | 2 |")
+    assert {"accuracy_matrices.pdf", "forgetting.pdf", "trajectory_runs_aimmerging_o1-s0.pdf"} <= figures
+    methods = (out / "analysis" / "tables" / "methods.md").read_text()
+    assert "FWT (paper) mean ± std" in methods and methods.index("| aimmerging |") < methods.index("| seqlora |")
     # A rerun skips the finished runs.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "6 runs, 6 already finished, 0 to run" in again.stdout

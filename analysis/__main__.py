@@ -1,0 +1,139 @@
+"""python -m analysis STUDY_DIR [--out DIR]: every table and figure of a study; prints the headline table."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import figures as F
+from analysis import tables as T
+from analysis.load import NotAStudyError, Study, open_study
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Turn a study folder (one `python -m aimray run` folder, a sweeps/tune_controller.py sweep or "
+        "a sweeps/ablations.py study) into tables (markdown, LaTeX, CSV) and figures (PNG, PDF), and print "
+        "the headline table. Reads Parquet only. Output: tables/, figures/ and report.md under --out.",
+    )
+    parser.add_argument("study", help="the study folder")
+    parser.add_argument("--out", help="output folder (default: STUDY/analysis); replaced as a whole when done")
+    parser.add_argument("--split", default="test", choices=("test", "dev"), help="split of the method table")
+    parser.add_argument("--bins", type=int, default=4, help="quantile bins per numeric knob (sensitivity)")
+    args = parser.parse_args(argv)
+    try:
+        study = open_study(args.study)
+    except (NotAStudyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else study.root / "analysis"
+    # Everything is written to a sibling temp folder that replaces --out at the end: a failure midway leaves
+    # the previous analysis in place, never a half-written one.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NaN means of metrics a method does not define
+            headline = write_all(study, tmp, args.split, args.bins)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(headline)
+    print(f"tables, figures and report.md in {out}")
+    return 0
+
+
+def write_all(study: Study, out: Path, split: str, bins: int) -> str:
+    """Write tables/ and figures/ and report.md under `out`; returns the headline (markdown)."""
+    tables, figs = out / "tables", out / "figures"
+    tables.mkdir()
+    report = [f"# Analysis of {study.root.name} ({study.kind}, {len(study.runs)} runs)", ""]
+    unfinished = study.runs[study.runs.status != "success"]
+    if len(unfinished):
+        report += [f"{len(unfinished)} runs not finished (left out): " + ", ".join(unfinished.path), ""]
+    runs = T.run_metrics(study) if split == "test" else _dev_metrics(study)
+    if runs.empty:
+        raise NotAStudyError(f"{study.root}: no finished run to analyse")
+    runs.drop(columns=["test"]).to_parquet(tables / "runs.parquet", index=False)
+    by = "trial" if study.kind == "sweep" else "method"
+    table = T.method_table(runs, by=by)
+    cells = T.comparison(table, by=by)
+    table.to_csv(tables / "methods.csv", index=False)
+    headline = T.markdown(cells)
+    (tables / "methods.md").write_text(headline)
+    (tables / "methods.tex").write_text(T.latex(cells, caption=f"{split} metrics (points), mean ± std over "
+                                                 "orders and seeds", label="tab:methods"))  # fmt: skip
+    report += [f"## {'Trials' if by == 'trial' else 'Methods'} ({split})", "", headline]
+    _log(f"tables/methods.md ({len(table)} rows)")
+
+    if study.kind == "sweep" and study.trials is not None:
+        best = T.best_cells(T.best_trials(study))
+        (tables / "best.md").write_text(T.markdown(best))
+        headline = "Best trials (objective on dev; test for reporting):\n\n" + T.markdown(best)
+        sens = T.sensitivity(study, bins=bins)
+        sens.to_csv(tables / "sensitivity.csv", index=False)
+        (tables / "sensitivity.md").write_text(T.markdown(T.sensitivity_cells(sens)))
+        (tables / "sensitivity.tex").write_text(T.latex(T.sensitivity_cells(sens), label="tab:sensitivity"))
+        imp = T.importances(study)
+        imp.to_csv(tables / "importances.csv", index=False)
+        (tables / "importances.md").write_text(T.markdown(imp))
+        report += ["## Best trials", "", T.markdown(best), "## Sensitivity", "", T.markdown(T.sensitivity_cells(sens)),
+                   "## Parameter importances", "", T.markdown(imp)]  # fmt: skip
+        _log("tables/best.md, sensitivity.md, importances.md")
+        if len(sens):
+            _save(F.sensitivity_curves(sens), figs, "sensitivity", report)
+        _save(F.optimization_history(study), figs, "optimization_history", report)
+        if len(imp):
+            _save(F.importance_bars(imp), figs, "importances", report)
+
+    shown = representative_runs(study, runs)
+    _save(F.accuracy_heatmaps(study, list(shown.path), split), figs, "accuracy_matrices", report)
+    if (runs.method != "mtl").any():
+        _save(F.forgetting_curves(study, split), figs, "forgetting", report)
+    for r in shown.itertuples():
+        if len(study.steps) and (study.steps.path == r.path).any() and (study.merges.path == r.path).any():
+            name = "trajectory_" + r.path.replace("/", "_").strip("._") if r.path != "." else "trajectory"
+            _save(F.trajectory(study, r.path), figs, name, report)
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    return headline
+
+
+def representative_runs(study: Study, runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs drawn one by one: a sweep's best trial (every order), else each method's first run."""
+    if study.kind == "sweep" and study.trials is not None and (study.trials.status == "completed").any():
+        best = T.best_trials(study, top=1).trial_id.iloc[0]
+        return runs[runs.trial == best].sort_values("order")
+    first = runs.sort_values(["order", "seed"]).groupby("method", sort=False).head(1)
+    return first.set_index("method").loc[T.method_order(first.method)].reset_index()
+
+
+def _dev_metrics(study: Study) -> pd.DataFrame:
+    """run_metrics on dev matrices: swap the splits and reuse the same code."""
+    evals = study.evals.copy()
+    evals["split"] = evals.split.map({"dev": "test", "test": "dev"}).fillna(evals.split)
+    swapped = Study(**{**study.__dict__, "evals": evals})
+    return T.run_metrics(swapped)
+
+
+def _save(fig, folder: Path, name: str, report: list[str]) -> None:
+    F.save(fig, folder, name)
+    report += [f"![{name}](figures/{name}.png)", ""]
+    _log(f"figures/{name}.png, .pdf")
+
+
+def _log(msg: str) -> None:
+    print(f"[analysis] {msg}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
