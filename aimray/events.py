@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: costs.eval_seconds
 
 _f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
 
@@ -44,7 +44,7 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("run_id", _str), ("task_index", _i32), ("task", _str), ("steps", _i32), ("merges", _i32),
         ("train_examples", _i64), ("replay_examples", _i64), ("burst_examples", _i64),
         ("monitor_examples", _i64), ("forward_passes", _i64), ("backward_passes", _i64),
-        ("eval_examples", _i64), ("wall_seconds", _f64),
+        ("eval_examples", _i64), ("eval_seconds", _f64), ("wall_seconds", _f64),
     ]),
 }  # fmt: skip
 

@@ -64,6 +64,7 @@ class Costs:
     forward_passes: int = 0
     backward_passes: int = 0
     eval_examples: int = 0
+    eval_seconds: float = 0.0  # part of wall_seconds spent evaluating (and tracking the best dev state)
     wall_seconds: float = 0.0
 
 
@@ -518,8 +519,10 @@ def track_best(ctx: Context, stage: Stage, ts: TaskState) -> None:
     released code does; this reads past-task dev data beyond the memory) and keep the best state."""
     n = ctx.cfg.checkpoint.best_dev_examples
     seen = [i for i in stage.eval_tasks if ctx.method.joint or i <= stage.index]
+    t0 = time.time()
     values = [score_task(ctx, i, ctx.data[i].dev[:n])[0] for i in seen]
     ts.costs.eval_examples += n * len(seen)
+    ts.costs.eval_seconds += time.time() - t0
     score = sum(values) / len(values)
     if score > ts.best_score:
         ts.best_score, ts.best = score, snapshot(ctx.params)
@@ -528,6 +531,7 @@ def track_best(ctx: Context, stage: Stage, ts: TaskState) -> None:
 def evaluate_tasks(ctx: Context, after_index: int, after_task: str, which: list[int], costs: Costs) -> dict:
     """Evaluate tasks on the configured splits; one evals row each. Returns {(task, split): value}."""
     scores = {}
+    t0 = time.time()
     for i in which:
         spec = ctx.specs[i]
         for split in ctx.cfg.eval.splits:
@@ -536,6 +540,7 @@ def evaluate_tasks(ctx: Context, after_index: int, after_task: str, which: list[
             ctx.events.add("evals", after_index=after_index, after_task=after_task, eval_index=i,
                            eval_task=spec.name, split=split, metric=metric, value=value, n=n)  # fmt: skip
             scores[(spec.name, split)] = value
+    costs.eval_seconds += time.time() - t0
     return scores
 
 

@@ -41,6 +41,10 @@ class ModelConfig:
     max_prompt_tokens: int = 192  # the task text is truncated so the prompt fits
     dtype: str = "float32"
     device: str = "auto"  # "auto": the GPU when torch sees one (Ray assigns it), else the CPU
+    # bf16 autocast of the forward passes (training, monitoring, scoring; weights, adapter, optimizer and
+    # losses stay in `dtype`): "auto" where bf16 matmuls are native (a CPU with AMX or AVX512-BF16, a GPU
+    # with bf16), "bf16" always, "off" never.
+    autocast: str = "auto"
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -51,6 +55,8 @@ class ModelConfig:
             raise ValueError(f"model.max_prompt_tokens={self.max_prompt_tokens} must be >= 16")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"model.autocast={self.autocast!r} must be auto, bf16 or off")
 
 
 @dataclass
@@ -70,6 +76,28 @@ class Backbone:
     def lora_state(self) -> dict[str, torch.Tensor]:
         """The trainable adapter tensors (the only thing the continual loop differences and merges)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @property
+    def bf16(self) -> bool:
+        """Whether forward passes run under bf16 autocast (model.autocast, resolved for this device)."""
+        return use_bf16(self.config.autocast, self.device)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 matmuls in hardware: AMX or AVX512-BF16 on a CPU, bf16 support on a CUDA GPU."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def use_bf16(autocast: str, device: torch.device) -> bool:
+    return autocast == "bf16" or (autocast == "auto" and native_bf16(device))
 
 
 def resolve_path(name_or_path: str) -> str:
@@ -191,7 +219,8 @@ def answer_loss(bb: Backbone, batch: Sequence[Example], reduction: str = "mean")
         ids, mask = _right_pad([p for p, _ in pairs], pad)
         labels, lmask = _right_pad([a for _, a in pairs], pad)
         labels[lmask == 0] = -100
-        logits = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).logits
+        with bb.autocast():
+            logits = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).logits
     else:
         ids, mask = _left_pad([p + a for p, a in pairs], pad)
         n_ans = max(len(a) for _, a in pairs)
@@ -199,13 +228,14 @@ def answer_loss(bb: Backbone, batch: Sequence[Example], reduction: str = "mean")
         for i, (_, a) in enumerate(pairs):
             labels[i, n_ans - len(a) :] = torch.tensor(a)
         # Logits at the last n_ans + 1 positions; position t predicts token t + 1, so drop the final one.
-        out = bb.model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=_positions(mask).to(dev),
-            logits_to_keep=n_ans + 1,
-            use_cache=False,
-        )
+        with bb.autocast():
+            out = bb.model(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=_positions(mask).to(dev),
+                logits_to_keep=n_ans + 1,
+                use_cache=False,
+            )
         logits = out.logits[:, :-1]
     logits = logits.float()
     return F.cross_entropy(
@@ -230,6 +260,11 @@ def score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str]
     one pass over every option token continuing each cached prompt, batch x options rows of a few tokens.
     Seq2seq: the encoder runs once per prompt; the decoder scores every option.
     """
+    with bb.autocast():
+        return _score_options(bb, batch, options)
+
+
+def _score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str]) -> torch.Tensor:
     pad = bb.tokenizer.pad_token_id
     dev = bb.device
     model = bb.model.get_base_model()
@@ -283,13 +318,14 @@ def generate_answers(bb: Backbone, batch: Sequence[Example], max_new_tokens: int
         ids, mask = _right_pad(prompts, pad)
     else:
         ids, mask = _left_pad(prompts, pad)
-    out = bb.model.generate(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-    )
+    with bb.autocast():
+        out = bb.model.generate(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
     new = out if bb.is_seq2seq else out[:, ids.size(1) :]
     return [t.strip() for t in bb.tokenizer.batch_decode(new, skip_special_tokens=True)]
 

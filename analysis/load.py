@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-SCHEMA_VERSION = 1  # the event schema this package reads (aimray.events.SCHEMA_VERSION)
+SCHEMA_VERSION = 2  # the event schema this package reads (aimray.events.SCHEMA_VERSION)
 KINDS = ("steps", "merges", "evals", "costs")
 
 

@@ -67,6 +67,7 @@ def run_metrics(study: Study) -> pd.DataFrame:
         row["merges"] = len(merges)
         row["merges_per_task"] = len(merges) / len(run.tasks)
         row["wall_seconds"] = float(costs.wall_seconds.sum())
+        row["eval_seconds"] = float(costs.eval_seconds.sum())
         row["rehearsal_examples"] = int(costs.burst_examples.sum() + costs.replay_examples.sum())
         row["test"] = test
         rows.append(row)
@@ -111,8 +112,8 @@ def method_table(runs: pd.DataFrame, by: str = "method") -> pd.DataFrame:
                 row[f"{m}/o{order}"] = g[m].mean()
             row[f"{m}/mean"] = values.mean() if len(values) else math.nan
             row[f"{m}/std"] = values.std(ddof=0) if len(values) else math.nan
-        for c in ("merges", "merges_per_task", "wall_seconds", "rehearsal_examples"):
-            row[c] = group[c].mean()
+        for c in ("merges", "merges_per_task", "wall_seconds", "eval_seconds", "rehearsal_examples"):
+            row[c] = group[c].mean() if c in group else math.nan
         out.append(row)
     table = pd.DataFrame(out)
     if by == "method" and len(table):

@@ -18,7 +18,8 @@ TINY = {
     "train": {"batch_size": 4, "epochs": 2, "warmup_steps": 1, "lr": 1e-2, "eval_batch_size": 8, "threads": 1},
     "memory": {"fraction": None, "per_task": 6, "batch_size": 4},
     "controller": {"s0": 2, "m0": 1, "fixed_s": 2, "fixed_m": 1},
-    "model": {"max_prompt_tokens": 48},
+    # fp32 (no bf16 autocast): these tests compare runs exactly; the real-model tests use the default.
+    "model": {"max_prompt_tokens": 48, "autocast": "off"},
 }
 
 
@@ -37,6 +38,7 @@ def comparable(out, kind: str) -> list[dict]:
     rows = read_events(out, kind).to_pylist()
     for r in rows:
         r.pop("wall_seconds", None)
+        r.pop("eval_seconds", None)
     return rows
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from aimray import model as M
 from aimray.model import ModelConfig, answer_loss, encode, encode_answer, evaluate, load_backbone, rouge_l
 from aimray.tasks.spec import Example, TaskSpec
 
@@ -22,7 +25,9 @@ EXAMPLES = [SPEC.example(t, OPTIONS[i % len(OPTIONS)]) for i, t in enumerate(TEX
 
 @pytest.fixture(params=["tiny_causal", "tiny_seq2seq"])
 def backbone(request):
-    bb = load_backbone(ModelConfig(name_or_path=request.getfixturevalue(request.param), lora_dropout=0.0))
+    # fp32 throughout: these tests compare against naive fp32 computations to 1e-4.
+    cfg = ModelConfig(name_or_path=request.getfixturevalue(request.param), lora_dropout=0.0, autocast="off")
+    bb = load_backbone(cfg)
     # Nonzero LoRA B so the adapter actually changes the outputs under test.
     with torch.no_grad():
         for name, p in bb.model.named_parameters():
@@ -66,9 +71,7 @@ def test_answer_loss_has_gradient_only_on_lora(backbone) -> None:
 
 
 def test_label_scores_equal_full_sequence_likelihood(backbone) -> None:
-    from aimray.model import score_options
-
-    scores = score_options(backbone, EXAMPLES, OPTIONS)
+    scores = M.score_options(backbone, EXAMPLES, OPTIONS)
     assert scores.shape == (len(EXAMPLES), len(OPTIONS))
     for i, ex in enumerate(EXAMPLES):
         for j, opt in enumerate(OPTIONS):
@@ -77,10 +80,8 @@ def test_label_scores_equal_full_sequence_likelihood(backbone) -> None:
 
 
 def test_evaluate_returns_predictions_in_input_order(backbone) -> None:
-    from aimray.model import score_options
-
     res = evaluate(backbone, EXAMPLES, OPTIONS, batch_size=2)
-    one_by_one = [OPTIONS[score_options(backbone, [ex], OPTIONS).argmax().item()] for ex in EXAMPLES]
+    one_by_one = [OPTIONS[M.score_options(backbone, [ex], OPTIONS).argmax().item()] for ex in EXAMPLES]
     assert res.predictions == one_by_one
     hits = sum(p == ex.target for p, ex in zip(one_by_one, EXAMPLES, strict=True))
     assert res.metric == "accuracy" and res.n == len(EXAMPLES) and res.value == hits / len(EXAMPLES)
@@ -105,7 +106,12 @@ def test_prompt_truncation_cuts_only_the_text(tiny_causal) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"lora_r": 0}, "lora_r"), ({"lora_dropout": 1.0}, "lora_dropout"), ({"dtype": "fp8"}, "dtype")],
+    [
+        ({"lora_r": 0}, "lora_r"),
+        ({"lora_dropout": 1.0}, "lora_dropout"),
+        ({"dtype": "fp8"}, "dtype"),
+        ({"autocast": "fp16"}, "autocast"),
+    ],
 )
 def test_model_config_errors_name_the_field(kwargs, field) -> None:
     with pytest.raises(ValueError, match=field):
@@ -138,3 +144,20 @@ def test_evaluate_rejects_bad_mode_and_missing_options(tiny_causal) -> None:
 )
 def test_rouge_l(pred, ref, value) -> None:
     assert rouge_l(pred, ref) == pytest.approx(value)
+
+
+def test_bf16_autocast_follows_the_config_and_stays_close_to_fp32(backbone) -> None:
+    cpu = torch.device("cpu")
+    assert not backbone.bf16 and M.use_bf16("bf16", cpu) and not M.use_bf16("off", cpu)
+    assert M.use_bf16("auto", cpu) == M.native_bf16(cpu)
+    fp32 = answer_loss(backbone, EXAMPLES)
+    scores32 = M.score_options(backbone, EXAMPLES, OPTIONS)
+    bf16 = load_backbone(dataclasses.replace(backbone.config, autocast="bf16"))
+    bf16.model.load_state_dict(backbone.model.state_dict())
+    bf16.model.eval()
+    assert bf16.bf16
+    loss = answer_loss(bf16, EXAMPLES)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(fp32.item(), rel=0.02)
+    loss.backward()  # gradients reach the fp32 adapter
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in bf16.lora_state().values())
+    assert torch.allclose(M.score_options(bf16, EXAMPLES, OPTIONS), scores32, rtol=0.02, atol=0.05)
