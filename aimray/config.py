@@ -241,6 +241,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"{name}={value!r} must be a number") from None
     if annotation is str:
+        if isinstance(value, bool):  # YAML (and key=value) read on/off/yes/no as booleans
+            return "on" if value else "off"
         if isinstance(value, dict | list):
             raise ValueError(f"{name}={value!r} must be a string")
         return str(value)

@@ -14,6 +14,7 @@ runs this function inside Ray Train workers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -87,6 +88,11 @@ def run_identity(config: dict) -> str:
     config = json.loads(json.dumps(config))
     config["train"].pop("threads", None)
     return json.dumps(config, sort_keys=True)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """8 hex digits identifying a run's config (less execution-only fields): caches key finished runs by it."""
+    return hashlib.sha256(run_identity(cfg.to_dict()).encode()).hexdigest()[:8]
 
 
 def check_shared(out: Path, dist: Dist) -> None:

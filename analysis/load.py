@@ -10,7 +10,7 @@ runs/<method>/o<order>-s<seed>/. Runs are found anywhere below the folder, so on
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +37,13 @@ class Study:
     ablation: pd.DataFrame | None  # an ablation study's runs table
     space: list[dict]  # a sweep's search space: [{key, kind, values, when}], from sweep.json
     sweep: dict | None  # a sweep's spec (sweep.json)
+
+    def select(self, paths) -> Study:
+        """The same study restricted to the runs at these paths."""
+        keep = set(paths)
+        rows = {k: (f[f.path.isin(keep)] if len(f) else f) for k, f in
+                (("runs", self.runs), *((kind, getattr(self, kind)) for kind in KINDS))}  # fmt: skip
+        return replace(self, **rows)
 
 
 def run_folders(root: Path) -> list[Path]:

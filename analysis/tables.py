@@ -130,18 +130,19 @@ def comparison(table: pd.DataFrame, by: str = "method", metrics_shown=("op", "bw
     for m in shown:
         if m in ("op", "bwt") and len(orders) > 1:
             for o in orders:
-                cols[f"{NAMES[m]} o{o}"] = [_pts(v) for v in table[f"{m}/o{o}"]]
-        cols[f"{NAMES[m]} mean ± std"] = [_pm(a, b) for a, b in zip(table[f"{m}/mean"], table[f"{m}/std"], strict=True)]
+                cols[f"{NAMES[m]} o{o}"] = [points(v) for v in table[f"{m}/o{o}"]]
+        pairs = zip(table[f"{m}/mean"], table[f"{m}/std"], strict=True)
+        cols[f"{NAMES[m]} mean ± std"] = [plus_minus(a, b) for a, b in pairs]
     cols["merges/task"] = [f"{v:.1f}" for v in table.merges_per_task]
     cols["wall (s)"] = [f"{v:.0f}" for v in table.wall_seconds]
     return pd.DataFrame(cols)
 
 
-def _pts(v: float) -> str:
+def points(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
 
 
-def _pm(mean: float, std: float) -> str:
+def plus_minus(mean: float, std: float) -> str:
     if mean is None or math.isnan(mean):
         return "–"
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
@@ -318,17 +319,17 @@ def sensitivity_cells(sens: pd.DataFrame) -> pd.DataFrame:
     """The sensitivity table for display (points)."""
     return pd.DataFrame({
         "knob": sens.knob, "bin": sens.bin, "trials": sens.trials,
-        "objective (dev)": [_pm(a, b) for a, b in zip(sens.objective, sens.objective_std, strict=True)],
-        "test OP": [_pts(v) for v in sens.test_op], "test BWT": [_pts(v) for v in sens.test_bwt],
-        "order spread": [_pts(v) for v in sens.order_spread],
+        "objective (dev)": [plus_minus(a, b) for a, b in zip(sens.objective, sens.objective_std, strict=True)],
+        "test OP": [points(v) for v in sens.test_op], "test BWT": [points(v) for v in sens.test_bwt],
+        "order spread": [points(v) for v in sens.order_spread],
     })  # fmt: skip
 
 
 def best_cells(best: pd.DataFrame) -> pd.DataFrame:
-    cells = {"trial": best.trial_id, "objective (dev)": [_pts(v) for v in best.objective]}
+    cells = {"trial": best.trial_id, "objective (dev)": [points(v) for v in best.objective]}
     for c, name in (("test_op", "test OP"), ("test_bwt", "test BWT"), ("test_op_spread", "order spread")):
         if c in best:
-            cells[name] = [_pts(v) for v in best[c]]
+            cells[name] = [points(v) for v in best[c]]
     for c in best.columns:
         if c.startswith("config/"):
             cells[c.removeprefix("config/")] = [_cell(v) for v in best[c]]

@@ -1,10 +1,10 @@
 """Fixed configs of AimMerging, its ablations and the baselines over orders x seeds, in parallel on Ray.
 
 Every (method, order, seed) is one CL run in a Ray task with its own CPUs, written to
-<out>/runs/<method>/o<order>-s<seed>/ (the run folder of `python -m aimray run`). A finished run is
-skipped and an interrupted one resumes from its checkpoint, so rerunning the same command completes a
-partial study. At the end: <out>/runs.parquet (one row per run) and <out>/ablation.md (mean +/- std over
-orders and seeds per method).
+<out>/runs/<method>/o<order>-s<seed>-<config hash>/ (the run folder of `python -m aimray run`). A finished
+run of the same config is skipped and an interrupted one resumes from its checkpoint, so rerunning the
+same command completes a partial study; a changed config gets new folders. At the end:
+<out>/runs.parquet (one row per run) and <out>/ablation.md (mean +/- std over orders and seeds per method).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import ray
 
 from aimray.config import RunConfig, make_config
-from aimray.loop import run
+from aimray.loop import config_hash, run
 from aimray.methods import get_method
 from aimray.metrics import forward_transfer_paper
 from aimray.results import collect
@@ -31,8 +31,9 @@ DEFAULT_METHODS = (
 )  # fmt: skip
 
 
-def run_dir(out: Path, method: str, order: int, seed: int) -> Path:
-    return out / "runs" / method / f"o{order}-s{seed}"
+def run_dir(out: Path, cfg: RunConfig) -> Path:
+    """<out>/runs/<method>/o<order>-s<seed>-<config hash>: a changed config never reuses a finished run."""
+    return out / "runs" / cfg.method / f"o{cfg.order}-s{cfg.seed}-{config_hash(cfg)}"
 
 
 def is_finished(folder: Path) -> bool:
@@ -72,7 +73,7 @@ def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=p
         ray.init(address=address, include_dashboard=None if address else False)
     todo = {}
     for cfg in cfgs:
-        folder = run_dir(out, cfg.method, cfg.order, cfg.seed)
+        folder = run_dir(out, cfg)
         if is_finished(folder):
             continue
         task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), str(folder), max(1, int(cpus_per_run)))
@@ -98,7 +99,7 @@ def runs_table(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
     """One row per run: method, order, seed, status, OP/BWT/forgetting/FWT (base and paper), merges, time."""
     rows = []
     for cfg in cfgs:
-        folder = run_dir(out, cfg.method, cfg.order, cfg.seed)
+        folder = run_dir(out, cfg)
         row = {"method": cfg.method, "order": cfg.order, "seed": cfg.seed, "run": str(folder.relative_to(out))}
         manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
         row["status"] = manifest.get("status", "missing")

@@ -103,6 +103,14 @@ def run_name(cfg: AimRunConfig, out: Path) -> str:
     return f"{cfg.method}-o{cfg.order}-s{cfg.seed}-{digest}"
 
 
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join RAY_ADDRESS's cluster, or start a local Ray (with `num_cpus`), unless Ray is already up."""
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=True,
+                 include_dashboard=None if address else False)  # fmt: skip
+
+
 def run_with_ray_train(
     cfg: AimRunConfig,
     out: str | Path,
@@ -114,8 +122,7 @@ def run_with_ray_train(
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray)."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    ensure_ray()
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:

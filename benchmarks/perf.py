@@ -1,0 +1,407 @@
+"""Speed of the harness side by side with a bare PEFT training loop and with this machine's matmul limit.
+
+    python benchmarks/perf.py [--model smollm2] [--batch 8] [--seq-len 96] [--steps-per-task 4]
+                              [--device auto|cpu|cuda] [--no-ray] [--out benchmarks/results]
+
+One process, one model, the same data and batches (offline-standard order 1: the four tasks' training
+examples, batch by batch as the harness draws them). Rows:
+  matmul     the limit: a large GEMM, best of several, fp32 and bf16
+  bare       a LoRA training loop written here with plain HF/PEFT calls, the way a user writes it:
+             right padding, `labels` with -100, the model's own loss (fp32, logits at every position)
+  harness    `aimray.loop.run` in seqlora, replay and aimmerging modes (and seqlora with autocast off);
+             training time = the run's wall time less its evaluation time (costs.eval_seconds)
+  ray        the seqlora run in a Ray Train TorchTrainer with 1 and with 2 workers, end to end, against
+             the same run in this process (Ray's own start-up reported apart)
+  eval       label scoring throughput (aimray.model.evaluate) on the four tasks' test examples
+
+FLOPs are model FLOPs of the useful work, the same count for every row: per real (non-pad) token
+2 x N_body forward (+2 x N_body backward: gradients w.r.t. activations only, the base is frozen), plus
+2 x N_head per position whose logits the loss or score needs (answer tokens), x2 when trained. N_body =
+parameters less the embedding (tied to the LM head), N_head = vocab x hidden. Attention scores and LoRA's
+own FLOPs are left out (under 3% at these lengths). A harness run's FLOPs include its monitoring passes
+(forward) and rehearsal bursts (forward + backward) at the data's mean example size. Achieved FLOP/s is
+compared with the matmul peak of the dtype the row computes in. Peak memory: the largest resident set
+(this process and its children, or the Ray workers) while the row ran; on a GPU, max allocated.
+
+Writes <out>/perf.json and <out>/perf.md and prints the table. Nothing here is a test: wall times on
+shared machines are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import torch
+
+from aimray.config import make_config
+from aimray.loop import batch_for_step, run
+from aimray.model import encode, encode_answer, evaluate, load_backbone, native_bf16
+from aimray.provenance import provenance
+from aimray.tasks import benchmark_tasks
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ------------------------------------------------------------------------------------------ measuring
+
+
+class PeakMemory:
+    """Samples the resident set of this process and its children (and of Ray workers) every 50 ms."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def _rss(self) -> int:
+        me = psutil.Process()
+        procs = [me, *me.children(recursive=True)]
+        procs += [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+        total = 0
+        for p in {p.pid: p for p in procs}.values():
+            with contextlib.suppress(psutil.Error):  # a process that ended meanwhile
+                total += p.memory_info().rss
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated()
+
+    @property
+    def mib(self) -> float:
+        return self.peak / 2**20
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, repeats: int = 5) -> float:
+    """FLOP/s of an n x n x n GEMM in `dtype`, best of `repeats` (2 n^3 FLOPs each)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first is a warm-up
+        sync(device)
+        t0 = time.perf_counter()
+        (a @ b).sum().item()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------------------------- work
+
+
+class Flops:
+    """Model FLOPs of the useful work (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        emb = model.get_input_embeddings().weight
+        self.head = emb.numel()
+        self.body = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n) - self.head
+
+    def train(self, tokens: int, answer: int) -> float:
+        return 4 * self.body * tokens + 4 * self.head * answer
+
+    def forward(self, tokens: int, answer: int) -> float:
+        return self.train(tokens, answer) / 2
+
+
+def batches(cfg, bb) -> list[list]:
+    """The harness's own batches: per task, batch_for_step over its training examples (seqlora)."""
+    out = []
+    for spec in benchmark_tasks(cfg.benchmark, cfg.order):
+        data = spec.load(cfg.data, cfg.seed)
+        steps = math.ceil(len(data.train) * cfg.train.epochs / cfg.train.batch_size)
+        out += [batch_for_step(data.train, s, cfg.train.batch_size, f"{cfg.seed}/{spec.name}") for s in range(steps)]
+    for batch in out:  # tokenise once, outside every timed region
+        for ex in batch:
+            encode(bb, ex)
+    return out
+
+
+def bare_loop(model_path: str, cfg, steps: list[list], bb, device: torch.device) -> dict:
+    """A plain PEFT LoRA loop over the same batches: fp32, right padding, logits at every position."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
+                      lora_dropout=cfg.model.lora_dropout, target_modules=["q_proj", "v_proj"])  # fmt: skip
+    model = get_peft_model(base, lora).to(device)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
+    pad = bb.tokenizer.pad_token_id
+
+    def step(batch) -> None:
+        seqs = [encode(bb, ex) for ex in batch]
+        width = max(len(p) + len(a) for p, a in seqs)
+        ids = torch.full((len(seqs), width), pad)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, (p, a) in enumerate(seqs):
+            ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, : len(p) + len(a)] = 1
+            labels[i, len(p) : len(p) + len(a)] = torch.tensor(a)
+        loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad()
+
+    step(steps[0])  # warm-up, untimed
+    sync(device)
+    t0 = time.perf_counter()
+    for batch in steps:
+        step(batch)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "examples": sum(len(b) for b in steps)}
+
+
+def harness(cfg, out: Path) -> dict:
+    """One in-process run; training seconds = stage wall time less evaluation time."""
+    t0 = time.perf_counter()
+    run(cfg, out, log=lambda _: None)
+    total = time.perf_counter() - t0
+    return {"end_to_end": total, **costs_of(out)}
+
+
+def costs_of(out: Path) -> dict:
+    import pandas as pd
+
+    c = pd.read_parquet(out / "events" / "costs")
+    return {
+        "seconds": float(c.wall_seconds.sum() - c.eval_seconds.sum()),
+        "eval_seconds": float(c.eval_seconds.sum()),
+        "examples": int(c.train_examples.sum()),
+        "burst_examples": int(c.burst_examples.sum()),
+        "monitor_examples": int(c.monitor_examples.sum()),
+        "merges": int(c.merges.sum()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default="smollm2", help="backbone: smollm2 (offline default), HF id or folder")
+    ap.add_argument("--batch", type=int, default=8, help="training batch size (default 8)")
+    ap.add_argument("--seq-len", type=int, default=96, help="prompt token budget (model.max_prompt_tokens)")
+    ap.add_argument("--steps-per-task", type=int, default=4, help="optimizer steps per task (4 tasks)")
+    ap.add_argument("--eval-examples", type=int, default=24, help="test examples per task for the eval row")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when present")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train rows")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for perf.json, perf.md")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = "cuda" if device.type == "cuda" else "cpu"
+    overrides = {
+        "model": {"name_or_path": args.model, "max_prompt_tokens": args.seq_len, "device": dev},
+        "data": {"train": args.batch * args.steps_per_task, "dev": 4, "test": 8},
+        "train": {"batch_size": args.batch, "epochs": 1, "warmup_steps": 1, "lr": 5e-4, "eval_batch_size": 16},
+        "memory": {"fraction": None, "per_task": args.batch, "batch_size": args.batch},
+        "controller": {"s0": 2, "m0": 1},  # merges within a few steps per task (burst = S / 2, as demo's 6 / 3)
+        "eval": {"splits": ["test"], "base": False},
+    }
+    cfg = make_config(None, overrides, method="seqlora", benchmark="offline-standard", order=1, seed=0)
+    rows: list[dict] = []
+    log = lambda msg: print(f"[perf] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    log(f"device {device}, {torch.get_num_threads()} threads, native bf16: {native_bf16(device)}")
+    n = 4096 if device.type == "cuda" else 2048
+    peak = {"fp32": matmul_peak(torch.float32, device, n), "bf16": matmul_peak(torch.bfloat16, device, n)}
+    for dtype, flops in peak.items():
+        rows.append({"row": f"matmul {n}^3", "precision": dtype, "flops_per_s": flops, "peak_fraction": 1.0})
+    log(f"matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+
+    bb = load_backbone(cfg.model)
+    flops = Flops(bb.model.get_base_model())
+    steps = batches(cfg, bb)
+    sizes = [(sum(map(len, encode(bb, ex))), len(encode(bb, ex)[1])) for b in steps for ex in b]
+    per_train = sum(flops.train(t, a) for t, a in sizes) / len(sizes)
+    per_fwd = per_train / 2
+    pad_fraction = 1 - sum(t for t, _ in sizes) / sum(len(b) * max(sum(map(len, encode(bb, e))) for e in b)
+                                                      for b in steps)  # fmt: skip
+    log(f"{len(steps)} steps of {args.batch}; mean {sum(t for t, _ in sizes) / len(sizes):.0f} tokens per example, "
+        f"{100 * pad_fraction:.0f}% padding in right-padded batches")  # fmt: skip
+
+    with PeakMemory(device) as mem:
+        bare = bare_loop(bb.model.get_base_model().name_or_path, cfg, steps, bb, device)
+    bare_rate = bare["examples"] / bare["seconds"]
+    rows.append(row("bare PEFT loop", "fp32", bare, per_train * bare["examples"], peak, mem, bare_rate))
+    log(f"bare loop: {bare_rate:.2f} examples/s")
+    del bb
+
+    tmp = Path(tempfile.mkdtemp(prefix="aimray-perf-"))
+    bf16 = "bf16" if native_bf16(device) else "fp32"
+    modes = [("seqlora", "off"), ("seqlora", "auto"), ("replay", "auto"), ("aimmerging", "auto")]
+    results = {}
+    for method, autocast in modes:
+        c = replace(cfg, method=method, model=replace(cfg.model, autocast=autocast))
+        with PeakMemory(device) as mem:
+            res = harness(c, tmp / f"{method}-{autocast}")
+        precision = "fp32" if autocast == "off" else bf16
+        name = f"harness {method}" + (" (autocast off)" if autocast == "off" else "")
+        work = per_train * (res["examples"] + res["burst_examples"]) + per_fwd * res["monitor_examples"]
+        rows.append(row(name, precision, res, work, peak, mem, bare_rate))
+        results[(method, autocast)] = res
+        log(f"harness {method} ({precision}): {res['examples'] / res['seconds']:.2f} examples/s, "
+            f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end")  # fmt: skip
+
+    if not args.no_ray:
+        from aimray.launch.train import Resources, ensure_ray, run_with_ray_train
+
+        t0 = time.perf_counter()
+        ensure_ray(num_cpus=os.cpu_count())
+        rows.append({"row": "ray start (local)", "precision": "", "seconds": time.perf_counter() - t0})
+        inproc = results[("seqlora", "auto")]
+        cpus = os.cpu_count() or 1
+        gpus = 1.0 if device.type == "cuda" else 0.0
+        for workers in (1, 2):
+            if device.type == "cuda" and workers > torch.cuda.device_count():
+                log(f"ray {workers} workers: skipped ({torch.cuda.device_count()} GPU)")
+                continue
+            c = replace(cfg, model=replace(cfg.model, autocast="auto"))
+            res_ = Resources(workers, cpus_per_worker=max(1, cpus // workers), gpus_per_worker=gpus, max_failures=0)
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                run_with_ray_train(c, tmp / f"ray{workers}", res_)
+                total = time.perf_counter() - t0
+            res = {"end_to_end": total, **costs_of(tmp / f"ray{workers}")}
+            work = per_train * res["examples"]
+            r = row(f"ray train {workers} worker{'s' * (workers > 1)}", bf16, res, work, peak, mem, bare_rate)
+            r["vs_in_process"] = total / inproc["end_to_end"]
+            rows.append(r)
+            log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
+
+    specs = benchmark_tasks("offline-standard", 1)
+    evalsets = [(spec, spec.load(replace(cfg.data, test=args.eval_examples), 0).test) for spec in specs]
+    for autocast in ("off", "auto"):
+        bb = load_backbone(replace(cfg.model, autocast=autocast))
+        work, seconds, count = 0.0, 0.0, 0
+        with PeakMemory(device) as mem:
+            for spec, examples in evalsets:
+                t0 = time.perf_counter()
+                evaluate(bb, examples, spec.labels, batch_size=16)
+                seconds += time.perf_counter() - t0
+                count += len(examples)
+                # the prompt once (logits at its last position), then every option's tokens
+                options = [len(encode_answer(bb, label)) for label in spec.labels]
+                work += sum(flops.forward(len(encode(bb, ex)[0]), 1) for ex in examples)
+                work += len(examples) * sum(flops.forward(o, o) for o in options)
+        precision = "fp32" if autocast == "off" else bf16
+        res = {"seconds": seconds, "examples": count}
+        rows.append(row("eval (label scoring)", precision, res, work, peak, mem, None))
+        log(f"eval ({precision}): {count / seconds:.1f} examples/s")
+
+    summary = targets(rows)
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "benchmarks/perf.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+        "native_bf16": native_bf16(device), "batch": args.batch, "seq_len": args.seq_len, "steps": len(steps),
+        "mean_tokens": sum(t for t, _ in sizes) / len(sizes), "padding_fraction": pad_fraction,
+        "flops_per_example": {"train": per_train, "forward": per_fwd}, "n_body": flops.body, "n_head": flops.head,
+        "rows": rows, "targets": summary, "provenance": provenance(),
+    }  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(report)
+    (out / "perf.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / "perf.md").write_text(md)
+    print(md, end="")
+    return 0
+
+
+def row(name: str, precision: str, res: dict, work: float, peak: dict, mem: PeakMemory, bare_rate) -> dict:
+    rate = res["examples"] / res["seconds"]
+    flops = work / res["seconds"]
+    return {
+        "row": name, "precision": precision, "seconds": res["seconds"], "end_to_end": res.get("end_to_end"),
+        "examples": res["examples"], "examples_per_s": rate, "vs_bare": rate / bare_rate if bare_rate else None,
+        "flops_per_s": flops, "peak_fraction": flops / peak[precision] if precision in peak else None,
+        "peak_mib": mem.mib, "merges": res.get("merges"),
+    }  # fmt: skip
+
+
+def targets(rows: list[dict]) -> dict:
+    """The issue's targets, measured: seqlora >= 1.8x bare, aimmerging <= 1.25x replay, Ray 1 worker <= 1.10x."""
+    named = {r["row"]: r for r in rows}
+    seq, aim, rep = named["harness seqlora"], named["harness aimmerging"], named["harness replay"]
+    out = {
+        "seqlora_vs_bare": seq["vs_bare"],
+        "aimmerging_vs_replay_train_time": aim["seconds"] / rep["seconds"],
+        "aimmerging_vs_replay_end_to_end": aim["end_to_end"] / rep["end_to_end"],
+    }
+    if "ray train 1 worker" in named:
+        out["ray1_vs_in_process"] = named["ray train 1 worker"]["vs_in_process"]
+    return out
+
+
+def markdown(rep: dict) -> str:
+    def f(v, fmt: str) -> str:
+        return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    lines = [
+        f"# perf: {rep['date']}, {rep['device']} ({rep['cpu']}), {rep['threads']} threads",
+        "",
+        f"`{rep['command']}`: batch {rep['batch']}, prompt budget {rep['seq_len']} tokens, {rep['steps']} steps "
+        f"(offline-standard order 1), mean {rep['mean_tokens']:.0f} tokens per example, "
+        f"{100 * rep['padding_fraction']:.0f}% padding in right-padded batches. Model FLOPs per trained example "
+        f"{rep['flops_per_example']['train'] / 1e9:.1f} G (N_body {rep['n_body'] / 1e6:.1f} M, N_head "
+        f"{rep['n_head'] / 1e6:.1f} M).",
+        "",
+        "| row | precision | examples/s | vs bare | GFLOP/s | % of peak | train s | end to end s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rep["rows"]:
+        lines.append(
+            f"| {r['row']} | {r['precision']} | {f(r.get('examples_per_s'), '.2f')} | {f(r.get('vs_bare'), '.2f')} | "
+            f"{f(r.get('flops_per_s') and r['flops_per_s'] / 1e9, '.0f')} | "
+            f"{f(r.get('peak_fraction') and 100 * r['peak_fraction'], '.0f')} | {f(r.get('seconds'), '.1f')} | "
+            f"{f(r.get('end_to_end'), '.1f')} | {f(r.get('peak_mib'), '.0f')} |"
+        )
+    t = rep["targets"]
+    lines += ["", "Targets: harness seqlora vs the bare fp32 loop "
+              f"{t['seqlora_vs_bare']:.2f}x examples/s (target >= 1.8x); aimmerging vs replay training time "
+              f"{t['aimmerging_vs_replay_train_time']:.2f}x, end to end {t['aimmerging_vs_replay_end_to_end']:.2f}x "
+              "(target <= 1.25x)" + (f"; Ray Train 1 worker vs in-process end to end {t['ray1_vs_in_process']:.2f}x "
+              "(target <= 1.10x)" if "ray1_vs_in_process" in t else "") + "."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

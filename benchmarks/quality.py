@@ -1,0 +1,123 @@
+"""Does AimMerging beat its baselines here? AimMerging, its four ablations and the baselines on
+offline-standard, orders 1-3, through Ray, written up as benchmarks/RESULTS.md.
+
+    python benchmarks/quality.py [--preset bench] [--orders 1,2,3] [--seeds 0] [--methods m1,m2]
+                                 [--cpus-per-run 1] [--out benchmarks/results/quality]
+                                 [--results benchmarks/RESULTS.md] [--report-only] [key=value ...]
+
+Every run is a `python -m aimray run` folder under <out>/runs/<method>/o<order>-s<seed>-<config hash>/:
+a finished run of the same config is skipped, an interrupted one resumes from its checkpoint, so the
+comparison can be completed over several sittings (stop it with Ctrl-C and run the same command again).
+`--report-only` writes RESULTS.md from the runs finished so far, without running anything.
+
+RESULTS.md: test OP, BWT and FWT (the paper's variant: against the single_task run of the same order and
+seed) mean +/- std over orders and seeds, OP per order, merges per task, rehearsal examples used
+(replayed plus burst examples), wall time per run, and the command, machine and date. The numbers come
+from analysis.tables, the code behind `python -m analysis`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality"
+DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="bench", help="run preset (default bench: 3 hours here for all)")
+    parser.add_argument("--orders", default="1,2,3", help="comma-separated orders of offline-standard")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run",
+                        help="CPUs (torch threads) per run; runs go in parallel on the rest")  # fmt: skip
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="the study folder (runs are cached here)")
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="the markdown write-up")
+    parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
+    args = parser.parse_args(argv)
+
+    from aimray.config import parse_overrides
+    from aimray.launch.ablations import DEFAULT_METHODS, configs, run_dir, run_study
+
+    try:
+        methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
+        orders = [int(o) for o in args.orders.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+        cfgs = configs(args.preset, methods, "offline-standard", orders, seeds, parse_overrides(args.overrides))
+    except (ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    t0 = time.time()
+    if not args.report_only:
+        run_study(cfgs, out, args.cpus_per_run)
+    paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
+    command = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    text = results_markdown(out, paths, command, time.time() - t0, args.preset)
+    Path(args.results).write_text(text)
+    print(text)
+    print(f"written to {args.results}")
+    return 0
+
+
+def results_markdown(out: Path, paths: list[str], command: str, seconds: float, preset: str) -> str:
+    """RESULTS.md from the runs at `paths` under the study folder `out` (unfinished ones listed)."""
+    import pandas as pd
+
+    from aimray.provenance import provenance
+    from analysis import tables as T
+    from analysis.load import NotAStudyError, open_study
+
+    prov = provenance()
+    hw = prov.get("hardware", {})
+    head = [
+        "# Quality: AimMerging against its ablations and baselines",
+        "",
+        f"`{command}` (preset `{preset}`), offline-standard (wordnet, amazon, trec, bbc in the order's sequence), "
+        f"real SmolLM2-135M-Instruct. Written {time.strftime('%Y-%m-%d')} on {platform.machine()} "
+        f"({hw.get('cpus', '?')} CPUs, {', '.join(hw.get('gpus', [])) or 'no GPU'}), "
+        f"torch {prov['versions'].get('torch')}, "
+        f"commit {prov.get('git', {}).get('commit', '?')[:10]}.",
+        "",
+    ]
+    try:
+        study = open_study(out)
+    except NotAStudyError:
+        return "\n".join([*head, f"0 of {len(paths)} runs finished.", ""])
+    study = study.select(paths)
+    done = study.runs[study.runs.status == "success"]
+    missing = sorted(set(paths) - set(done.path))
+    finished = f"{len(done)} of {len(paths)} runs finished" + (f"; not yet: {', '.join(missing)}" if missing else "")
+    if done.empty:
+        return "\n".join([*head, finished + ".", ""])
+    runs = T.run_metrics(study)
+    table = T.method_table(runs)
+    cells = T.comparison(table, metrics_shown=("op", "bwt", "fwt_paper", "fwt_base"))
+    cells.insert(len(cells.columns) - 1, "rehearsal examples", [f"{v:.0f}" for v in table.rehearsal_examples])
+    per_order = {c.replace("op/", "OP "): [T.points(v) for v in table[c]] for c in table if c.startswith("op/o")}
+    body = [
+        finished + ".",
+        "",
+        "Test metrics in points, mean ± std over orders and seeds (std over the orders' values). FWT (paper): "
+        "mean over tasks of a[i][i] minus the single-task LoRA's score on task i (single_task runs of the same "
+        "order and seed). FWT (base): a[i-1][i] minus the untrained model's score. merges/task counts every fusion. "
+        "Rehearsal examples: memory examples trained on per run (replayed into the task data, or in bursts). "
+        "Wall: seconds per run, training and evaluation, with the runs sharing this machine.",
+        "",
+        T.markdown(cells),
+        "OP per order:",
+        "",
+        T.markdown(pd.DataFrame({"method": table.method, **per_order})),
+    ]
+    return "\n".join([*head, *body]) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

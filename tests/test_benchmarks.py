@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end (tiny random-init Llama: unit tests only; nothing here is timed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_tune import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--model", tiny_causal, "--batch", "2",
+           "--steps-per-task", "1", "--seq-len", "32", "--eval-examples", "2", "--no-ray",
+           "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "perf.json").read_text())
+    rows = {(r["row"], r["precision"]) for r in report["rows"]}
+    assert {("matmul 2048^3", "fp32"), ("matmul 2048^3", "bf16"), ("bare PEFT loop", "fp32")} <= rows
+    names = {r["row"] for r in report["rows"]}
+    assert {"harness seqlora", "harness seqlora (autocast off)", "harness replay", "harness aimmerging",
+            "eval (label scoring)"} <= names  # fmt: skip
+    for r in report["rows"]:
+        if r["row"].startswith(("bare", "harness")):
+            assert r["examples_per_s"] > 0 and r["flops_per_s"] > 0 and r["peak_mib"] > 0, r
+    assert set(report["targets"]) == {"seqlora_vs_bare", "aimmerging_vs_replay_train_time",
+                                      "aimmerging_vs_replay_end_to_end"}  # fmt: skip
+    assert "| bare PEFT loop | fp32 |" in proc.stdout and (tmp_path / "perf.md").read_text() == proc.stdout
+
+
+def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path) -> None:
+    out, results = tmp_path / "quality", tmp_path / "RESULTS.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--methods", "aimmerging,seqlora,single_task",
+           "--orders", "1", "--preset", "smoke", "--out", str(out), "--results", str(results),
+           *tiny_overrides(tiny_causal)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    text = results.read_text()
+    assert "3 of 3 runs finished." in text and "| aimmerging | 1 |" in text and "FWT (paper) mean ± std" in text
+    row = next(line for line in text.splitlines() if line.startswith("| aimmerging |"))
+    assert "–" not in row.split("|")[5]  # FWT (paper) is defined: the single_task run is there
+    # A changed config is not served from the cache; --report-only runs nothing and lists what is missing.
+    again = subprocess.run([*cmd, "train.lr=0.005", "--report-only"], cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 0 and "0 of 3 runs finished" in results.read_text()
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0 and "3 runs, 3 already finished, 0 to run" in rerun.stdout + rerun.stderr
