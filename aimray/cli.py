@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="aimmerging", help=f"one of {', '.join(_methods())}")
     p.add_argument("--benchmark", default="offline-standard")
     p.add_argument("--order", type=int, default=1)
-    p.add_argument("--preset", help="smoke (about 2 min here), demo, or paper (the paper's sizes)")
+    p.add_argument("--preset", help="smoke (about 2 min here), demo, bench, sweep, or paper (the paper's sizes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")

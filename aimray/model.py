@@ -45,6 +45,9 @@ class ModelConfig:
     # losses stay in `dtype`): "auto" where bf16 matmuls are native (a CPU with AMX or AVX512-BF16, a GPU
     # with bf16), "bf16" always, "off" never.
     autocast: str = "auto"
+    # Attention kernel of causal LMs: "auto" = eager under bf16 autocast on a CPU (its backward is faster
+    # there than SDPA's at these lengths; benchmarks/LOG.md), else sdpa. "sdpa" or "eager" force one.
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.lora_r < 1:
@@ -57,6 +60,8 @@ class ModelConfig:
             raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
         if self.autocast not in ("auto", "bf16", "off"):
             raise ValueError(f"model.autocast={self.autocast!r} must be auto, bf16 or off")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise ValueError(f"model.attention={self.attention!r} must be auto, sdpa or eager")
 
 
 @dataclass
@@ -100,6 +105,13 @@ def use_bf16(autocast: str, device: torch.device) -> bool:
     return autocast == "bf16" or (autocast == "auto" and native_bf16(device))
 
 
+def attention_kernel(cfg: ModelConfig, device: torch.device) -> str:
+    """model.attention resolved: "auto" is eager under bf16 autocast on a CPU, sdpa otherwise."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "eager" if device.type == "cpu" and use_bf16(cfg.autocast, device) else "sdpa"
+
+
 def resolve_path(name_or_path: str) -> str:
     """ "smollm2" -> the converted offline backbone; anything else is an HF id or a local folder."""
     if name_or_path == DEFAULT_BACKBONE:
@@ -126,8 +138,12 @@ def load_backbone(cfg: ModelConfig = ModelConfig(), seed: int = 0) -> Backbone:
             f"loaded here (no hub access?): {err}"
         ) from err
     is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     auto = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
-    model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+    kwargs = {}
+    if not is_seq2seq or cfg.attention != "auto":
+        kwargs["attn_implementation"] = attention_kernel(cfg, device)
+    model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -139,7 +155,6 @@ def load_backbone(cfg: ModelConfig = ModelConfig(), seed: int = 0) -> Backbone:
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_targets) or _default_targets(model),
     )
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     return Backbone(get_peft_model(model, lora).to(device), tokenizer, cfg, is_seq2seq)
 
 

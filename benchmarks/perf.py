@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end")  # fmt: skip
 
     if not args.no_ray:
-        from aimray.launch.train import Resources, ensure_ray, run_with_ray_train
+        from aimray.launch.train import Resources, ensure_ray, run_with_ray_train, shutdown_ray
 
         t0 = time.perf_counter()
         ensure_ray(num_cpus=os.cpu_count())
@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             r["vs_in_process"] = total / inproc["end_to_end"]
             rows.append(r)
             log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
+        shutdown_ray()  # its processes would count in the next rows' memory
 
     specs = benchmark_tasks("offline-standard", 1)
     evalsets = [(spec, spec.load(replace(cfg.data, test=args.eval_examples), 0).test) for spec in specs]

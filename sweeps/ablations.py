@@ -4,8 +4,9 @@
         [--seeds 0] [--preset smoke] [--cpus-per-run 1] [--out runs/ablations] [key=value ...]
 
 Every run lands in <out>/runs/<method>/o<order>-s<seed>-<config hash>/ with its events, manifest and
-matrix; finished runs of the same config are skipped on a rerun. Writes <out>/runs.parquet and <out>/ablation.md (mean +/- std over orders and
-seeds; FWT in the paper's variant when single_task is among the methods).
+matrix; finished runs of the same config are skipped on a rerun. Writes <out>/runs.parquet and
+<out>/ablation.md (mean +/- std over orders and seeds; FWT in the paper's variant when single_task is among
+the methods). `python -m analysis <out>` turns the study into tables and figures.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from aimray.methods import METHODS
 
 
 def test_preset_names():
-    assert {"smoke", "demo", "paper"} <= set(preset_names())
+    assert {"smoke", "demo", "paper", "sweep", "bench"} <= set(preset_names())
 
 
-@pytest.mark.parametrize("preset", ["smoke", "demo", "paper"])
+@pytest.mark.parametrize("preset", ["smoke", "demo", "paper", "sweep", "bench"])
 def test_presets_validate(preset):
     cfg = make_config(preset)
     assert isinstance(cfg, RunConfig)
@@ -96,6 +96,8 @@ def test_overrides():
         ("data_dir=/data/x", lambda c: c.data_dir, "/data/x"),
         ("data.train=64", lambda c: c.data.train, 64),
         ("model.lora_r=4", lambda c: c.model.lora_r, 4),
+        ("model.autocast=off", lambda c: c.model.autocast, "off"),  # YAML reads off as false
+        ("model.autocast=bf16", lambda c: c.model.autocast, "bf16"),
     ],
 )
 def test_single_override(item, get, expected):

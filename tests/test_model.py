@@ -161,3 +161,16 @@ def test_bf16_autocast_follows_the_config_and_stays_close_to_fp32(backbone) -> N
     loss.backward()  # gradients reach the fp32 adapter
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in bf16.lora_state().values())
     assert torch.allclose(M.score_options(bf16, EXAMPLES, OPTIONS), scores32, rtol=0.02, atol=0.05)
+
+
+def test_attention_kernel_follows_precision_and_eager_equals_sdpa(tiny_causal) -> None:
+    cpu = torch.device("cpu")
+    assert M.attention_kernel(ModelConfig(autocast="bf16"), cpu) == "eager"
+    assert M.attention_kernel(ModelConfig(autocast="off"), cpu) == "sdpa"
+    assert M.attention_kernel(ModelConfig(autocast="bf16", attention="sdpa"), cpu) == "sdpa"
+    losses = []
+    for attention in ("sdpa", "eager"):
+        bb = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="off", attention=attention, lora_dropout=0))
+        assert bb.model.config._attn_implementation == attention
+        losses.append(answer_loss(bb, EXAMPLES).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,12 @@ def flat_metrics(row: dict) -> dict:
     return metrics
 
 
+def log(msg: str) -> None:
+    """Progress lines straight to stdout (Ray forwards them once; Train's patched print would repeat them)."""
+    sys.stdout.write(msg + "\n")
+    sys.stdout.flush()
+
+
 def train_worker(config: dict) -> None:
     """The function every Ray Train worker runs."""
     cfg = config_from_dict(config["run"])
@@ -65,6 +72,8 @@ def train_worker(config: dict) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     device = "cuda" if torch.cuda.is_available() and config["gpus_per_worker"] > 0 else "cpu"
     dist = Dist.from_process_group(device)
+    if dist.main:
+        log(f"[ray] {dist.world} worker(s) on {device}, {torch.get_num_threads()} torch threads each")
 
     # Inside a Tune trial: the sweep's objective rides on every report (TuneReportCallback forwards rank 0's).
     tracker = ObjectiveTracker(**config["tracker"]) if config.get("tracker") else None
@@ -87,10 +96,10 @@ def train_worker(config: dict) -> None:
     previous = ray.train.get_checkpoint()
     try:
         if previous is None:
-            run(cfg, out, report=report, stop_at=stop_at, dist=dist)
+            run(cfg, out, log=log, report=report, stop_at=stop_at, dist=dist)
         else:
             with previous.as_directory() as folder:
-                run(cfg, out, report=report, stop_at=stop_at, dist=dist, resume_from=Path(folder))
+                run(cfg, out, log=log, report=report, stop_at=stop_at, dist=dist, resume_from=Path(folder))
     except SimulatedKill:
         if dist.main:
             marker.touch()
@@ -107,8 +116,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     """Join RAY_ADDRESS's cluster, or start a local Ray (with `num_cpus`), unless Ray is already up."""
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=True,
-                 include_dashboard=None if address else False)  # fmt: skip
+        ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=True)
+
+
+def shutdown_ray() -> None:
+    ray.shutdown()
 
 
 def run_with_ray_train(
