@@ -57,7 +57,8 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
     """Write tables/ and figures/ and report.md under `out`; returns the headline (markdown)."""
     tables, figs = out / "tables", out / "figures"
     tables.mkdir()
-    report = [f"# Analysis of {study.root.name} ({study.kind}, {len(study.runs)} runs)", ""]
+    n = len(study.runs)
+    report = [f"# Analysis of {study.root.name} ({study.kind}, {n} run{'s' * (n != 1)})", ""]
     unfinished = study.runs[study.runs.status != "success"]
     if len(unfinished):
         report += [f"{len(unfinished)} runs not finished (left out): " + ", ".join(unfinished.path), ""]
@@ -80,15 +81,26 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
         best = T.best_cells(T.best_trials(study))
         (tables / "best.md").write_text(T.markdown(best))
         headline = "Best trials (objective on dev; test for reporting):\n\n" + T.markdown(best)
-        sens = T.sensitivity(study, bins=bins)
+        # With fewer than 3 completed trials (ASHA stops most of a small sweep), early-stopped trials count
+        # too: their objective covers only the orders they finished, which the report says.
+        completed = int((study.trials.status == "completed").sum())
+        everything = completed < 3
+        sens = T.sensitivity(study, bins=bins, completed_only=not everything)
         sens.to_csv(tables / "sensitivity.csv", index=False)
         (tables / "sensitivity.md").write_text(T.markdown(T.sensitivity_cells(sens)))
         (tables / "sensitivity.tex").write_text(T.latex(T.sensitivity_cells(sens), label="tab:sensitivity"))
-        imp = T.importances(study)
+        imp = T.importances(study, completed_only=not everything)
         imp.to_csv(tables / "importances.csv", index=False)
         (tables / "importances.md").write_text(T.markdown(imp))
-        report += ["## Best trials", "", T.markdown(best), "## Sensitivity", "", T.markdown(T.sensitivity_cells(sens)),
-                   "## Parameter importances", "", T.markdown(imp)]  # fmt: skip
+        which = (
+            f"all {len(study.trials)} trials, early-stopped ones included (only {completed} completed): their "
+            "objective covers the orders they finished"
+            if everything
+            else f"the {completed} completed trials"
+        )
+        report += ["## Best trials", "", T.markdown(best), "## Sensitivity", "", f"Over {which}.", "",
+                   T.markdown(T.sensitivity_cells(sens)), "## Parameter importances", "", f"Over {which}.", "",
+                   T.markdown(imp)]  # fmt: skip
         _log("tables/best.md, sensitivity.md, importances.md")
         if len(sens):
             _save(F.sensitivity_curves(sens), figs, "sensitivity", report)

@@ -8,6 +8,7 @@ import math
 import warnings
 from pathlib import Path
 
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -35,11 +36,13 @@ def trajectory(study: Study, path: str, task: str | None = None) -> Figure:
     """The controller's trajectory over the inner steps of one run (every task, or one): top, the
     forgetting signal (memory-batch loss) and the threshold delta; middle, the learning signal Lambda at
     each merge; bottom, the merge interval S and burst length M. Merges are vertical lines coloured by
-    trigger; dotted lines separate tasks. x is the global inner step."""
+    trigger; shaded spans are rehearsal bursts; dotted lines separate tasks. x is the run's global
+    optimizer step (inner and burst steps count alike)."""
     steps = study.steps[(study.steps.path == path) & (study.steps.phase == "inner")]
+    bursts = study.steps[(study.steps.path == path) & (study.steps.phase == "burst")]
     merges = study.merges[study.merges.path == path] if len(study.merges) else pd.DataFrame()
     if task is not None:
-        steps = steps[steps.task == task]
+        steps, bursts = steps[steps.task == task], bursts[bursts.task == task]
         merges = merges[merges.task == task] if len(merges) else merges
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True, height_ratios=[2, 1, 1])
     if steps.empty:
@@ -62,19 +65,25 @@ def trajectory(study: Study, path: str, task: str | None = None) -> Figure:
     ax.step(x, steps.interval, where="post", color="tab:blue", label="interval S")
     ax.step(x, steps.burst_len, where="post", color="tab:orange", label="burst M")
     ax.set_ylabel("steps")
-    ax.set_xlabel("global inner step")
+    ax.set_xlabel("global optimizer step")
     starts = steps.groupby("task_index").global_step.min()
+    # consecutive burst steps form one span per merge
+    spans = bursts.global_step.groupby((bursts.global_step.diff() != 1).cumsum()).agg(["min", "max"])
     for axis in axes:
         for gs in starts.iloc[1:]:
             axis.axvline(gs - 0.5, color="gray", ls=":", lw=1)
+        for lo, hi in spans.itertuples(index=False):
+            axis.axvspan(lo - 0.5, hi + 0.5, color="tab:orange", alpha=0.15, lw=0)
         for trig, g in merges.groupby("trigger") if len(merges) else ():
             for gs in g.global_step:
-                axis.axvline(gs, color=TRIGGER_COLOURS.get(trig, "black"), lw=0.6, alpha=0.35)
+                axis.axvline(gs, color=TRIGGER_COLOURS.get(trig, "black"), lw=1, ls="--", alpha=0.8)
     for task_index, gs in starts.items():
         name = steps[steps.task_index == task_index].task.iloc[0]
         axes[0].annotate(name, (gs, 1.0), xycoords=("data", "axes fraction"), fontsize=8, va="bottom")
-    handles = [plt.Line2D([], [], color=c, lw=1, label=f"merge ({t})") for t, c in TRIGGER_COLOURS.items()
+    handles = [plt.Line2D([], [], color=c, lw=1, ls="--", label=f"merge ({t})") for t, c in TRIGGER_COLOURS.items()
                if len(merges) and t in set(merges.trigger)]  # fmt: skip
+    if len(spans):
+        handles.append(matplotlib.patches.Patch(color="tab:orange", alpha=0.15, label="rehearsal burst"))
     for axis in axes:
         h, _ = axis.get_legend_handles_labels()
         if h:

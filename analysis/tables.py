@@ -198,7 +198,7 @@ def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.
         for interval, g in sub.groupby(groups, observed=True, sort=True):
             lo, hi, center = _bounds(interval, g[col])
             rows.append({
-                "knob": knob, "bin": str(interval), "low": lo, "high": hi, "center": center, "trials": len(g),
+                "knob": knob, "bin": _bin_label(interval), "low": lo, "high": hi, "center": center, "trials": len(g),
                 "objective": g.objective.mean(), "objective_std": g.objective.std(ddof=0),
                 "dev_op": g.get("dev_op", pd.Series(dtype=float)).mean(),
                 "test_op": g.get("test_op", pd.Series(dtype=float)).mean(),
@@ -208,28 +208,34 @@ def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.
     return pd.DataFrame(rows)
 
 
+def _bin_label(interval) -> str:
+    if isinstance(interval, pd.Interval):
+        return f"({interval.left:.4g}, {interval.right:.4g}]"
+    return _cell(interval)
+
+
 def _bounds(interval, values: pd.Series) -> tuple:
     if isinstance(interval, pd.Interval):
         return interval.left, interval.right, float(values.astype(float).mean())
     return interval, interval, interval
 
 
-def importances(study: Study, evaluator: str = "ped-anova", seed: int = 0) -> pd.DataFrame:
+def importances(study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True) -> pd.DataFrame:
     """Optuna parameter importances of the objective over the sweep's completed trials, on the search
     space of sweep.json: PED-ANOVA (default; the top quantile is max(10%, 2 trials), so small sweeps work)
     or fANOVA (evaluator="fanova", needs scikit-learn). Only knobs sampled in every trial count (a
     conditional knob is left out). Returns knob, importance (sums to 1), evaluator; empty when fewer than
-    2 completed trials."""
+    2 trials count. completed_only=False also counts early-stopped trials (objective over fewer orders)."""
     with warnings.catch_warnings():  # optuna's tqdm notice in notebooks; PED-ANOVA is marked experimental
         warnings.simplefilter("ignore")
         import optuna
 
-        return _importances(study, evaluator, seed, optuna)
+        return _importances(study, evaluator, seed, completed_only, optuna)
 
 
-def _importances(study: Study, evaluator: str, seed: int, optuna) -> pd.DataFrame:
+def _importances(study: Study, evaluator: str, seed: int, completed_only: bool, optuna) -> pd.DataFrame:
     t = trial_metrics(study)
-    t = t[(t.status == "completed") & t.objective.notna()]
+    t = t[((t.status == "completed") | (not completed_only)) & t.objective.notna()]
     dists = {p["key"]: _distribution(p) for p in study.space if not p.get("when")}
     dists = {k: d for k, d in dists.items() if f"config/{k}" in t and t[f"config/{k}"].notna().all()}
     if len(t) < 2 or not dists:
@@ -302,7 +308,7 @@ def latex(cells: pd.DataFrame, caption: str = "", label: str = "") -> str:
     lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in cells.itertuples(index=False)]
     lines += ["\\bottomrule", "\\end{tabular}"]
     if caption:
-        lines.append(f"\\caption{{{caption}}}")
+        lines.append(f"\\caption{{{esc(caption)}}}")
     if label:
         lines.append(f"\\label{{{label}}}")
     lines.append("\\end{table}")
