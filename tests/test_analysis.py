@@ -130,6 +130,9 @@ def test_sensitivity_bins_and_importances_on_a_known_sweep() -> None:
     assert sens.order_spread.round(6).eq(0.005).all()  # std over two orders whose test OP differ by 0.01
     imp = T.importances(s).set_index("knob").importance
     assert imp.idxmax() == "a" and imp.sum() == pytest.approx(1.0)
+    # Early-stopped trials count only when asked (a small ASHA sweep completes few trials).
+    assert T.sensitivity(s, bins=4, completed_only=False).query("knob == 'a'").trials.sum() == 24
+    assert T.importances(s, completed_only=False).set_index("knob").importance.idxmax() == "a"
     cells = T.sensitivity_cells(sens)
     assert list(cells.columns[:3]) == ["knob", "bin", "trials"]
     best = T.best_trials(s, top=3)
