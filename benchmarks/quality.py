@@ -69,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def results_markdown(out: Path, paths: list[str], command: str, seconds: float, preset: str) -> str:
     """RESULTS.md from the runs at `paths` under the study folder `out` (unfinished ones listed)."""
-    import pandas as pd
-
     from aimray.provenance import provenance
     from analysis import tables as T
     from analysis.load import NotAStudyError, open_study
@@ -101,7 +99,6 @@ def results_markdown(out: Path, paths: list[str], command: str, seconds: float, 
     table = T.method_table(runs)
     cells = T.comparison(table, metrics_shown=("op", "bwt", "fwt_paper", "fwt_base"))
     cells.insert(len(cells.columns) - 1, "rehearsal examples", [f"{v:.0f}" for v in table.rehearsal_examples])
-    per_order = {c.replace("op/", "OP "): [T.points(v) for v in table[c]] for c in table if c.startswith("op/o")}
     body = [
         finished + ".",
         "",
@@ -112,9 +109,6 @@ def results_markdown(out: Path, paths: list[str], command: str, seconds: float, 
         "Wall: seconds per run, training and evaluation, with the runs sharing this machine.",
         "",
         T.markdown(cells),
-        "OP per order:",
-        "",
-        T.markdown(pd.DataFrame({"method": table.method, **per_order})),
     ]
     return "\n".join([*head, *body]) + "\n"
 
