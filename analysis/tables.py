@@ -15,6 +15,7 @@ import pandas as pd
 
 from aimray import metrics
 from aimray.methods import METHODS
+from aimray.results import accuracy_matrix
 from analysis.load import Study
 
 METRICS = ("op", "bwt", "fwt_paper", "fwt_base", "forgetting")
@@ -27,18 +28,11 @@ NAMES = {"op": "OP", "bwt": "BWT", "fwt_paper": "FWT (paper)", "fwt_base": "FWT 
 
 def matrix(study: Study, path: str, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
     """(a, base): a[j][i] = score on task i after stage j+1 (NaN where not evaluated); base = the scores
-    before training (after_index 0) when the run measured them."""
+    before training (after_index 0) when the run measured them. The loop's own reader does the work."""
     tasks = list(study.runs.set_index("path").loc[path, "tasks"])
-    rows = study.evals[(study.evals.path == path) & (study.evals.split == split)]
-    stages = int(rows.after_index.max()) if len(rows) else 0
-    a = np.full((stages, len(tasks)), np.nan)
-    base = np.full(len(tasks), np.nan)
-    for r in rows.itertuples():
-        if r.after_index == 0:
-            base[r.eval_index] = r.value
-        else:
-            a[r.after_index - 1, r.eval_index] = r.value
-    return a, (None if np.isnan(base).all() else base)
+    rows = study.evals[study.evals.path == path].to_dict("records")
+    a, base = accuracy_matrix(rows, tasks, split)
+    return a, (None if base is None else np.asarray(base, dtype=float))
 
 
 def run_metrics(study: Study) -> pd.DataFrame:
