@@ -7,6 +7,7 @@ cost (49,152 x 576 for SmolLM2, about 40% of a forward pass per position).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Sequence
@@ -91,8 +92,10 @@ class Backbone:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
 
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: AMX or AVX512-BF16 on a CPU, bf16 support on a CUDA GPU."""
+    """bf16 matmuls in hardware: AMX or AVX512-BF16 on a CPU, bf16 support on a CUDA GPU (probed once per
+    device: every forward pass asks)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":

@@ -45,19 +45,35 @@ def collect(out: Path, method: Method) -> RunResult:
     evals = read_events(out, "evals").to_pylist()
     test, base = accuracy_matrix(evals, manifest_tasks, "test")
     dev, _ = accuracy_matrix(evals, manifest_tasks, "dev")
-    if method.joint:  # one stage: only OP is defined
-        summary = {"op": float(np.nanmean(test[-1]))}
-    elif method.reset_each_task:  # the diagonal holds the single-task scores
-        summary = {"op": float(np.nanmean(np.diag(test)))}
-    else:
-        summary = metrics.summary(test, base=base)
-        if dev.size and not np.isnan(dev).all():
-            summary["dev_op"] = metrics.average_performance(dev)
-            summary["dev_bwt"] = metrics.backward_transfer(dev)
+    summary = run_summary(method, test, dev, base)
     merges: dict[str, int] = {}
     for r in read_events(out, "merges").to_pylist():
         merges[r["trigger"]] = merges.get(r["trigger"], 0) + 1
     return RunResult(out, manifest_tasks, test, dev, base, summary, merges)
+
+
+def run_summary(method: Method | None, test: np.ndarray, dev: np.ndarray, base=None) -> dict[str, float]:
+    """The metrics a run of `method` defines, from its test and dev matrices (base: scores before training).
+    A joint run has one stage (only OP); a reset-each-task run's diagonal holds the single-task scores;
+    any other run gets OP / BWT / forgetting / FWT (base), and dev OP / BWT when it has dev scores."""
+    if method is not None and method.joint:
+        return {"op": float(np.nanmean(test[-1]))}
+    if method is not None and method.reset_each_task:
+        return {"op": float(np.nanmean(np.diag(test)))}
+    summary = metrics.summary(test, base=base)
+    if dev.size and not np.isnan(dev).all():
+        summary["dev_op"] = metrics.average_performance(dev)
+        summary["dev_bwt"] = metrics.backward_transfer(dev)
+    return summary
+
+
+def fwt_vs_single_task(method: Method | None, tasks, test, single_tasks, single_test) -> float:
+    """FWT as the paper defines it: a sequential run's test matrix against the single-task scores (the
+    diagonal of the single_task run of the same order and seed). NaN for joint and reset-each-task runs."""
+    if method is None or method.joint or method.reset_each_task:
+        return float("nan")
+    single = dict(zip(single_tasks, np.diag(np.asarray(single_test, dtype=float)), strict=True))
+    return metrics.forward_transfer_paper(np.asarray(test, dtype=float), [single.get(t, np.nan) for t in tasks])
 
 
 def read_manifest_tasks(out: Path) -> list[str]:

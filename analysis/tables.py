@@ -13,9 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from aimray import metrics
 from aimray.methods import METHODS
-from aimray.results import accuracy_matrix
+from aimray.results import accuracy_matrix, fwt_vs_single_task, run_summary
 from analysis.load import Study
 
 METRICS = ("op", "bwt", "fwt_paper", "fwt_base", "forgetting")
@@ -46,16 +45,7 @@ def run_metrics(study: Study) -> pd.DataFrame:
         row["tasks"] = list(run.tasks)
         test, base = matrix(study, run.path, "test")
         dev, _ = matrix(study, run.path, "dev")
-        method = METHODS.get(run.method)
-        if method is not None and method.joint:  # one stage: only OP
-            row["op"] = float(np.nanmean(test[-1]))
-        elif method is not None and method.reset_each_task:  # the diagonal holds the single-task scores
-            row["op"] = float(np.nanmean(np.diag(test)))
-        else:
-            row.update(metrics.summary(test, base=base))
-            if dev.size and not np.isnan(dev).all():
-                row["dev_op"] = metrics.average_performance(dev)
-                row["dev_bwt"] = metrics.backward_transfer(dev)
+        row.update(run_summary(METHODS.get(run.method), test, dev, base))
         costs = study.costs[study.costs.path == run.path]
         merges = study.merges[study.merges.path == run.path] if len(study.merges) else study.merges
         row["merges"] = len(merges)
@@ -77,11 +67,9 @@ def run_metrics(study: Study) -> pd.DataFrame:
 
 def _fwt_paper(r, table: pd.DataFrame) -> float:
     ref = table[(table.method == "single_task") & (table.order == r.order) & (table.seed == r.seed)]
-    method = METHODS.get(r.method)
-    if ref.empty or method is None or method.joint or method.reset_each_task:
+    if ref.empty:
         return math.nan
-    single = dict(zip(ref.iloc[0].tasks, np.diag(ref.iloc[0].test), strict=True))
-    return metrics.forward_transfer_paper(r.test, [single.get(t, math.nan) for t in r.tasks])
+    return fwt_vs_single_task(METHODS.get(r.method), r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
 
 
 def method_order(names) -> list[str]:

@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end")  # fmt: skip
 
     if not args.no_ray:
-        from aimray.launch.train import Resources, ensure_ray, run_with_ray_train, shutdown_ray
+        from aimray.launch.cluster import ensure_ray, shutdown_ray
+        from aimray.launch.train import Resources, run_with_ray_train
 
         t0 = time.perf_counter()
         ensure_ray(num_cpus=os.cpu_count())

@@ -103,3 +103,33 @@ def test_summary_keys(base, single, keys):
     out = metrics.summary(A3, base=base, single_task=single)
     assert set(out) == keys
     assert all(isinstance(v, float) for v in out.values())
+
+
+def test_run_summary_follows_the_method():
+    """One rule for what a run's metrics are, used by the run folder's matrix.json and by analysis."""
+    from aimray.methods import get_method
+    from aimray.results import run_summary
+
+    a, dev = np.array(A3), np.array(A3) - 0.1
+    full = run_summary(get_method("aimmerging"), a, dev, base=BASE3)
+    assert full["op"] == pytest.approx(0.7) and full["bwt"] == pytest.approx(-0.15)
+    assert full["fwt_base"] == pytest.approx(0.125) and full["dev_op"] == pytest.approx(0.6)
+    assert run_summary(get_method("single_task"), a, dev) == {"op": pytest.approx((0.8 + 0.9 + 0.7) / 3)}
+    assert run_summary(get_method("mtl"), a[-1:], dev[-1:]) == {"op": pytest.approx(0.7)}
+    no_dev = run_summary(get_method("seqlora"), a, np.full((3, 3), np.nan))
+    assert "dev_op" not in no_dev and "fwt_base" not in no_dev
+
+
+def test_fwt_vs_single_task_matches_tasks_by_name():
+    """The single_task run's diagonal is looked up by task name; a task it lacks counts as NaN."""
+    from aimray.methods import get_method
+    from aimray.results import fwt_vs_single_task
+
+    tasks = ["t0", "t1", "t2"]
+    single = np.diag(SINGLE3)  # a single_task matrix whose diagonal is SINGLE3
+    got = fwt_vs_single_task(get_method("aimmerging"), tasks, A3, tasks, single)
+    assert got == pytest.approx(0.1)
+    shuffled = fwt_vs_single_task(get_method("aimmerging"), tasks, A3, tasks[::-1], single[::-1, ::-1])
+    assert shuffled == pytest.approx(0.1)
+    assert math.isnan(fwt_vs_single_task(get_method("mtl"), tasks, A3, tasks, single))
+    assert math.isnan(fwt_vs_single_task(get_method("single_task"), tasks, A3, tasks, single))

@@ -15,15 +15,14 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import ray
 
 from aimray.config import RunConfig, make_config
+from aimray.launch.cluster import ensure_ray
 from aimray.loop import config_hash, run
 from aimray.methods import get_method
-from aimray.metrics import forward_transfer_paper
-from aimray.results import collect
+from aimray.results import collect, fwt_vs_single_task
 
 DEFAULT_METHODS = (
     "aimmerging", "aimmerging_no_ls", "aimmerging_no_fs", "aimmerging_fixed_weights", "aimmerging_no_burst",
@@ -68,9 +67,7 @@ def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=p
     """Run the configs on Ray (finished runs skipped); returns and writes the runs table and ablation.md."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=None if address else False)
+    ensure_ray(dashboard=False)
     todo = {}
     for cfg in cfgs:
         folder = run_dir(out, cfg)
@@ -122,10 +119,9 @@ def runs_table(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
 def fwt_paper(r, table: pd.DataFrame) -> float:
     """FWT (paper) of one run against the single_task run of the same order and seed, when there is one."""
     ref = table[(table.method == "single_task") & (table.order == r.order) & (table.seed == r.seed)]
-    if r.status != "success" or r.method in ("single_task", "mtl") or ref.empty or ref.iloc[0].status != "success":
+    if r.status != "success" or ref.empty or ref.iloc[0].status != "success":
         return math.nan
-    single = dict(zip(ref.iloc[0].tasks, np.diag(np.array(ref.iloc[0].test)), strict=True))
-    return forward_transfer_paper(np.array(r.test), [single[t] for t in r.tasks])
+    return fwt_vs_single_task(get_method(r.method), r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
 
 
 def ablation_markdown(table: pd.DataFrame) -> str:

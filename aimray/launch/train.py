@@ -25,6 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
+from aimray.launch.cluster import ensure_ray
 from aimray.loop import SimulatedKill, run
 from aimray.methods import get_method
 from aimray.objective import ObjectiveTracker
@@ -110,17 +111,6 @@ def run_name(cfg: AimRunConfig, out: Path) -> str:
     """Deterministic per output folder: rerunning into the same --out resumes the same Ray Train run."""
     digest = hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:8]
     return f"{cfg.method}-o{cfg.order}-s{cfg.seed}-{digest}"
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local Ray (with `num_cpus`), unless Ray is already up."""
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, num_cpus=None if address else num_cpus, log_to_driver=True)
-
-
-def shutdown_ray() -> None:
-    ray.shutdown()
 
 
 def run_with_ray_train(

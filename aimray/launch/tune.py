@@ -33,6 +33,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from aimray.config import deep_merge, make_config, parse_overrides
+from aimray.launch.cluster import ensure_ray
 from aimray.loop import run
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ObjectiveTracker
@@ -234,11 +235,7 @@ def sweep(
     """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet)."""
     out = Path(spec.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:  # joining a cluster: token authentication (Ray's default) unless the user says otherwise
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=None if address else False)
+    ensure_ray(address, dashboard=False)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     if spec.workers == 0:
