@@ -120,14 +120,51 @@ def comparison(table: pd.DataFrame, by: str = "method", metrics_shown=("op", "bw
     return pd.DataFrame(cols)
 
 
+def paired(runs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")) -> pd.DataFrame:
+    """`reference` against every other method on the runs they share (same order and seed): per method,
+    the pairs, and per metric the mean of reference minus method and the reference's wins / ties / losses
+    (a tie: the same value to 1e-9). Methods with no pair with the reference are left out."""
+    ref = runs[runs.method == reference].set_index(["order", "seed"])
+    out = []
+    for method in method_order(runs.method.unique()):
+        if method == reference:
+            continue
+        other = runs[runs.method == method].set_index(["order", "seed"])
+        keys = ref.index.intersection(other.index)
+        if not len(keys):
+            continue
+        row: dict = {"method": method, "pairs": len(keys)}
+        for m in metrics_shown:
+            diff = (ref.loc[keys, m] - other.loc[keys, m]).dropna()
+            row[f"{m}/diff"] = diff.mean() if len(diff) else math.nan
+            row[f"{m}/wins"] = int((diff > 1e-9).sum())
+            row[f"{m}/ties"] = int((diff.abs() <= 1e-9).sum())
+            row[f"{m}/losses"] = int((diff < -1e-9).sum())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_cells(pairs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")) -> pd.DataFrame:
+    """`paired` as display cells: difference in points, and wins-ties-losses of the reference."""
+    cols: dict[str, list[str]] = {"method": list(pairs.method), "pairs": [str(v) for v in pairs.pairs]}
+    for m in metrics_shown:
+        if pairs[f"{m}/diff"].isna().all():
+            continue
+        cols[f"{reference} − method, {NAMES[m]}"] = [f"{100 * v:+.2f}" if v == v else "–" for v in pairs[f"{m}/diff"]]
+        wtl = zip(pairs[f"{m}/wins"], pairs[f"{m}/ties"], pairs[f"{m}/losses"], strict=True)
+        cols[f"{NAMES[m]} wins-ties-losses"] = [f"{w}-{t}-{lo}" if w + t + lo else "–" for w, t, lo in wtl]
+    return pd.DataFrame(cols)
+
+
 def points(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+    """A fraction in points with two decimals ("–" for a missing value; never "-0.00")."""
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{round(100 * v, 2) + 0.0:.2f}"
 
 
 def plus_minus(mean: float, std: float) -> str:
     if mean is None or math.isnan(mean):
         return "–"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    return f"{points(mean)} ± {points(std)}"
 
 
 # ------------------------------------------------------------------------------------ sweep sensitivity

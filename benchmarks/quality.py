@@ -60,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         run_study(cfgs, out, args.cpus_per_run)
     paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
     command = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
-    text = results_markdown(out, paths, command, time.time() - t0, args.preset)
+    text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test)
     Path(args.results).write_text(text)
     print(text)
     print(f"written to {args.results}")
     return 0
 
 
-def results_markdown(out: Path, paths: list[str], command: str, seconds: float, preset: str) -> str:
+def results_markdown(out: Path, paths: list[str], command: str, seconds: float, preset: str, test_per_task: int) -> str:
     """RESULTS.md from the runs at `paths` under the study folder `out` (unfinished ones listed)."""
     from aimray.provenance import provenance
     from analysis import tables as T
@@ -109,8 +109,37 @@ def results_markdown(out: Path, paths: list[str], command: str, seconds: float, 
         "Wall: seconds per run, training and evaluation, with the runs sharing this machine.",
         "",
         T.markdown(cells),
+        *reading(runs, table, test_per_task),
     ]
     return "\n".join([*head, *body]) + "\n"
+
+
+def reading(runs, table, test_per_task: int) -> list[str]:
+    """What the table says, from its numbers: the ranking by test OP and AimMerging against every other
+    method on the same orders (so a loss is reported as plainly as a win)."""
+    from analysis import tables as T
+
+    ranked = table.dropna(subset=["op/mean"]).sort_values("op/mean", ascending=False)
+    if ranked.empty:
+        return []
+    lines = ["", "## Reading the table", ""]
+    order = ", ".join(f"{m} {100 * v:.2f}" for m, v in zip(ranked.method, ranked["op/mean"], strict=True))
+    lines.append(f"By test OP (mean over orders): {order}.")
+    if "aimmerging" in set(ranked.method):
+        place = list(ranked.method).index("aimmerging") + 1
+        lines.append(f"AimMerging is {place} of {len(ranked)}.")
+    tasks = len(runs.tasks.iloc[0])
+    lines += [
+        f"One test example moves a task's accuracy by {100 / test_per_task:.1f} points and OP by "
+        f"{100 / (test_per_task * tasks):.2f} ({test_per_task} test examples per task, {tasks} tasks): "
+        "differences of a point or two rest on a handful of examples.",
+        "",
+    ]
+    pairs = T.paired(runs)
+    if len(pairs):
+        lines += ["AimMerging against each method on the same order and seed (positive: AimMerging higher; "
+                  "wins-ties-losses over the pairs):", "", T.markdown(T.paired_cells(pairs))]  # fmt: skip
+    return lines
 
 
 if __name__ == "__main__":

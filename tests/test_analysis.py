@@ -100,6 +100,19 @@ def test_method_table_means_per_order_and_over_everything() -> None:
     assert "\\toprule" in tex and "$\\pm$" in tex and "\\label{tab:x}" in tex and tex.count("\\\\") == 3
 
 
+def test_paired_compares_runs_of_the_same_order_and_seed() -> None:
+    runs = synthetic_runs()
+    runs.loc[(runs.method == "seqlora") & (runs.order == 2) & (runs.seed == 1), "op"] = 2.0  # seqlora wins one pair
+    extra = runs[runs.method == "seqlora"].assign(method="replay", order=3)  # no pair with aimmerging: left out
+    pairs = T.paired(pd.concat([runs, extra]), metrics_shown=("op", "fwt_paper")).set_index("method")
+    assert list(pairs.index) == ["seqlora"] and pairs.loc["seqlora", "pairs"] == 4
+    assert pairs.loc["seqlora", "op/diff"] == pytest.approx((0.2 * 3 + (0.91 - 2.0)) / 4)
+    assert pairs.loc["seqlora", ["op/wins", "op/ties", "op/losses"]].tolist() == [3, 0, 1]
+    assert math.isnan(pairs.loc["seqlora", "fwt_paper/diff"])  # all NaN: no difference, no wins
+    cells = T.paired_cells(pairs.reset_index(), metrics_shown=("op", "fwt_paper"))
+    assert cells.iloc[0].tolist() == ["seqlora", "4", f"{100 * (0.6 - 1.09) / 4:+.2f}", "3-0-1"]
+
+
 def synthetic_sweep(n: int = 24) -> Study:
     """A sweep whose objective depends on knob `a` only (b is noise-free but irrelevant)."""
     rng = np.random.default_rng(0)

@@ -43,6 +43,7 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     assert "3 of 3 runs finished." in text and "| aimmerging | 1 |" in text and "FWT (paper) mean ± std" in text
     row = next(line for line in text.splitlines() if line.startswith("| aimmerging |"))
     assert "–" not in row.split("|")[5]  # FWT (paper) is defined: the single_task run is there
+    assert "## Reading the table" in text and "AimMerging is " in text and "| seqlora | 1 |" in text.split("Reading")[1]
     # A changed config is not served from the cache; --report-only runs nothing and lists what is missing.
     again = subprocess.run([*cmd, "train.lr=0.005", "--report-only"], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0 and "0 of 3 runs finished" in results.read_text()
