@@ -58,6 +58,8 @@ for _m in [
     Method("replay", "replay", about="LoRAReplay: memory examples mixed into each task's training set"),
     Method("fixed_interval", "rehearsal", "fixed", weights="mask",
            about="Recurrent-KIF style: merge every fixed_s steps, fixed_m burst steps, importance masks"),
+    Method("fixed_interval_rule", "rehearsal", "fixed",
+           about="fixed_interval with AimMerging's rule weights (at the fixed S, no activations) instead of masks"),
     Method("single_merge", "rehearsal", "single", weights="fixed",
            about="train the whole task, then one rehearsal burst and one fusion"),
     Method("mtl", joint=True, about="joint training on all tasks (upper bound)"),

@@ -45,7 +45,7 @@ def test_paper_preset_holds_algorithm_constants():
     assert (c.trend, c.new_task_important_s, c.weights, c.outer_lr, c.fs_mode) == ("last", 70, "rule", None, "train")
     assert (c.fixed_s, c.fixed_m, c.importance_beta, c.importance_top) == (8, 4, 0.85, 0.2)
     assert (lora.lora_r, lora.lora_alpha, lora.lora_dropout) == (8, 32, 0.05)
-    assert (cfg.data.train, cfg.checkpoint.keep) == (1000, "last")
+    assert (cfg.data.train, cfg.checkpoint.keep, t.epochs, cfg.eval.mode) == (1000, "last", 10, "generate")
 
 
 def test_controller_defaults_are_the_paper_constants():

@@ -108,7 +108,7 @@ def test_olora_prompt(tmp_path: Path, kind: str, start: str) -> None:
     assert spec.instruction == OLORA_INSTRUCTIONS[kind.lower()] == start + " Choose one from the option."
     ex = spec.load(SIZES, 0).train[0]
     assert ex.task == "some-task"
-    assert ex.prefix == f"{start} Choose one from the option.\nOption: yes, no\n"
+    assert ex.prefix == f"{start} Choose one from the option. Option: yes, no.\n"  # the paper's input, inlined
     assert ex.suffix == "\nAnswer:"
     assert ex.prompt == ex.prefix + ex.text + "\nAnswer:" and ex.text.startswith("Some-Task train text")
 

@@ -66,6 +66,10 @@ def test_every_method_runs_through_the_loop(tiny_causal, tmp_path, method) -> No
         assert all(m["task_index"] >= 1 for m in merges)  # task 1 has no memory, no merges
     if method == "single_merge":
         assert [m["trigger"] for m in merges] == ["task_end"] * 3
+    if method.startswith("fixed_interval"):  # every fixed_s steps; masks element-wise, or the rule at S = fixed_s
+        assert {m["trigger"] for m in merges} == {"fixed"}
+        weights = {(m["w_in"], m["w_out"]) for m in merges}
+        assert weights == {(0.6, 0.4)} if method == "fixed_interval_rule" else all(np.isnan(w).all() for w in weights)
     if method == "single_task":
         assert np.isnan(result.test[0, 1]) and not np.isnan(np.diag(result.test)).any()
     assert json.loads((tmp_path / "matrix.json").read_text())["tasks"] == ["wordnet", "amazon", "trec", "bbc"]

@@ -80,6 +80,7 @@ def test_prompt_follows_olora_format() -> None:
     assert "\nOption: business, entertainment, politics, sport, tech\n" in ex.prompt
     assert ex.prompt.endswith("\nAnswer:") and ex.target in TASKS["bbc"].labels
     assert format_parts("Q?", ("a", "b")) == ("Q?\nOption: a, b\n", "\nAnswer:")
+    assert format_parts("Q?", ("a", "b"), inline=True) == ("Q? Option: a, b.\n", "\nAnswer:")
 
 
 @pytest.mark.parametrize("name", OFFLINE)

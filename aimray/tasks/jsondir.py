@@ -3,7 +3,8 @@
 AimMerging / Recurrent-KIF: `<root>/{train,dev,test}/<task>_T5.json`, JSON lists of {"id", "input", "output"};
 the input already inlines the instruction and the options, so it is the whole prompt.
 O-LoRA: `<root>/<Type>/<Task>/{train,dev,test}.json`, JSON lists of {"label", "sentence"}, plus `labels.json`
-(the options); the instruction comes from the Type folder and the prompt is spec.format_parts'.
+(the options); the instruction comes from the Type folder and the options are inlined after it, as the
+paper's input: "<instruction> Option: a, b, c.\n<text>\nAnswer:" (spec.format_parts, inline).
 
 The public copies have a known defect: dev overlaps test (SuperNI dev == test; CB, COPA, RTE too). The loader
 removes test texts from dev and train, refills dev from train, and records what it did in TaskData.notes.
@@ -19,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from aimray.tasks.spec import Example, SplitSizes, TaskData, TaskSpec, content_hash
+from aimray.tasks.spec import Example, SplitSizes, TaskData, TaskSpec, content_hash, format_parts
 from aimray.tasks.splits import balanced_take, check_disjoint
 
 SPLITS = ("train", "dev", "test")
@@ -245,16 +246,14 @@ def olora_task(name: str, root: Path) -> TaskSpec:
         raise ValueError(f"{folder}: unknown O-LoRA type folder {kind!r}; known: {', '.join(OLORA_INSTRUCTIONS)}")
     instruction = OLORA_INSTRUCTIONS[kind.lower()]
     labels = read_labels(folder / "labels.json")
+    prefix, suffix = format_parts(instruction, labels, inline=True) if instruction else ("", "\nAnswer:")
 
-    def make(text: str, target: str, uid: str) -> Example:
-        if instruction:
-            return spec.example(text, target)
-        return Example(name, text, target, "", "\nAnswer:", content_hash(text))  # COPA: no instruction
+    def make(text: str, target: str, uid: str) -> Example:  # COPA has no instruction: the text only
+        return Example(name, text, target, prefix, suffix, content_hash(text))
 
     files = {split: folder / f"{split}.json" for split in SPLITS}
     load = make_loader(name, files, ("sentence", "label", ""), make, labels)
-    spec = TaskSpec(name, instruction, labels, load, "accuracy", f"O-LoRA layout: {folder}")
-    return spec
+    return TaskSpec(name, instruction, labels, load, "accuracy", f"O-LoRA layout: {folder}")
 
 
 def json_task(name: str, root: Path) -> TaskSpec:

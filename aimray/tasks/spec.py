@@ -28,11 +28,15 @@ class Example:
         return self.prefix + self.text + self.suffix
 
 
-def format_parts(instruction: str, options: tuple[str, ...]) -> tuple[str, str]:
-    """O-LoRA prompt: the instruction, "Option: a, b, c", the text, then "Answer:" (prefix, suffix)."""
+def format_parts(instruction: str, options: tuple[str, ...], inline: bool = False) -> tuple[str, str]:
+    """(prefix, suffix) of a prompt: the instruction, the options, the text, then "Answer:".
+
+    inline=True is the paper's input (ALGORITHM.md, both public layouts): "<instruction> Option: a, b, c."
+    on one line. The embedded offline tasks put "Option: a, b, c" on a line of its own (their results in
+    benchmarks/ were measured so)."""
     head = instruction.strip()
     if options:
-        head += "\nOption: " + ", ".join(options)
+        head += (" Option: " + ", ".join(options) + ".") if inline else ("\nOption: " + ", ".join(options))
     return head + "\n", "\nAnswer:"
 
 
