@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from aimray.cliargs import error_text
+
 FETCH_HINT = "run `python -m aimray.assets fetch` (or `make assets`)"
 
 
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         rows = status()
     except (AssetMissingError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     print(f"cache: {home()}")
     print(f"{'asset':<9} {'package':<24} {'status':<8} {'files':>6} {'MB':>8}  sha256 (archive)  contents")

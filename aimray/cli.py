@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from aimray.assets import AssetMissingError
+from aimray.cliargs import error_text
 from aimray.events import write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 
@@ -201,23 +202,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("eval", help="evaluate the backbone (fresh adapter = zero-shot) on tasks")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate the backbone (fresh adapter = zero-shot) on tasks",
+        description="Evaluate the backbone with a fresh (zero) LoRA adapter, i.e. zero-shot, on each task: "
+        "accuracy (or ROUGE-L) next to chance and majority-class baselines.",
+    )
     p.add_argument("--benchmark", help="evaluate this benchmark's tasks (default: all offline tasks)")
     p.add_argument("--tasks", help="comma-separated task names instead of a benchmark")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
     p.add_argument("--limit", type=int, default=0, help="at most N examples per task (0 = all)")
     p.add_argument("--mode", default="score", choices=["score", "generate"],
                    help="score: most likely label word (default); generate: greedy exact match")  # fmt: skip
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a folder or an HF id")
-    p.add_argument("--max-prompt-tokens", type=int, default=192)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-prompt-tokens", type=int, default=192, help="prompt token budget (default 192)")
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (default 16)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--out", help="write results.json and manifest.json here")
     _add_data_args(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser(
         "run",
-        help="one continual-learning run (in this process)",
+        help="one continual-learning run (Ray Train workers; --workers 0: in this process)",
         description="Train one LoRA adapter through a benchmark's task order with a CL method; evaluate every "
         "task after every task; write events (Parquet), manifest.json, matrix.json and checkpoints to --out. "
         "Rerunning with the same --out and config resumes from the last checkpoint. Runs in Ray Train workers "
@@ -226,10 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         f"Presets: {', '.join(_presets())}.",
     )
     p.add_argument("--method", default="aimmerging", help=f"one of {', '.join(_methods())}")
-    p.add_argument("--benchmark", default="offline-standard")
-    p.add_argument("--order", type=int, default=1)
-    p.add_argument("--preset", help="smoke (about 2 min here), demo, bench, sweep, or paper (the paper's sizes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--benchmark", default="offline-standard", help=f"one of {', '.join(BENCHMARKS)} (default offline-standard)"
+    )
+    p.add_argument("--order", type=int, default=1, help="task order of the benchmark (default 1)")
+    p.add_argument(
+        "--preset",
+        help="smoke (about 2 min here), demo, bench, sweep, or paper (the paper's sizes); none: the built-in "
+        "defaults, which are the paper's sizes too (1000/200/500 examples per task, batch 32)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of data splits, adapter and batches (default 0)")
     p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")
     p.add_argument(
@@ -240,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cpus-per-worker", type=float, default=0, help="default: all CPUs / workers")
     p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (nccl); default 0 (gloo)")
-    p.add_argument("--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint")
+    p.add_argument(
+        "--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint (default 1)"
+    )
     p.add_argument("--storage", help="Ray Train storage (default <out>/ray; shared storage on a cluster)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
@@ -264,6 +278,5 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, AssetMissingError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ from aimray.memory import RehearsalMemory
 from aimray.merging import fusion, signals
 from aimray.merging.controller import MergeController
 from aimray.methods import Method, get_method
-from aimray.model import Backbone, answer_loss, answer_tokens, evaluate, load_backbone
+from aimray.model import Backbone, answer_loss, answer_tokens, evaluate, load_backbone, resolve_path
 from aimray.provenance import provenance
 from aimray.results import RunResult, collect, result_json
 from aimray.tasks import TaskData, TaskSpec, benchmark_tasks
@@ -229,6 +229,15 @@ class Context:
             raise SimulatedKill(f"stopped at stage {stage}, step {step}")
 
 
+def preflight(cfg: RunConfig) -> list[TaskSpec]:
+    """What a run needs before anything starts (a folder, Ray, a worker): its tasks, from the paper's data
+    when the benchmark reads it, and its backbone's files. Raises ValueError / FileNotFoundError /
+    AssetMissingError naming what is missing; returns the task specs."""
+    specs = benchmark_tasks(cfg.benchmark, cfg.order, cfg.data_dir)
+    resolve_path(cfg.model.name_or_path)
+    return specs
+
+
 def run(
     cfg: RunConfig,
     out: str | Path,
@@ -247,13 +256,13 @@ def run(
     `resume_from` names a checkpoint folder to resume from instead of the latest one under `out`.
     """
     out = Path(out)
+    specs = preflight(cfg)  # a missing data folder or asset fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if dist.world > 1:
         check_shared(out, dist)
     if not dist.main:
         log = _silent
     method = get_method(cfg.method)
-    specs = benchmark_tasks(cfg.benchmark, cfg.order, cfg.data_dir)
     data = [spec.load(cfg.data, cfg.seed) for spec in specs]
     stages = make_stages(method, specs, data)
     if cfg.train.threads:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from aimray.cliargs import positive_int
 from analysis import figures as F
 from analysis import tables as T
 from analysis.load import NotAStudyError, Study, open_study
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", help="the study folder")
     parser.add_argument("--out", help="output folder (default: STUDY/analysis); replaced as a whole when done")
     parser.add_argument("--split", default="test", choices=("test", "dev"), help="split of the method table")
-    parser.add_argument("--bins", type=int, default=4, help="quantile bins per numeric knob (sensitivity)")
+    parser.add_argument("--bins", type=positive_int, default=4, help="quantile bins per numeric knob (default 4)")
     args = parser.parse_args(argv)
     try:
         study = open_study(args.study)
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+    except NotAStudyError as err:  # e.g. no run of the study finished
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

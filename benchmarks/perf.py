@@ -45,6 +45,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from aimray.cliargs import positive_int
 from aimray.config import make_config
 from aimray.loop import batch_for_step, run
 from aimray.model import encode, encode_answer, evaluate, load_backbone, native_bf16
@@ -214,15 +215,21 @@ def costs_of(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="backbone: smollm2 (offline default), HF id or folder")
-    ap.add_argument("--batch", type=int, default=8, help="training batch size (default 8)")
-    ap.add_argument("--seq-len", type=int, default=96, help="prompt token budget (model.max_prompt_tokens)")
-    ap.add_argument("--steps-per-task", type=int, default=4, help="optimizer steps per task (4 tasks)")
-    ap.add_argument("--eval-examples", type=int, default=24, help="test examples per task for the eval row")
+    ap.add_argument("--batch", type=positive_int, default=8, help="training batch size (default 8)")
+    ap.add_argument("--seq-len", type=positive_int, default=96, help="prompt token budget (default 96)")
+    ap.add_argument("--steps-per-task", type=positive_int, default=4, help="optimizer steps per task (4 tasks)")
+    ap.add_argument("--eval-examples", type=positive_int, default=24, help="eval row: examples per task (default 24)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda when present")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train rows")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for perf.json, perf.md")
+    ap.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results"),
+        help="folder for perf.json, perf.md (default benchmarks/results)",
+    )
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)  # fmt: skip
     if args.threads:

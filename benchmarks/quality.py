@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from aimray.cliargs import error_text, int_list
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -32,36 +34,47 @@ DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="bench", help="run preset (default bench: 3 hours here for all)")
-    parser.add_argument("--orders", default="1,2,3", help="comma-separated orders of offline-standard")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
+    parser.add_argument(
+        "--orders", type=int_list, default=[1, 2, 3], help="comma-separated orders of offline-standard (default 1,2,3)"
+    )
+    parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--methods", help="comma-separated method names (default: AimMerging, its 4 ablations, "
+                        "6 baselines; `python -m aimray run --help` lists them)")  # fmt: skip
     parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run",
                         help="CPUs (torch threads) per run; runs go in parallel on the rest")  # fmt: skip
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="the study folder (runs are cached here)")
-    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="the markdown write-up")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="the study folder (runs are cached here; default benchmarks/results/quality)")  # fmt: skip
+    parser.add_argument("--results", help="the markdown write-up (default: benchmarks/RESULTS.md for the "
+                        "default --out, else <out>/RESULTS.md: a scratch study never replaces the "
+                        "committed one)")  # fmt: skip
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
 
+    from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_dir, run_study
 
     try:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
-        orders = [int(o) for o in args.orders.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
+        orders, seeds = args.orders, args.seeds
         cfgs = configs(args.preset, methods, "offline-standard", orders, seeds, parse_overrides(args.overrides))
-    except (ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     out = Path(args.out).resolve()
+    if args.results is None:
+        args.results = str(DEFAULT_RESULTS if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
     t0 = time.time()
     if not args.report_only:
         run_study(cfgs, out, args.cpus_per_run)
     paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
     command = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test)
-    Path(args.results).write_text(text)
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".tmp").write_text(text)
+    results.with_suffix(".tmp").replace(results)  # never half a write-up
     print(text)
     print(f"written to {args.results}")
     return 0

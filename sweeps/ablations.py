@@ -1,6 +1,6 @@
 """AimMerging, its ablations and the baselines over task orders x seeds, in parallel on Ray.
 
-    python sweeps/ablations.py [--methods m1,m2] [--benchmark offline-standard] [--orders 1,2,3]
+    python sweeps/ablations.py [--methods m1,m2] [--benchmark offline-standard] [--data-dir DIR] [--orders 1,2,3]
         [--seeds 0] [--preset smoke] [--cpus-per-run 1] [--out runs/ablations] [key=value ...]
 
 Every run lands in <out>/runs/<method>/o<order>-s<seed>-<config hash>/ with its events, manifest and
@@ -15,19 +15,24 @@ import argparse
 import sys
 from pathlib import Path
 
+from aimray.cliargs import error_text, int_list
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
-    parser.add_argument("--benchmark", default="offline-standard")
-    parser.add_argument("--orders", help="comma-separated (default: every order of the benchmark)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    parser.add_argument("--benchmark", default="offline-standard", help="benchmark (default offline-standard)")
+    parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
+    parser.add_argument("--orders", type=int_list, help="comma-separated (default: every order of the benchmark)")
+    parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
     parser.add_argument("--preset", default="smoke", help="run preset (default smoke)")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run")
-    parser.add_argument("--out", default="runs/ablations")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run",
+                        help="CPUs (torch threads) per run; runs go in parallel on the rest (default 1)")  # fmt: skip
+    parser.add_argument("--out", default="runs/ablations", help="the study folder (default runs/ablations)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
 
+    from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_study
     from aimray.tasks import get_benchmark
@@ -35,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
         bench = get_benchmark(args.benchmark)
-        orders = [int(o) for o in args.orders.split(",")] if args.orders else list(bench.orders)
-        seeds = [int(s) for s in args.seeds.split(",")]
-        cfgs = configs(args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides))
-    except (ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        orders, seeds = args.orders or list(bench.orders), args.seeds
+        cfgs = configs(args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides),
+                       args.data_dir)  # fmt: skip
+    except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     table = run_study(cfgs, Path(args.out), args.cpus_per_run)
     print((Path(args.out) / "ablation.md").read_text())

@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from aimray.cliargs import error_text, int_list
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker", help="GPUs per worker")
     parser.add_argument("--objective", help="dev_op (default), dev_op_bwt or worst_dev_op")
     parser.add_argument("--scheduler", help="asha (default), hyperband or none")
-    parser.add_argument("--orders", help="comma-separated orders (default: all of the benchmark)")
+    parser.add_argument("--orders", type=int_list, help="comma-separated orders (default: all of the benchmark)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
     parser.add_argument("--address", help="join a running Ray cluster (RAY_ADDRESS is honoured)")
     parser.add_argument("--storage", help="shared storage for Ray (needed on a multi-node cluster)")
@@ -44,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
+    from aimray.assets import AssetMissingError
     from aimray.launch.tune import load_sweep, sweep
 
-    orders = tuple(int(o) for o in args.orders.split(",")) if args.orders else None
+    orders = tuple(args.orders) if args.orders else None
     try:
         spec = load_sweep(
             args.config, args.overrides, out=args.out, preset=args.preset, num_samples=args.num_samples,
@@ -55,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             orders=orders, data_dir=args.data_dir,
         )  # fmt: skip
         table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError) as err:
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     out = Path(spec.out)
     print((out / "best.md").read_text())

@@ -196,6 +196,9 @@ def test_cli_writes_tables_and_figures_and_replaces_output_whole(study, tmp_path
 def test_cli_on_a_folder_that_is_not_a_study(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and f"{tmp_path} holds no aimray run" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path), "--bins", "0"], capture_output=True,
+                          text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2 and "argument --bins: '0' is not a positive integer" in proc.stderr
 
 
 def test_analysis_never_imports_torch_or_ray(study, tmp_path) -> None:

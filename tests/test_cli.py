@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -30,6 +31,20 @@ def test_bad_names_fail_with_the_valid_ones() -> None:
 def test_paper_benchmark_without_data_dir_says_so() -> None:
     proc = run("tasks", "--benchmark", "standard")
     assert proc.returncode == 2 and "--data-dir" in proc.stderr
+
+
+def test_a_run_missing_its_data_fails_before_ray_and_writes_nothing(tmp_path) -> None:
+    out = tmp_path / "run"
+    proc = run("run", "--preset", "smoke", "--benchmark", "standard", "--out", str(out))  # Ray Train by default
+    assert proc.returncode == 2 and "pass --data-dir" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_list_flags_name_themselves() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for script in ("sweeps/ablations.py", "sweeps/tune_controller.py", "benchmarks/quality.py"):
+        proc = subprocess.run([sys.executable, str(root / script), "--orders", "1,x"], capture_output=True, text=True)
+        assert proc.returncode == 2 and "argument --orders: '1,x' is not a comma-separated list" in proc.stderr
 
 
 def test_help_explains() -> None:

@@ -92,6 +92,12 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     figures = analyse(out, "Best trials (objective on dev")
     best = table.trial_id.iloc[0]
     assert {"sensitivity.png", "optimization_history.png", f"trajectory_runs_{best}_order1.png"} <= figures
+    # The same command again is refused before anything is written: the sweep's record stays as it was.
+    record = (out / "sweep.json").read_text()
+    again = sweep_cli(out, tiny_causal, "--num-samples", "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = again.communicate(timeout=300)
+    assert again.returncode == 2 and "already holds a sweep: pass --resume" in text, text[-2000:]
+    assert (out / "sweep.json").read_text() == record
 
 
 def analyse(study: Path, headline: str) -> set[str]:

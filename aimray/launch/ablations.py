@@ -20,7 +20,7 @@ import ray
 
 from aimray.config import RunConfig, make_config
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import config_hash, run
+from aimray.loop import config_hash, preflight, run
 from aimray.methods import get_method
 from aimray.results import collect, fwt_vs_single_task
 
@@ -53,19 +53,26 @@ def _run_remote(cfg_dict: dict, folder: str, threads: int) -> dict:
         return {"folder": folder, "status": "failed", "seconds": time.time() - t0, "error": repr(err)[:500]}
 
 
-def configs(preset: str | None, methods, benchmark: str, orders, seeds, overrides: dict) -> list[RunConfig]:
-    """Every (method, order, seed) config, validated before anything runs."""
-    return [
-        make_config(preset, overrides, method=m, benchmark=benchmark, order=o, seed=s)
+def configs(
+    preset: str | None, methods, benchmark: str, orders, seeds, overrides: dict, data_dir: str | None = None
+) -> list[RunConfig]:
+    """Every (method, order, seed) config, validated (tasks, data, backbone: `preflight`) before anything runs."""
+    cfgs = [
+        make_config(preset, overrides, method=m, benchmark=benchmark, order=o, seed=s, data_dir=data_dir)
         for m in methods
         for o in orders
         for s in seeds
     ]
+    for cfg in cfgs:
+        preflight(cfg)
+    return cfgs
 
 
 def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=print) -> pd.DataFrame:
     """Run the configs on Ray (finished runs skipped); returns and writes the runs table and ablation.md."""
     out = Path(out).resolve()
+    for cfg in cfgs:
+        preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(dashboard=False)
     todo = {}

@@ -26,7 +26,7 @@ from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import SimulatedKill, run
+from aimray.loop import SimulatedKill, preflight, run
 from aimray.methods import get_method
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
@@ -123,6 +123,7 @@ def run_with_ray_train(
 ) -> RunResult:
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray)."""
     out = Path(out).resolve()
+    preflight(cfg)  # a missing --data-dir or asset: one clear error, not a worker's traceback
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     use_gpu = resources.gpus_per_worker > 0

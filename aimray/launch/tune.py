@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aimray.config import deep_merge, make_config, parse_overrides
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import run
+from aimray.loop import preflight, run
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ObjectiveTracker
 from aimray.tasks import get_benchmark
@@ -234,6 +234,15 @@ def sweep(
 ) -> pd.DataFrame:
     """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet)."""
     out = Path(spec.out).resolve()
+    storage_path = storage or str(out / "ray")
+    experiment = Path(storage_path) / "tune"
+    restorable = tune.Tuner.can_restore(str(experiment))
+    if resume and not restorable:
+        raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
+    if not resume and restorable:
+        raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
+    for order in spec.all_orders():  # a missing --data-dir or asset fails here, before anything is written
+        preflight(trial_config(spec, order, {}))
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(address, dashboard=False)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
@@ -247,15 +256,9 @@ def sweep(
     spec = SweepSpec(**{**asdict(spec), "space": spec.space, "cpus_per_trial": per_trial, "out": str(out)})
     (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
-    storage_path = storage or str(out / "ray")
-    experiment = Path(storage_path) / "tune"
     if resume:
-        if not tune.Tuner.can_restore(str(experiment)):
-            raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        if tune.Tuner.can_restore(str(experiment)):
-            raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
         tuner = tune.Tuner(trainable, tune_config=tune_config(spec, concurrency),
                            run_config=tune.RunConfig(name="tune", storage_path=storage_path))  # fmt: skip
     t0 = time.time()
