@@ -183,6 +183,14 @@ class RunConfig:
             get_benchmark(self.benchmark).order(self.order)
         except KeyError as err:
             raise ValueError(f"benchmark/order: {err.args[0]}") from err
+        method = METHODS[self.method]
+        _check(
+            not (method.weights == "mask" and method.schedule == "fixed" and self.controller.fixed_m < 1),
+            "controller.fixed_m",
+            self.controller.fixed_m,
+            f"must be >= 1 for {self.method}: its importance masks come from the rehearsal burst "
+            "(fixed_interval_rule fuses without them)",
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

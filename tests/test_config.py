@@ -155,6 +155,7 @@ def test_unknown_preset_lists_valid():
         (["memory.fraction=null"], ["memory.fraction/per_task", "None"]),  # neither set
         (["memory.fraction=1.5"], ["memory.fraction", "1.5"]),
         (["train=3"], ["train", "3"]),
+        (["method=fixed_interval", "controller.fixed_m=0"], ["controller.fixed_m", "0", "fixed_interval_rule"]),
     ],
 )
 def test_bad_values_name_field_and_value(items, needles):

@@ -73,6 +73,8 @@ def test_sweep_spec_errors_name_the_field(tmp_path) -> None:
         load_sweep(SMOKE, ["objective=accuracy"])
     with pytest.raises(ValueError, match="train.lrr"):
         load_sweep(SMOKE, ["train.lrr=1"])
+    with pytest.raises(ValueError, match="unknown key 'nope': not a sweep field .*num_samples.* nor a run-config key"):
+        load_sweep(SMOKE, ["nope=1"])
     with pytest.raises(ValueError, match="no order 7"):
         load_sweep(SMOKE, [], orders=(7,))
     spec = load_sweep(SMOKE, ["num_samples=3", "train.lr=0.01"], out=str(tmp_path))

@@ -32,7 +32,7 @@ from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from aimray.config import deep_merge, make_config, parse_overrides
+from aimray.config import RunConfig, deep_merge, make_config, parse_overrides
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import preflight, run
 from aimray.methods import get_method
@@ -115,7 +115,13 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     raw = raw or {}
     extra = parse_overrides(overrides)
     spec_fields = {f for f in SweepSpec.__dataclass_fields__}
+    run_fields = set(RunConfig.__dataclass_fields__)
     for key, value in extra.items():
+        if key not in spec_fields and key not in run_fields:
+            raise ValueError(
+                f"unknown key {key!r}: not a sweep field ({', '.join(sorted(spec_fields - {'overrides', 'space'}))}) "
+                f"nor a run-config key ({', '.join(sorted(run_fields))})"
+            )
         if key in spec_fields and key not in ("overrides", "space"):
             raw[key] = value
         else:  # a run config key: a fixed value for every trial
