@@ -179,3 +179,17 @@ def test_a_finished_run_is_not_run_or_rewritten_again(tiny_causal, tmp_path) -> 
     again = run(cfg, tmp_path, log=quiet)
     assert np.array_equal(first.test, again.test)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == stamps
+
+
+def test_generation_scoring_changes_the_scores_not_the_training(tiny_causal, tmp_path) -> None:
+    """eval.mode=generate (the paper preset's exact match) is plumbed through the loop: training is identical
+    to label scoring, every score is a fraction of the 6 test examples, and the modes disagree somewhere."""
+    evals = {"splits": ["test"], "base": True}
+    scored = run(tiny_config(tiny_causal, "seqlora", eval=evals), tmp_path / "score", log=quiet)
+    generated = run(tiny_config(tiny_causal, "seqlora", eval={**evals, "mode": "generate"}), tmp_path / "gen",
+                    log=quiet)  # fmt: skip
+    assert comparable(tmp_path / "score", "steps") == comparable(tmp_path / "gen", "steps")
+    values = np.concatenate([generated.test.ravel(), generated.base_test])
+    assert np.allclose(values * 6, np.round(values * 6)) and ((values >= 0) & (values <= 1)).all()
+    both = [np.vstack([r.base_test, r.test]) for r in (scored, generated)]
+    assert not np.array_equal(*both)
