@@ -318,6 +318,8 @@ def run(
             )  # fmt: skip
             optim_states, mem_rng_state = objects, state["mem_rng"]
         log(f"[run] {run_id}: resuming from checkpoint {latest.name}")
+    else:  # a fresh start: event parts of an earlier attempt without a checkpoint would mix with this one's
+        ctx.events.truncate(0)
     if latest is not None and start >= len(stages) and previous_status(out) == "success":
         log(f"[run] {run_id}: already finished in {out}")
         return collect(out, method)  # nothing to do, nothing rewritten

@@ -10,6 +10,7 @@ import pytest
 from aimray.config import make_config
 from aimray.events import SCHEMAS, read_events
 from aimray.loop import SimulatedKill, batch_for_step, run
+from aimray.merging import signals
 from aimray.methods import METHODS
 from aimray.tasks.spec import Example
 
@@ -87,7 +88,9 @@ def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path) -> None:
     # The burst uses the inner optimizer at the schedule's current lr (released code): at a task's last step the
     # linear decay has reached 0 and the burst moves nothing. With a separate outer optimizer it always moves.
     assert (merges.l1_delta_out > 0).any()
-    assert ((merges.w_in + merges.w_out) == 1.0).all()
+    for m in merges.itertuples():  # the fusion weights are the rule's, at the merge's own state; lam = |delta_in| / S
+        assert (m.w_in, m.w_out) == signals.rule_weights(m.activations, m.interval, 70)
+        assert m.lam == pytest.approx(m.l1_delta_in / m.interval, rel=1e-6)
     bursts = steps[steps.phase == "burst"]
     assert len(bursts) == len(merges)  # M = 1 rehearsal step per merge
     assert steps.global_step.tolist() == list(range(len(steps)))
@@ -134,6 +137,43 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_causal, tmp_path, stop, ex
         assert comparable(tmp_path / "whole", kind) == comparable(tmp_path / "split", kind), kind
     manifest = json.loads((tmp_path / "split" / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["resumed_from"]
+
+
+def test_interval_and_burst_adapt_inside_the_loop(tiny_causal, tmp_path) -> None:
+    """cold_start 0, 16 steps per task: a task's second merge moves S (a falling Lambda grows it, as the
+    controller's unit tests spell out), the steps after it run with the new S, and every burst is
+    int(S x M0 / S0) logged steps long."""
+    cfg = tiny_config(tiny_causal, controller={"cold_start": 0, "s0": 2, "m0": 2}, train={"epochs": 4})
+    run(cfg, tmp_path, log=quiet)
+    merges = read_events(tmp_path, "merges").to_pandas()
+    steps = read_events(tmp_path, "steps").to_pandas()
+    inner = steps[steps.phase == "inner"]
+    for task, group in merges.groupby("task_index"):
+        lams = group.lam.tolist()
+        after = inner[(inner.task_index == task) & (inner.step > group.step.iloc[1])]
+        want = signals.next_interval(2, lams[1], lams[:1], cold_start=0, s_min=2, s_max=128, halve_at=64)
+        assert len(lams) >= 2 and (after.interval == want).all() and want != 2, (task, lams, want)
+    assert (merges.burst_len == [signals.burst_length(s, 2, 2) for s in merges.interval]).all()
+    bursts = steps[steps.phase == "burst"]
+    assert len(bursts) == merges.burst_len.sum()
+    assert (bursts.burst_len.values == np.repeat(merges.burst_len.values, merges.burst_len.values)).all()
+
+
+def test_a_fresh_start_clears_events_of_an_attempt_without_checkpoints(tiny_causal, tmp_path) -> None:
+    """A run folder whose checkpoints are gone (e.g. a fresh clone: they are never committed) starts over
+    without mixing the earlier attempt's event parts into the new ones."""
+    import shutil
+
+    cfg = tiny_config(tiny_causal, "seqlora")
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "clean", log=quiet, stop_at=(1, 0))
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "again", log=quiet, stop_at=(3, 0))
+    shutil.rmtree(tmp_path / "again" / "checkpoints")
+    with pytest.raises(SimulatedKill):
+        run(cfg, tmp_path / "again", log=quiet, stop_at=(1, 0))
+    for kind in SCHEMAS:
+        assert comparable(tmp_path / "clean", kind) == comparable(tmp_path / "again", kind), kind
 
 
 def test_resume_refuses_another_config(tiny_causal, tmp_path) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -36,6 +37,8 @@ def check_sweep(out: Path, samples: int = 2) -> pd.DataFrame:
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == samples and (table.status == "completed").all(), table[["status", "error"]]
     assert table.objective.between(0, 1).all() and (table.tasks_done == 12).all()
+    dev = table[[f"o{order}/dev_op" for order in (1, 2, 3)]]  # dev_op: the mean over orders, dev data only
+    assert np.allclose(table.objective, dev.mean(axis=1))
     for order in (1, 2, 3):
         assert table[f"o{order}/test_op"].notna().all() and table[f"o{order}/dev_op"].notna().all()
     assert {"config/controller.threshold_factor", "config/memory.per_task"} <= set(table.columns)
@@ -150,6 +153,7 @@ def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_n
     while time.time() < deadline and not list((out / "runs").glob("*/order3/matrix.json")):
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
         time.sleep(0.5)
+    assert list((out / "runs").glob("*/order3/matrix.json")), "no trial finished its orders in 10 minutes"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "trials.parquet").exists()
