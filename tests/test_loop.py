@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from aimray.config import make_config
 from aimray.events import SCHEMAS, read_events
@@ -263,3 +264,30 @@ def test_single_task_scores_do_not_depend_on_the_order(tiny_causal, tmp_path) ->
         result = run(cfg, tmp_path / f"o{order}", log=quiet)
         diagonals.append(dict(zip(result.tasks, np.diag(result.test), strict=True)))
     assert diagonals[0] == diagonals[1] and list(diagonals[0]) != list(diagonals[1])
+
+
+def test_a_merge_installs_the_fused_adapter_as_the_new_anchor(tiny_causal, tmp_path, monkeypatch) -> None:
+    """Right after every fusion the adapter the loop trains on is exactly the fused one, w_in x delta_in +
+    w_out x delta_out over the anchor (checked where the loop snapshots it as the next anchor)."""
+    import aimray.loop as loop
+
+    fused_results, checked = [], []
+    real_fuse, real_snapshot = loop.fusion.fuse, loop.snapshot
+
+    def fuse(anchor, delta_in, delta_out, w_in, w_out):
+        out = real_fuse(anchor, delta_in, delta_out, w_in, w_out)
+        want = {k: anchor[k] + w_in * delta_in[k] + w_out * delta_out[k] for k in anchor}
+        assert all(torch.allclose(out[k], want[k]) for k in anchor)
+        fused_results.append({k: v.clone() for k, v in out.items()})
+        return out
+
+    def snapshot(params):
+        if len(fused_results) > len(checked):  # the snapshot that follows a fusion
+            checked.append(all(torch.equal(params[k], fused_results[-1][k]) for k in params))
+        return real_snapshot(params)
+
+    monkeypatch.setattr(loop.fusion, "fuse", fuse)
+    monkeypatch.setattr(loop, "snapshot", snapshot)
+    run(tiny_config(tiny_causal), tmp_path, log=quiet)
+    merges = read_events(tmp_path, "merges")
+    assert len(fused_results) == len(merges) >= 3 and checked == [True] * len(merges)
