@@ -210,6 +210,31 @@ def test_failed_run_is_marked_failed(tiny_causal, tmp_path, monkeypatch) -> None
     assert manifest["status"] == "failed" and "disk full" in manifest["error"]
 
 
+def test_a_stopped_run_is_marked_stopped_and_resumes(tiny_causal, tmp_path, monkeypatch) -> None:
+    """KeyboardInterrupt / SystemExit (Ctrl-C, a Tune scheduler) -> status "stopped", not "failed"; the
+    checkpoints written so far are the last two, `latest` naming the newest, nothing half-written."""
+    import aimray.loop
+
+    real, calls = aimray.loop.train_stage, []
+
+    def stop_at_task_4(ctx, stage, *args, **kwargs):
+        calls.append(stage.index)
+        if stage.index == 3:
+            raise KeyboardInterrupt
+        return real(ctx, stage, *args, **kwargs)
+
+    monkeypatch.setattr(aimray.loop, "train_stage", stop_at_task_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(tiny_causal, "seqlora"), tmp_path, log=quiet)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and "KeyboardInterrupt" in manifest["error"] and calls == [0, 1, 2, 3]
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert len(folders) == 2 and (tmp_path / "checkpoints" / "latest").read_text() == folders[-1]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(aimray.loop, "train_stage", real)  # the same command again finishes the run
+    assert run(tiny_config(tiny_causal, "seqlora"), tmp_path, log=quiet).test.shape == (4, 4)
+
+
 def test_best_dev_checkpoint_option(tiny_causal, tmp_path) -> None:
     cfg = tiny_config(tiny_causal, "seqlora", checkpoint={"keep": "best_dev", "best_dev_every": 2})
     result = run(cfg, tmp_path, log=quiet)
