@@ -49,10 +49,15 @@ SCHEMAS: dict[str, pa.Schema] = {
 }  # fmt: skip
 
 
-def write_json_atomic(path: Path, obj: object) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str, allow_nan=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str, allow_nan=True))
 
 
 class EventWriter:

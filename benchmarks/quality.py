@@ -53,12 +53,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
+    from aimray.events import write_text_atomic
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_dir, run_study
 
     try:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
-        orders, seeds = args.orders, args.seeds
-        cfgs = configs(args.preset, methods, "offline-standard", orders, seeds, parse_overrides(args.overrides))
+        cfgs = configs(args.preset, methods, "offline-standard", args.orders, args.seeds,
+                       parse_overrides(args.overrides))  # fmt: skip
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
@@ -73,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".tmp").write_text(text)
-    results.with_suffix(".tmp").replace(results)  # never half a write-up
+    write_text_atomic(results, text)  # never half a write-up
     print(text)
     print(f"written to {args.results}")
     return 0

@@ -69,10 +69,9 @@ def configs(
 
 
 def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=print) -> pd.DataFrame:
-    """Run the configs on Ray (finished runs skipped); returns and writes the runs table and ablation.md."""
+    """Run the configs on Ray (finished runs skipped); returns and writes the runs table and ablation.md.
+    `cfgs` come from `configs`, which has checked their tasks, data and backbone before this starts Ray."""
     out = Path(out).resolve()
-    for cfg in cfgs:
-        preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(dashboard=False)
     todo = {}
