@@ -1,30 +1,164 @@
-"""Checkpoints: explicit state written atomically, one folder per checkpoint, a `latest` pointer.
+"""A run's state (progress, and inside a task everything that changes) and its checkpoints, side by side.
 
 A checkpoint folder holds
-    tensors-<group>.safetensors   adapter, anchor (theta_t), importance estimates ... (one file per group)
-    torch.pt                      optimizer and scheduler states, torch RNG state
-    state.json                    progress, controller, memory, Python RNG states, counters
-It is written under a temporary name and renamed into place; `latest` is rewritten last, so a run killed
-at any moment resumes from a complete checkpoint.
+    tensors-<group>.safetensors   adapter, anchor (theta_t), importance estimates, best-dev adapter (a file each)
+    torch.pt                      optimizer and LR-schedule states (inside a task only)
+    state.json                    progress, memory, merge schedule, the memory-batch RNG, costs
+Dropout is reseeded from (seed, global step) at every forward pass (aimray.loop), so no torch RNG state is
+saved. A folder is written under a temporary name and renamed into place; `latest` is rewritten last, so a
+run killed at any moment resumes from a complete checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import shutil
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from aimray.memory import RehearsalMemory
+from aimray.merging.controller import Schedule
+
+Tensors = dict[str, torch.Tensor]
+TASK_GROUPS = ("anchor", "imp_in", "imp_out", "best")
+
+
+@dataclass
+class Costs:
+    """Per-task compute counters (events kind `costs`)."""
+
+    steps: int = 0
+    merges: int = 0
+    train_examples: int = 0
+    replay_examples: int = 0
+    burst_examples: int = 0
+    monitor_examples: int = 0
+    forward_passes: int = 0
+    backward_passes: int = 0
+    eval_examples: int = 0
+    eval_seconds: float = 0.0  # part of wall_seconds spent evaluating (and tracking the best dev state)
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class TaskState:
+    """What changes inside a task: the step, the merge schedule, the memory-batch RNG, the optimizers and the
+    tensors a merge needs. All of it is checkpointed."""
+
+    schedule: Schedule
+    mem_rng: random.Random
+    optimizers: dict[str, Any]  # name -> optimizer or LR schedule (anything with state_dict); None if unused
+    step: int = 0
+    anchor: Tensors = field(default_factory=dict)  # theta_t: adapter at the last merge (or the task start)
+    imp_in: Tensors = field(default_factory=dict)  # importance on the new task (mask fusion)
+    imp_out: Tensors = field(default_factory=dict)  # importance on the memory (mask fusion)
+    best: Tensors = field(default_factory=dict)  # best-dev adapter (checkpoint.keep=best_dev)
+    best_score: float = -math.inf
+    costs: Costs = field(default_factory=Costs)
+    t_start: float = field(default_factory=time.time)
+
+    def lap(self) -> None:
+        """Add the wall time since the last lap to the costs."""
+        now = time.time()
+        self.costs.wall_seconds += now - self.t_start
+        self.t_start = now
+
+    def state_dict(self) -> tuple[dict[str, Tensors], dict, dict]:
+        """(tensor groups, optimizer states, JSON state)."""
+        tensors = {g: getattr(self, g) for g in TASK_GROUPS if getattr(self, g)}
+        objects = {k: v.state_dict() for k, v in self.optimizers.items() if v is not None}
+        version, internal, gauss = self.mem_rng.getstate()
+        state = {
+            "step": self.step,
+            "schedule": self.schedule.state_dict(),
+            "mem_rng": [version, list(internal), gauss],
+            "best_score": self.best_score,
+            "costs": asdict(self.costs),
+        }
+        return tensors, objects, state
+
+    def load_state_dict(self, tensors: dict[str, Tensors], objects: dict, state: dict, device: torch.device) -> None:
+        for g in TASK_GROUPS:
+            setattr(self, g, {k: v.to(device) for k, v in tensors.get(g, {}).items()})
+        for name, obj in self.optimizers.items():
+            if obj is not None:
+                obj.load_state_dict(objects[name])
+        version, internal, gauss = state["mem_rng"]
+        self.mem_rng.setstate((version, tuple(internal), gauss))
+        self.schedule.load_state_dict(state["schedule"])
+        self.step, self.best_score, self.costs = state["step"], state["best_score"], Costs(**state["costs"])
+
+
+@dataclass
+class SavedTask:
+    """A task state read from a checkpoint, loaded into the task's TaskState once its parts are built."""
+
+    tensors: dict[str, Tensors]
+    objects: dict
+    state: dict
+
+
+@dataclass
+class RunState:
+    """A run's progress: `stage` tasks done (or the one in progress), optimizer steps so far (inner and
+    burst), event parts written. `task` is the task in progress, None at a task boundary."""
+
+    run_id: str
+    config: dict
+    started_at: str
+    stage: int = 0
+    global_step: int = 0
+    event_parts: int = 0
+    task: TaskState | None = None
+
+    def tick(self) -> int:
+        """Count one optimizer step; returns its global index."""
+        self.global_step += 1
+        return self.global_step - 1
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("run_id", "config", "started_at", "stage", "global_step", "event_parts")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def save(ckpt: Checkpointer, run: RunState, adapter: Tensors, memory: RehearsalMemory) -> Path:
+    """One checkpoint of the run: the adapter, the memory, the progress and the task in progress (if any)."""
+    tensors: dict[str, Tensors] = {"adapter": adapter}
+    objects: dict = {}
+    state = {"run": run.state_dict(), "memory": memory.state_dict(), "task": None}
+    if run.task is not None:
+        task_tensors, objects, state["task"] = run.task.state_dict()
+        tensors.update(task_tensors)
+    step = run.task.step if run.task is not None else 0
+    return ckpt.save(f"t{run.stage:02d}-s{step:06d}", tensors, objects, state)
+
+
+def load(path: Path) -> tuple[dict, Tensors, SavedTask | None, dict]:
+    """(run state, adapter, the task in progress or None, memory state) of a checkpoint folder."""
+    tensors, objects, state = Checkpointer.load(path)
+    task = SavedTask(tensors, objects, state["task"]) if state["task"] is not None else None
+    return state["run"], tensors["adapter"], task, state["memory"]
+
 
 class Checkpointer:
+    """Checkpoint folders under `root`, the newest named by `root/latest`; the last `keep` are kept."""
+
     def __init__(self, root: Path, keep: int = 2) -> None:
         self.root = Path(root)
-        self.keep = keep  # complete checkpoints kept on disk (older ones are deleted)
+        self.keep = keep
 
-    def save(self, name: str, tensors: dict[str, dict[str, torch.Tensor]], objects: dict, state: dict) -> Path:
+    def save(self, name: str, tensors: dict[str, Tensors], objects: dict, state: dict) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -58,7 +192,7 @@ class Checkpointer:
         return path if (path / "state.json").exists() else None
 
     @staticmethod
-    def load(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict, dict]:
+    def load(path: Path) -> tuple[dict[str, Tensors], dict, dict]:
         tensors = {
             p.name[len("tensors-") : -len(".safetensors")]: load_file(str(p))
             for p in sorted(path.glob("tensors-*.safetensors"))

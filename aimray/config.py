@@ -16,10 +16,45 @@ from typing import Any
 
 import yaml
 
-from aimray.model import ModelConfig
 from aimray.tasks.spec import SplitSizes
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+DEFAULT_BACKBONE = "smollm2"  # the embedded default: SmolLM2-135M-Instruct from the offline assets
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and adapter. LoRA defaults are the paper's (r 8, alpha 32, dropout 0.05, query/value)."""
+
+    name_or_path: str = DEFAULT_BACKBONE
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ()  # empty: q_proj/v_proj (decoder LMs) or q/v (T5), found in the model
+    max_prompt_tokens: int = 192  # the task text is truncated so the prompt fits
+    dtype: str = "float32"
+    device: str = "auto"  # "auto": the GPU when torch sees one (Ray assigns it), else the CPU
+    # bf16 autocast of the forward passes (training, monitoring, scoring; weights, adapter, optimizer and
+    # losses stay in `dtype`): "auto" where bf16 matmuls are native (a CPU with AMX or AVX512-BF16, a GPU
+    # with bf16), "bf16" always, "off" never.
+    autocast: str = "auto"
+    # Attention kernel of causal LMs: "auto" = eager under bf16 autocast on a CPU (its backward is faster
+    # there than SDPA's at these lengths; benchmarks/LOG.md), else sdpa. "sdpa" or "eager" force one.
+    attention: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.lora_r < 1:
+            raise ValueError(f"model.lora_r={self.lora_r} must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.max_prompt_tokens < 16:
+            raise ValueError(f"model.max_prompt_tokens={self.max_prompt_tokens} must be >= 16")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise ValueError(f"model.autocast={self.autocast!r} must be auto, bf16 or off")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise ValueError(f"model.attention={self.attention!r} must be auto, sdpa or eager")
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,10 @@ class ControllerConfig:
     trend: str = "last"  # "last": compare with the previous Lambda; "window": with the mean of a window
     trend_window: int = 3
     new_task_important_s: int = 70  # cue "new task important" = S <= this
-    weights: str = "rule"  # "rule" (paper cues) or "fixed"
+    # fusion rule (aimray.merging.fusion.FUSIONS): "rule" (the paper's cues), "fixed" (fixed_w_in/out) or
+    # "mask" (importance masks); a method sets its own default (fixed_interval: mask, single_merge: fixed).
+    # Checked against the registry by aimray.loop.preflight (the registry needs torch, this module does not).
+    weights: str = "rule"
     fixed_w_in: float = 0.5
     fixed_w_out: float = 0.5
     outer_lr: float | None = None  # None: the burst uses the inner optimizer (released code)
@@ -110,7 +148,6 @@ class ControllerConfig:
         _check(self.forced_multiple >= 1, "controller.forced_multiple", self.forced_multiple, "must be >= 1")
         _check(self.trend in ("last", "window"), "controller.trend", self.trend, "must be last or window")
         _check(self.trend_window >= 1, "controller.trend_window", self.trend_window, "must be >= 1")
-        _check(self.weights in ("rule", "fixed"), "controller.weights", self.weights, "must be rule or fixed")
         _check(self.fs_mode in ("train", "eval"), "controller.fs_mode", self.fs_mode, "must be train or eval")
         if self.outer_lr is not None:
             _check(self.outer_lr > 0, "controller.outer_lr", self.outer_lr, "must be > 0 or null")
@@ -185,7 +222,7 @@ class RunConfig:
             raise ValueError(f"benchmark/order: {err.args[0]}") from err
         method = METHODS[self.method]
         _check(
-            not (method.weights == "mask" and method.schedule == "fixed" and self.controller.fixed_m < 1),
+            not (self.controller.weights == "mask" and method.schedule == "fixed" and self.controller.fixed_m < 1),
             "controller.fixed_m",
             self.controller.fixed_m,
             f"must be >= 1 for {self.method}: its importance masks come from the rehearsal burst "
@@ -313,11 +350,20 @@ def load_preset(name: str) -> dict:
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None, **top: Any) -> RunConfig:
-    """Preset YAML, then top-level values (method, benchmark, ...), then nested overrides."""
+    """Preset YAML, then top-level values (method, benchmark, ...), the method's defaults, then nested overrides."""
     values = load_preset(preset) if preset else {}
     values = deep_merge(values, {k: v for k, v in top.items() if v is not None})
+    values = deep_merge(values, method_defaults(deep_merge(values, overrides or {}).get("method")))
     values = deep_merge(values, overrides or {})
     return _build(RunConfig, values, "")
+
+
+def method_defaults(name: Any) -> dict:
+    """The config values a method sets (its fusion rule ...), applied over the preset, under the overrides."""
+    from aimray.methods import METHODS
+
+    method = METHODS.get(name if isinstance(name, str) else RunConfig.method)
+    return method.defaults if method is not None else {}
 
 
 def config_from_dict(values: dict) -> RunConfig:

@@ -20,49 +20,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.utils import logging as hf_logging
 
 from aimray import assets
+from aimray.config import DEFAULT_BACKBONE, ModelConfig
 from aimray.tasks.spec import Example
 
 # Quiet, library-internal noise: peft calls a transformers property that v5 renamed, and the weight-loading
 # progress bar repeats in every Ray worker.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 hf_logging.disable_progress_bar()
-
-DEFAULT_BACKBONE = "smollm2"  # the embedded default: SmolLM2-135M-Instruct from the offline assets
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Backbone and adapter. LoRA defaults are the paper's (r 8, alpha 32, dropout 0.05, query/value)."""
-
-    name_or_path: str = DEFAULT_BACKBONE
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ()  # empty: q_proj/v_proj (decoder LMs) or q/v (T5), found in the model
-    max_prompt_tokens: int = 192  # the task text is truncated so the prompt fits
-    dtype: str = "float32"
-    device: str = "auto"  # "auto": the GPU when torch sees one (Ray assigns it), else the CPU
-    # bf16 autocast of the forward passes (training, monitoring, scoring; weights, adapter, optimizer and
-    # losses stay in `dtype`): "auto" where bf16 matmuls are native (a CPU with AMX or AVX512-BF16, a GPU
-    # with bf16), "bf16" always, "off" never.
-    autocast: str = "auto"
-    # Attention kernel of causal LMs: "auto" = eager under bf16 autocast on a CPU (its backward is faster
-    # there than SDPA's at these lengths; benchmarks/LOG.md), else sdpa. "sdpa" or "eager" force one.
-    attention: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.lora_r < 1:
-            raise ValueError(f"model.lora_r={self.lora_r} must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
-        if self.max_prompt_tokens < 16:
-            raise ValueError(f"model.max_prompt_tokens={self.max_prompt_tokens} must be >= 16")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
-        if self.autocast not in ("auto", "bf16", "off"):
-            raise ValueError(f"model.autocast={self.autocast!r} must be auto, bf16 or off")
-        if self.attention not in ("auto", "sdpa", "eager"):
-            raise ValueError(f"model.attention={self.attention!r} must be auto, sdpa or eager")
 
 
 @dataclass
@@ -130,8 +94,9 @@ def _default_targets(model: torch.nn.Module) -> list[str]:
     raise ValueError("could not find query/value projections for LoRA; set model.lora_targets")
 
 
-def load_backbone(cfg: ModelConfig = ModelConfig(), seed: int = 0) -> Backbone:
+def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
     """Load the LM (causal or seq2seq, from its config), freeze it, and add a fresh LoRA adapter."""
+    cfg = cfg or ModelConfig()
     path = resolve_path(cfg.name_or_path)
     try:
         hf_config = AutoConfig.from_pretrained(path)

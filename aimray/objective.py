@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from aimray import metrics
-from aimray.methods import get_method
 from aimray.results import collect
 
 OBJECTIVES = {
@@ -57,7 +56,7 @@ class ObjectiveTracker:
     order_index: int = 0  # which of `orders` is running
     finished: list[dict] = field(default_factory=list)  # summaries of the finished orders
 
-    def update(self, row: dict, out: Path, method: str) -> dict:
+    def update(self, row: dict, out: Path) -> dict:
         """Metrics after one task of the running order (`row` as passed to the loop's `report`; `out` the
         run folder, read back at the order's end so that a resumed run counts every task)."""
         stage = row["stage"]
@@ -68,7 +67,7 @@ class ObjectiveTracker:
             running = {"dev_op": float(np.mean(seen)) if seen else math.nan, "dev_bwt": 0.0}
             metrics_["objective"] = combine(self.kind, [*self.finished, running])
         else:
-            self.finish(out, method)
+            self.finish(out)
             metrics_["objective"] = combine(self.kind, self.finished)
         for summary in self.finished:  # every report carries the finished orders (Tune keeps the last one)
             metrics_.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
@@ -83,9 +82,9 @@ class ObjectiveTracker:
             out.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
         return out
 
-    def finish(self, out: Path, method: str) -> None:
+    def finish(self, out: Path) -> None:
         """Record the running order's summary, read back from its finished run folder."""
-        result = collect(out, get_method(method))
+        result = collect(out)
         order = self.orders[self.order_index]
         self.finished.append({"order": order, **order_summary(result.dev, result.test, result.base_test)})
         self.order_index += 1

@@ -10,7 +10,7 @@ import numpy as np
 
 from aimray import metrics
 from aimray.events import read_events
-from aimray.methods import Method
+from aimray.methods import METHODS
 
 
 @dataclass
@@ -39,26 +39,36 @@ def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, li
     return a, (base if has_base else None)
 
 
-def collect(out: Path, method: Method) -> RunResult:
+def collect(out: Path) -> RunResult:
     """Read a finished run's events back into accuracy matrices, metrics and merge counts."""
-    manifest_tasks = read_manifest_tasks(out)
+    manifest = read_manifest(out)
     evals = read_events(out, "evals").to_pylist()
-    test, base = accuracy_matrix(evals, manifest_tasks, "test")
-    dev, _ = accuracy_matrix(evals, manifest_tasks, "dev")
-    summary = run_summary(method, test, dev, base)
+    test, base = accuracy_matrix(evals, manifest["tasks"], "test")
+    dev, _ = accuracy_matrix(evals, manifest["tasks"], "dev")
+    summary = run_summary(run_shape(manifest), test, dev, base)
     merges: dict[str, int] = {}
     for r in read_events(out, "merges").to_pylist():
         merges[r["trigger"]] = merges.get(r["trigger"], 0) + 1
-    return RunResult(out, manifest_tasks, test, dev, base, summary, merges)
+    return RunResult(out, manifest["tasks"], test, dev, base, summary, merges)
 
 
-def run_summary(method: Method | None, test: np.ndarray, dev: np.ndarray, base=None) -> dict[str, float]:
-    """The metrics a run of `method` defines, from its test and dev matrices (base: scores before training).
-    A joint run has one stage (only OP); a reset-each-task run's diagonal holds the single-task scores;
-    any other run gets OP / BWT / forgetting / FWT (base), and dev OP / BWT when it has dev scores."""
-    if method is not None and method.joint:
+def run_shape(manifest: dict) -> str:
+    """The run's shape (sequential, joint, independent) as its manifest records it; manifests older than the
+    field name only their method, whose shape is looked up (sequential if the method is unknown)."""
+    if "shape" in manifest:
+        return manifest["shape"]
+    method = METHODS.get(manifest.get("method", ""))
+    return method.shape if method is not None else "sequential"
+
+
+def run_summary(shape: str, test: np.ndarray, dev: np.ndarray, base=None) -> dict[str, float]:
+    """The metrics a run of this shape defines, from its test and dev matrices (base: scores before
+    training). A joint run has one stage (only OP); an independent run's diagonal holds the single-task
+    scores; a sequential run gets OP / BWT / forgetting / FWT (base), and dev OP / BWT when it has dev
+    scores."""
+    if shape == "joint":
         return {"op": float(np.nanmean(test[-1]))}
-    if method is not None and method.reset_each_task:
+    if shape == "independent":
         return {"op": float(np.nanmean(np.diag(test)))}
     summary = metrics.summary(test, base=base)
     if dev.size and not np.isnan(dev).all():
@@ -67,17 +77,17 @@ def run_summary(method: Method | None, test: np.ndarray, dev: np.ndarray, base=N
     return summary
 
 
-def fwt_vs_single_task(method: Method | None, tasks, test, single_tasks, single_test) -> float:
+def fwt_vs_single_task(shape: str, tasks, test, single_tasks, single_test) -> float:
     """FWT as the paper defines it: a sequential run's test matrix against the single-task scores (the
-    diagonal of the single_task run of the same order and seed). NaN for joint and reset-each-task runs."""
-    if method is None or method.joint or method.reset_each_task:
+    diagonal of the single_task run of the same order and seed). NaN for other shapes."""
+    if shape != "sequential":
         return float("nan")
     single = dict(zip(single_tasks, np.diag(np.asarray(single_test, dtype=float)), strict=True))
     return metrics.forward_transfer_paper(np.asarray(test, dtype=float), [single.get(t, np.nan) for t in tasks])
 
 
-def read_manifest_tasks(out: Path) -> list[str]:
-    return json.loads((Path(out) / "manifest.json").read_text())["tasks"]
+def read_manifest(out: Path) -> dict:
+    return json.loads((Path(out) / "manifest.json").read_text())
 
 
 def result_json(result: RunResult) -> dict:

@@ -4,7 +4,8 @@ A study folder holds run folders (each with manifest.json and events/<kind>/part
 aimray.events); a sweep (sweeps/tune_controller.py) adds sweep.json and trials.parquet with its runs
 under runs/<trial>/order<k>/, an ablation study (sweeps/ablations.py) runs.parquet with its runs under
 runs/<method>/o<order>-s<seed>/. Runs are found anywhere below the folder, so one run folder
-(`python -m aimray run --out`) is a study too. Reads Parquet and JSON only: never imports torch or ray.
+(`python -m aimray run --out`) is a study too. Reads Parquet and JSON only (the schema from aimray.events):
+never imports torch or ray.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
-SCHEMA_VERSION = 2  # the event schema this package reads (aimray.events.SCHEMA_VERSION)
-KINDS = ("steps", "merges", "evals", "costs")
+from aimray.events import SCHEMA_VERSION, SCHEMAS
+from aimray.results import run_shape
+
+KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
 
 
 class NotAStudyError(ValueError):
@@ -68,7 +71,8 @@ def open_study(root: str | Path) -> Study:
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
         path = folder.relative_to(root)
         rows.append({
-            "run_id": manifest["run_id"], "method": manifest["method"], "benchmark": manifest["benchmark"],
+            "run_id": manifest["run_id"], "method": manifest["method"], "shape": run_shape(manifest),
+            "benchmark": manifest["benchmark"],
             "order": manifest["order"], "seed": manifest["seed"], "status": manifest["status"],
             "tasks": manifest["tasks"], "path": str(path),
             # a sweep's runs sit in runs/<trial>/order<k>/: the trial they belong to

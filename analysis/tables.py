@@ -41,11 +41,11 @@ def run_metrics(study: Study) -> pd.DataFrame:
     done = study.runs[study.runs.status == "success"]
     rows = []
     for run in done.itertuples():
-        row = {k: getattr(run, k) for k in ("path", "method", "benchmark", "order", "seed", "trial")}
+        row = {k: getattr(run, k) for k in ("path", "method", "shape", "benchmark", "order", "seed", "trial")}
         row["tasks"] = list(run.tasks)
         test, base = matrix(study, run.path, "test")
         dev, _ = matrix(study, run.path, "dev")
-        row.update(run_summary(METHODS.get(run.method), test, dev, base))
+        row.update(run_summary(run.shape, test, dev, base))
         costs = study.costs[study.costs.path == run.path]
         merges = study.merges[study.merges.path == run.path] if len(study.merges) else study.merges
         row["merges"] = len(merges)
@@ -66,10 +66,10 @@ def run_metrics(study: Study) -> pd.DataFrame:
 
 
 def _fwt_paper(r, table: pd.DataFrame) -> float:
-    ref = table[(table.method == "single_task") & (table.order == r.order) & (table.seed == r.seed)]
+    ref = table[(table["shape"] == "independent") & (table.order == r.order) & (table.seed == r.seed)]
     if ref.empty:
         return math.nan
-    return fwt_vs_single_task(METHODS.get(r.method), r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
+    return fwt_vs_single_task(r.shape, r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
 
 
 def method_order(names) -> list[str]:

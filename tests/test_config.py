@@ -141,7 +141,6 @@ def test_unknown_preset_lists_valid():
         (["train.batch_size=0"], ["train.batch_size", "0"]),
         (["train.lr=-1"], ["train.lr", "-1"]),
         (["controller.trend=avg"], ["controller.trend", "avg"]),
-        (["controller.weights=mask"], ["controller.weights", "mask"]),
         (["controller.s_min=200"], ["controller.s_min/s_max", "200"]),
         (["method=nope"], ["method", "nope", "valid", "aimmerging", "seqlora", "replay"]),
         (["order=9"], ["order", "9", "offline-standard"]),

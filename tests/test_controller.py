@@ -10,7 +10,7 @@ import torch
 
 from aimray.config import ControllerConfig
 from aimray.merging import signals
-from aimray.merging.controller import Decision, MergeController
+from aimray.merging.controller import AtTaskEnd, Decision, FixedInterval, MergeController, Schedule
 
 # The two sanity examples of ALGORITHM.md (S0=8, cold start 3): the S in force at each successive merge.
 FALLING_S = [8, 8, 8, 8, 8, 16, 33, 69, 111, 128, 128]
@@ -178,8 +178,8 @@ def test_threshold_window_sets_delta_and_counts_nothing():
     assert ctl.state.activations == 0
     assert not ctl.step(62.4).merge  # loss >= delta at step 7 < S: one activation, no merge yet
     assert (ctl.state.activations, ctl.state.normal) == (1, 1)
-    d = ctl.step(0.0)  # step 8 = S with one activation: merge
-    assert d == Decision(True, "normal")
+    d = ctl.step(0.0)  # step 8 = S with one activation: merge, with S and M in force
+    assert d == Decision(True, "normal", 8, 8)
 
 
 def test_threshold_uses_factor():
@@ -192,7 +192,7 @@ def test_normal_trigger_at_s():
     ctl = MergeController(ControllerConfig(s0=6))  # window 4 steps
     decisions = run_steps(ctl, [1.0] * 4 + [5.0] + [0.0])  # delta 2; activation at step 5, merge at 6
     assert merge_steps(decisions) == [6]
-    assert decisions[-1] == Decision(True, "normal")
+    assert decisions[-1] == Decision(True, "normal", 6, 8)
     assert ctl.weights() == (0.6, 0.4)  # one activation: history not important; S = 6 <= 70
 
 
@@ -207,7 +207,7 @@ def test_early_trigger_three_activations_before_s():
     ctl = MergeController(ControllerConfig(s0=12))  # window 8 steps
     decisions = run_steps(ctl, [1.0] * 8 + [9.0, 9.0, 9.0])
     assert merge_steps(decisions) == [11]
-    assert decisions[-1] == Decision(True, "early")
+    assert decisions[-1] == Decision(True, "early", 12, 8)
     assert ctl.state.activations == 3
     assert ctl.weights() == (0.5, 0.5)  # history important (3 > 1) and new task important (12 <= 70)
 
@@ -218,7 +218,7 @@ def test_forced_trigger(s0, multiple):
     fire = math.ceil(multiple * s0)
     decisions = run_steps(ctl, [1.0] * fire)  # never >= delta = 2
     assert merge_steps(decisions) == [fire]
-    assert decisions[-1] == Decision(True, "forced")
+    assert decisions[-1] == Decision(True, "forced", s0, 8)
     assert (ctl.state.forced, ctl.state.normal) == (1, 0)
 
 
@@ -283,7 +283,7 @@ def test_rule_weights_threshold_from_config():
 
 def test_fixed_schedule():
     cfg = ControllerConfig(fixed_s=5, fixed_m=3, s0=8, m0=8)
-    ctl = MergeController(cfg, schedule="fixed")
+    ctl = FixedInterval(cfg)
     assert not ctl.needs_memory_loss
     assert (ctl.state.interval, ctl.state.burst) == (5, 3)
     fired = []
@@ -295,9 +295,9 @@ def test_fixed_schedule():
     assert fired == [5, 10, 15, 20, 25, 30]
 
 
-@pytest.mark.parametrize("schedule", ["single", "none"])
+@pytest.mark.parametrize("schedule", [AtTaskEnd, Schedule])
 def test_single_and_none_never_fire(schedule):
-    ctl = MergeController(ControllerConfig(), schedule=schedule)
+    ctl = schedule(ControllerConfig())
     assert not ctl.needs_memory_loss
     assert not any(ctl.step(loss).merge for loss in [None, 1.0, 100.0] * 100)
 
@@ -324,11 +324,16 @@ def test_no_forgetting_signal_fires_at_nominal_s():
     assert taken == FALLING_S  # the learning signal still adapts S
 
 
-@pytest.mark.parametrize(("schedule", "ls", "fs"), [("fixed", True, True), ("adaptive", False, False)])
-def test_flags(schedule, ls, fs):
-    ctl = MergeController(ControllerConfig(), schedule=schedule, learning_signal=ls, forgetting_signal=fs)
-    assert not ctl.use_ls
+@pytest.mark.parametrize(
+    "make", [FixedInterval, lambda cfg: MergeController(cfg, learning_signal=False, forgetting_signal=False)]
+)
+def test_flags(make):
+    ctl = make(ControllerConfig())
     assert not ctl.needs_memory_loss
+    ctl.merged(5.0)
+    for lam in lambdas(0.5, 8):  # no learning signal: S never moves
+        ctl.merged(lam)
+    assert ctl.state.interval == ctl.initial_state().interval
 
 
 def test_reset_task():
@@ -384,4 +389,17 @@ def test_state_dict_json_round_trip_continues_identically(trend):
 def test_load_into_wrong_schedule_raises():
     state = MergeController(ControllerConfig()).state_dict()
     with pytest.raises(ValueError, match="adaptive"):
-        MergeController(ControllerConfig(), schedule="fixed").load_state_dict(state)
+        FixedInterval(ControllerConfig()).load_state_dict(state)
+
+
+def test_task_end_schedule_merges_once_with_the_controllers_ratio():
+    ctl = AtTaskEnd(ControllerConfig(s0=8, m0=4))
+    assert ctl.merges and not ctl.needs_memory_loss
+    assert ctl.at_task_end(37) == Decision(True, "task_end", 37, 18)  # M = int(37 x 4 / 8)
+    assert FixedInterval(ControllerConfig()).at_task_end(37) == Decision(False)
+
+
+def test_no_burst_ablation_decides_zero_burst_steps():
+    ctl = MergeController(ControllerConfig(s0=2, m0=2), forgetting_signal=False, burst=False)
+    assert [ctl.step(), ctl.step()] == [Decision(False), Decision(True, "normal", 2, 0)]
+    assert ctl.state.burst == 2  # the schedule's M is unchanged; only the decision skips the burst

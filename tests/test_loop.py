@@ -10,7 +10,8 @@ import torch
 
 from aimray.config import make_config
 from aimray.events import SCHEMAS, read_events
-from aimray.loop import SimulatedKill, batch_for_step, run
+from aimray.faults import KillAt, SimulatedKill
+from aimray.loop import batch_for_step, run
 from aimray.merging import signals
 from aimray.methods import METHODS
 from aimray.tasks.spec import Example
@@ -144,7 +145,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_causal, tmp_path, method, 
     cfg = tiny_config(tiny_causal, method, **extra)
     whole = run(cfg, tmp_path / "whole", log=quiet)
     with pytest.raises(SimulatedKill):
-        run(cfg, tmp_path / "split", log=quiet, stop_at=stop)
+        run(cfg, tmp_path / "split", log=quiet, on_checkpoint=KillAt(*stop))
     assert json.loads((tmp_path / "split" / "manifest.json").read_text())["status"] == "running"
     resumed = run(cfg, tmp_path / "split", log=quiet)
     assert np.array_equal(whole.test, resumed.test) and np.array_equal(whole.dev, resumed.dev)
@@ -181,12 +182,12 @@ def test_a_fresh_start_clears_events_of_an_attempt_without_checkpoints(tiny_caus
 
     cfg = tiny_config(tiny_causal, "seqlora")
     with pytest.raises(SimulatedKill):
-        run(cfg, tmp_path / "clean", log=quiet, stop_at=(1, 0))
+        run(cfg, tmp_path / "clean", log=quiet, on_checkpoint=KillAt(1, 0))
     with pytest.raises(SimulatedKill):
-        run(cfg, tmp_path / "again", log=quiet, stop_at=(3, 0))
+        run(cfg, tmp_path / "again", log=quiet, on_checkpoint=KillAt(3, 0))
     shutil.rmtree(tmp_path / "again" / "checkpoints")
     with pytest.raises(SimulatedKill):
-        run(cfg, tmp_path / "again", log=quiet, stop_at=(1, 0))
+        run(cfg, tmp_path / "again", log=quiet, on_checkpoint=KillAt(1, 0))
     for kind in SCHEMAS:
         assert comparable(tmp_path / "clean", kind) == comparable(tmp_path / "again", kind), kind
 

@@ -111,12 +111,12 @@ def test_run_summary_follows_the_method():
     from aimray.results import run_summary
 
     a, dev = np.array(A3), np.array(A3) - 0.1
-    full = run_summary(get_method("aimmerging"), a, dev, base=BASE3)
+    full = run_summary(get_method("aimmerging").shape, a, dev, base=BASE3)
     assert full["op"] == pytest.approx(0.7) and full["bwt"] == pytest.approx(-0.15)
     assert full["fwt_base"] == pytest.approx(0.125) and full["dev_op"] == pytest.approx(0.6)
-    assert run_summary(get_method("single_task"), a, dev) == {"op": pytest.approx((0.8 + 0.9 + 0.7) / 3)}
-    assert run_summary(get_method("mtl"), a[-1:], dev[-1:]) == {"op": pytest.approx(0.7)}
-    no_dev = run_summary(get_method("seqlora"), a, np.full((3, 3), np.nan))
+    assert run_summary(get_method("single_task").shape, a, dev) == {"op": pytest.approx((0.8 + 0.9 + 0.7) / 3)}
+    assert run_summary(get_method("mtl").shape, a[-1:], dev[-1:]) == {"op": pytest.approx(0.7)}
+    no_dev = run_summary(get_method("seqlora").shape, a, np.full((3, 3), np.nan))
     assert "dev_op" not in no_dev and "fwt_base" not in no_dev
 
 
@@ -127,9 +127,19 @@ def test_fwt_vs_single_task_matches_tasks_by_name():
 
     tasks = ["t0", "t1", "t2"]
     single = np.diag(SINGLE3)  # a single_task matrix whose diagonal is SINGLE3
-    got = fwt_vs_single_task(get_method("aimmerging"), tasks, A3, tasks, single)
+    got = fwt_vs_single_task(get_method("aimmerging").shape, tasks, A3, tasks, single)
     assert got == pytest.approx(0.1)
-    shuffled = fwt_vs_single_task(get_method("aimmerging"), tasks, A3, tasks[::-1], single[::-1, ::-1])
+    shuffled = fwt_vs_single_task(get_method("aimmerging").shape, tasks, A3, tasks[::-1], single[::-1, ::-1])
     assert shuffled == pytest.approx(0.1)
-    assert math.isnan(fwt_vs_single_task(get_method("mtl"), tasks, A3, tasks, single))
-    assert math.isnan(fwt_vs_single_task(get_method("single_task"), tasks, A3, tasks, single))
+    assert math.isnan(fwt_vs_single_task(get_method("mtl").shape, tasks, A3, tasks, single))
+    assert math.isnan(fwt_vs_single_task(get_method("single_task").shape, tasks, A3, tasks, single))
+
+
+def test_run_shape_comes_from_the_manifest_not_the_method_name():
+    """A study is scored by the shape its runs recorded; manifests older than the field fall back to the
+    method's shape (renaming a method later never changes how an old study is scored)."""
+    from aimray.results import run_shape
+
+    assert run_shape({"shape": "independent", "method": "renamed_since"}) == "independent"
+    assert run_shape({"method": "mtl"}) == "joint" and run_shape({"method": "single_task"}) == "independent"
+    assert run_shape({"method": "gone"}) == "sequential"

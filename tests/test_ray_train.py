@@ -40,11 +40,13 @@ def test_two_workers_take_the_same_decisions_as_one(local_ray, tiny_causal, tmp_
 
 
 def test_ray_train_retries_a_failed_worker_from_the_last_checkpoint(local_ray, tiny_causal, tmp_path) -> None:
+    from aimray.faults import FailOnceAt
     from aimray.launch.train import Resources, run_with_ray_train
 
     cfg = tiny_config(tiny_causal)
     whole = run(cfg, tmp_path / "inprocess", log=quiet)
-    resumed = run_with_ray_train(cfg, tmp_path / "ray", Resources(workers=1, max_failures=1), fail_once_at=(2, 0))
+    fail = FailOnceAt(2, 0, tmp_path / "ray" / ".failed-once")
+    resumed = run_with_ray_train(cfg, tmp_path / "ray", Resources(workers=1, max_failures=1), on_checkpoint=fail)
     assert (tmp_path / "ray" / ".failed-once").exists()
     assert np.array_equal(whole.test, resumed.test)
     for kind in SCHEMAS:

@@ -107,7 +107,7 @@ def runs_table(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
         manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
         row["status"] = manifest.get("status", "missing")
         if row["status"] == "success":
-            result = collect(folder, get_method(cfg.method))
+            result = collect(folder)
             row.update({k: result.metrics.get(k, math.nan) for k in ("op", "bwt", "forgetting", "fwt_base")})
             row["merges"] = sum(result.merges.values())
             row["tasks"] = result.tasks
@@ -127,7 +127,7 @@ def fwt_paper(r, table: pd.DataFrame) -> float:
     ref = table[(table.method == "single_task") & (table.order == r.order) & (table.seed == r.seed)]
     if r.status != "success" or ref.empty or ref.iloc[0].status != "success":
         return math.nan
-    return fwt_vs_single_task(get_method(r.method), r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
+    return fwt_vs_single_task(get_method(r.method).shape, r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
 
 
 def ablation_markdown(table: pd.DataFrame) -> str:

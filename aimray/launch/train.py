@@ -26,8 +26,7 @@ from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import SimulatedKill, preflight, run
-from aimray.methods import get_method
+from aimray.loop import OnCheckpoint, preflight, run
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
 
@@ -82,29 +81,20 @@ def train_worker(config: dict) -> None:
     def report(row: dict) -> None:
         metrics = flat_metrics(row)
         if tracker is not None:
-            metrics.update(tracker.update(row, out, cfg.method))
+            metrics.update(tracker.update(row, out))
             if dist.main:
                 (out / "tracker.json").write_text(json.dumps(tracker.state_dict()))
         path = row.get("checkpoint")
         checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
-    # Fault injection for tests: fail once, right after the checkpoint at (stage, step).
-    stop_at = tuple(config["fail_once_at"]) if config.get("fail_once_at") else None
-    marker = out / ".failed-once"
-    if stop_at and marker.exists():
-        stop_at = None
     previous = ray.train.get_checkpoint()
-    try:
-        if previous is None:
-            run(cfg, out, log=log, report=report, stop_at=stop_at, dist=dist)
-        else:
-            with previous.as_directory() as folder:
-                run(cfg, out, log=log, report=report, stop_at=stop_at, dist=dist, resume_from=Path(folder))
-    except SimulatedKill:
-        if dist.main:
-            marker.touch()
-        raise
+    on_checkpoint = config.get("on_checkpoint")  # fault injection from a test (aimray.faults), else None
+    if previous is None:
+        run(cfg, out, log=log, report=report, dist=dist, on_checkpoint=on_checkpoint)
+    else:
+        with previous.as_directory() as folder:
+            run(cfg, out, log=log, report=report, dist=dist, resume_from=Path(folder), on_checkpoint=on_checkpoint)
 
 
 def run_name(cfg: AimRunConfig, out: Path) -> str:
@@ -118,10 +108,11 @@ def run_with_ray_train(
     out: str | Path,
     resources: Resources = Resources(),
     storage: str | None = None,
-    fail_once_at: tuple[int, int] | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
     tracker: dict | None = None,
 ) -> RunResult:
-    """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray)."""
+    """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
+    `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one)."""
     out = Path(out).resolve()
     preflight(cfg)  # a missing --data-dir or asset: one clear error, not a worker's traceback
     out.mkdir(parents=True, exist_ok=True)
@@ -137,7 +128,7 @@ def run_with_ray_train(
             "out": str(out),
             "cpus_per_worker": resources.cpus_per_worker,
             "gpus_per_worker": resources.gpus_per_worker,
-            "fail_once_at": list(fail_once_at) if fail_once_at else None,
+            "on_checkpoint": on_checkpoint,
             "tracker": tracker,
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
@@ -152,4 +143,4 @@ def run_with_ray_train(
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
-    return collect(out, get_method(cfg.method))
+    return collect(out)

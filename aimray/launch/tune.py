@@ -139,7 +139,7 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     if spec.scheduler not in ("asha", "hyperband", "none"):
         raise ValueError(f"scheduler={spec.scheduler!r}; valid: asha, hyperband, none")
     method = get_method(spec.method)
-    if method.joint or method.reset_each_task:
+    if method.shape != "sequential":
         raise ValueError(
             f"method={spec.method!r}: a sweep's objective needs a sequence of tasks (not mtl or single_task)"
         )
@@ -220,7 +220,7 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
         if spec.workers == 0:
 
             def report(row: dict, out: Path = out, tracker: ObjectiveTracker = tracker) -> None:
-                tune.report(tracker.update(row, out, spec.method))
+                tune.report(tracker.update(row, out))
 
             run(cfg, out, report=report, log=lambda _: None)
         else:
@@ -231,7 +231,7 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
             if (out / "tracker.json").exists():
                 tracker = ObjectiveTracker(**json.loads((out / "tracker.json").read_text()))
         if tracker.order_index == index:  # a restored trial: this order had finished before, unreported
-            tracker.finish(out, spec.method)
+            tracker.finish(out)
     tune.report(tracker.final_metrics())
 
 

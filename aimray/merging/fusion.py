@@ -1,11 +1,17 @@
-"""Fusion over adapter state dicts: pure tensor arithmetic (peft's task_arithmetic does the weighted sum)."""
+"""Fusion over adapter state dicts: pure tensor arithmetic (peft's task_arithmetic does the weighted sum), and
+the registry of fusion rules (rule, fixed, mask) that controller.weights names."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from peft.utils.merge_utils import task_arithmetic
+
+from aimray.config import ControllerConfig
+from aimray.merging import signals
 
 State = Mapping[str, torch.Tensor]
 
@@ -63,3 +69,73 @@ def update_importance(importance: dict[str, torch.Tensor], params: State, beta: 
             importance[k].mul_(beta).add_(score, alpha=1 - beta)
         else:
             importance[k] = (1 - beta) * score
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Merge:
+    """Everything a fusion rule may use at one merge: the anchor theta_t, the two deltas, the importance
+    estimates of the task (EMAs over its inner and burst steps; empty unless the rule asks for them), the
+    controller's state at the merge (activations, nominal S) and the controller config."""
+
+    anchor: State
+    delta_in: State
+    delta_out: State
+    imp_in: State
+    imp_out: State
+    activations: int
+    interval: int
+    cfg: ControllerConfig
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A fusion rule: `combine(merge) -> (fused adapter, w_in, w_out)`, w NaN where element-wise."""
+
+    name: str
+    combine: Callable[[Merge], tuple[dict[str, torch.Tensor], float, float]]
+    needs_importance: bool = False  # the loop keeps the importance EMAs (inner steps, bursts) for it
+
+
+def rule_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+    """AimMerging's scalar weights from the cues at the merge (signals.rule_weights)."""
+    w_in, w_out = signals.rule_weights(m.activations, m.interval, m.cfg.new_task_important_s)
+    return fuse(m.anchor, m.delta_in, m.delta_out, w_in, w_out), w_in, w_out
+
+
+def fixed_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+    """Constant weights controller.fixed_w_in / fixed_w_out."""
+    w_in, w_out = m.cfg.fixed_w_in, m.cfg.fixed_w_out
+    return fuse(m.anchor, m.delta_in, m.delta_out, w_in, w_out), w_in, w_out
+
+
+def mask_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+    """Element-wise weights from the top-controller.importance_top importance masks; before both estimates
+    exist (no burst step yet) the fixed weights."""
+    if not (m.imp_in and m.imp_out):
+        return fixed_fusion(m)
+    fused = fuse_masked(m.anchor, m.delta_in, m.delta_out, m.imp_in, m.imp_out, m.cfg.importance_top)
+    return fused, math.nan, math.nan
+
+
+FUSIONS: dict[str, Fusion] = {}
+
+
+def register_fusion(fusion: Fusion) -> Fusion:
+    if fusion.name in FUSIONS:
+        raise ValueError(f"fusion {fusion.name!r} is already registered")
+    FUSIONS[fusion.name] = fusion
+    return fusion
+
+
+def get_fusion(name: str) -> Fusion:
+    if name not in FUSIONS:
+        raise KeyError(f"unknown fusion {name!r}; valid: {', '.join(FUSIONS)}")
+    return FUSIONS[name]
+
+
+register_fusion(Fusion("rule", rule_fusion))
+register_fusion(Fusion("fixed", fixed_fusion))
+register_fusion(Fusion("mask", mask_fusion, needs_importance=True))
