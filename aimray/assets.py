@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aimray.cliargs import error_text
+from aimray.files import locked, now, sha256_file, write_json_atomic
 
 FETCH_HINT = "run `python -m aimray.assets fetch` (or `make assets`)"
 
@@ -123,30 +123,9 @@ def _read_record() -> dict:
         raise AssetMissingError(f"{path} is corrupt ({err}); delete it and {FETCH_HINT}") from err
 
 
-def _write_json_atomic(path: Path, obj: object) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _lock() -> Iterator[None]:
+def _lock() -> contextlib.AbstractContextManager[None]:
     """One fetch at a time per cache (tests and `make demo` may start together)."""
-    home().mkdir(parents=True, exist_ok=True)
-    with open(home() / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(home() / ".lock", blocking=True)
 
 
 def data_dir(name: str) -> Path:
@@ -300,9 +279,9 @@ def fetch(names: list[str] | None = None, log=print) -> dict:
                 "archive_bytes": archive.stat().st_size,
                 "archive_sha256": sha256_file(archive),
                 "files": files,
-                "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "fetched_at": now(),
             }
-            _write_json_atomic(_record_path(), record)
+            write_json_atomic(_record_path(), record, sort_keys=True)
             log(f"[assets] {name}: fetched {asset.package} ({len(files)} files, {time.time() - t0:.1f} s)")
         return record
 

@@ -1,12 +1,14 @@
 """A run's state (progress, and inside a task everything that changes) and its checkpoints, side by side.
 
-A checkpoint folder holds
+A checkpoint folder holds safetensors and JSON only:
     tensors-<group>.safetensors   adapter, anchor (theta_t), importance estimates, best-dev adapter (a file each)
-    torch.pt                      optimizer and LR-schedule states (inside a task only)
-    state.json                    progress, memory, merge schedule, the memory-batch RNG, costs
+    optim.safetensors, optim.json optimizer and LR-schedule states (inside a task only): tensors + skeleton
+    state.json                    progress, memory, merge schedule, the memory-batch RNG, costs, and the
+                                  sha256 of every other file (checked before anything is loaded)
 Dropout is reseeded from (seed, global step) at every forward pass (aimray.loop), so no torch RNG state is
-saved. A folder is written under a temporary name and renamed into place; `latest` is rewritten last, so a
-run killed at any moment resumes from a complete checkpoint.
+saved. A folder is written under a temporary name, fsynced and renamed into place; `latest` is rewritten
+last, so a run killed at any moment resumes from a complete checkpoint, and one whose files were truncated
+or changed later falls back to the previous complete one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from aimray.files import sha256_file
 from aimray.memory import RehearsalMemory
 from aimray.merging.controller import Schedule
 
@@ -151,12 +155,66 @@ def load(path: Path) -> tuple[dict, Tensors, SavedTask | None, dict]:
     return state["run"], tensors["adapter"], task, state["memory"]
 
 
-class Checkpointer:
-    """Checkpoint folders under `root`, the newest named by `root/latest`; the last `keep` are kept."""
+# ------------------------------------------------------------------------- optimizer state without pickle
 
-    def __init__(self, root: Path, keep: int = 2) -> None:
+
+def split_tensors(obj: Any, tensors: Tensors, path: str = "state") -> Any:
+    """A JSON-able skeleton of a nested state (dicts, lists, numbers, strings, None): every tensor moves into
+    `tensors` under a fresh key and is replaced by {"__tensor__": key}; a dict with non-string keys (an
+    optimizer's per-parameter state is keyed by int) becomes {"__items__": [[key, value], ...]}. `path`
+    names the place in errors."""
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and "__tensor__" not in obj and "__items__" not in obj:
+            return {k: split_tensors(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        return {"__items__": [[k, split_tensors(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        return [split_tensors(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TypeError(f"checkpoint state at {path}: {type(obj).__name__} is not a tensor, number, string or container")
+
+
+def join_tensors(skeleton: Any, tensors: Tensors) -> Any:
+    """The inverse of split_tensors."""
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__items__" in skeleton:
+            return {k: join_tensors(v, tensors) for k, v in skeleton["__items__"]}
+        return {k: join_tensors(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [join_tensors(v, tensors) for v in skeleton]
+    return skeleton
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete, corrupt, or in a format this version does not load."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Checkpointer:
+    """Checkpoint folders under `root`, the newest named by `root/latest`; the last `keep` are kept.
+
+    A folder holds safetensors files and JSON only (no pickle is ever loaded): tensors-<group>.safetensors,
+    optim.safetensors + the JSON skeleton of the optimizer states, and state.json, which records the
+    sha256 of every other file. Files and folders are fsynced before the rename that publishes them; a
+    folder that fails its checks is skipped, with a warning, for the previous complete one."""
+
+    def __init__(self, root: Path, keep: int = 2, warn: Callable[[str], None] = print) -> None:
         self.root = Path(root)
         self.keep = keep
+        self.warn = warn
 
     def save(self, name: str, tensors: dict[str, Tensors], objects: dict, state: dict) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -166,15 +224,24 @@ class Checkpointer:
         for group, tensor_dict in tensors.items():
             flat = {k: v.detach().contiguous().cpu() for k, v in tensor_dict.items()}
             save_file(flat, str(tmp / f"tensors-{group}.safetensors"))
-        torch.save(objects, tmp / "torch.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        optim: Tensors = {}
+        skeleton = split_tensors(objects, optim)
+        save_file({k: v.detach().contiguous().cpu() for k, v in optim.items()}, str(tmp / "optim.safetensors"))
+        (tmp / "optim.json").write_text(json.dumps(skeleton))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=1))
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
         final = self.root / name
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         pointer = self.root / ".latest.tmp"
         pointer.write_text(name)
+        _fsync(pointer)
         os.replace(pointer, self.root / "latest")
+        _fsync(self.root)
         self._prune(name)
         return final
 
@@ -185,18 +252,59 @@ class Checkpointer:
                 shutil.rmtree(old, ignore_errors=True)
 
     def latest(self) -> Path | None:
-        pointer = self.root / "latest"
-        if not pointer.exists():
+        """The newest complete checkpoint (the one `latest` names, else the newest folder that passes its
+        checks); None when there is none at all. Raises CheckpointError when folders exist but none is
+        complete."""
+        if not self.root.is_dir():
             return None
-        path = self.root / pointer.read_text().strip()
-        return path if (path / "state.json").exists() else None
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True)
+        pointer = self.root / "latest"
+        named = self.root / pointer.read_text().strip() if pointer.exists() else None
+        if named in folders:
+            folders.remove(named)
+            folders.insert(0, named)
+        problems = []
+        for folder in folders:
+            try:
+                self.verify(folder)
+            except CheckpointError as err:
+                problems.append(str(err))
+                self.warn(f"[checkpoint] skipping {folder.name}: {err}")
+                continue
+            return folder
+        if problems:
+            raise CheckpointError(f"no complete checkpoint in {self.root}: " + "; ".join(problems))
+        return None
+
+    @staticmethod
+    def verify(path: Path) -> dict:
+        """The folder's state.json after checking every file it lists against its sha256."""
+        if (path / "torch.pt").exists():
+            raise CheckpointError(
+                f"{path} holds torch.pt, the pickle format of aimray before safetensors-only checkpoints; "
+                "pickles are never loaded: delete the run folder's checkpoints/ to start over"
+            )
+        try:
+            state = json.loads((path / "state.json").read_text())
+            files = state["files"]
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"{path}/state.json is missing or unreadable ({err})") from None
+        for name, digest in files.items():
+            if not (path / name).is_file():
+                raise CheckpointError(f"{path}/{name} is missing")
+            if sha256_file(path / name) != digest:
+                raise CheckpointError(f"{path}/{name} does not match its sha256 (truncated or changed)")
+        return state
 
     @staticmethod
     def load(path: Path) -> tuple[dict[str, Tensors], dict, dict]:
+        """(tensor groups, optimizer states, state) of a checkpoint folder that passes its checks."""
+        state = Checkpointer.verify(path)
         tensors = {
             p.name[len("tensors-") : -len(".safetensors")]: load_file(str(p))
             for p in sorted(path.glob("tensors-*.safetensors"))
         }
-        objects = torch.load(path / "torch.pt", weights_only=False)
-        state = json.loads((path / "state.json").read_text())
+        objects = join_tensors(
+            json.loads((path / "optim.json").read_text()), load_file(str(path / "optim.safetensors"))
+        )
         return tensors, objects, state

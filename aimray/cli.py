@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aimray.assets import AssetMissingError
 from aimray.cliargs import error_text
-from aimray.events import write_json_atomic
+from aimray.files import now, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 
 
@@ -91,7 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "config": {**vars(args), "model": cfg.__dict__},
         "provenance": provenance(),
         "status": "running",
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": now(),
     }
     if out:
         write_json_atomic(out / "manifest.json", manifest)
@@ -212,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated task names instead of a benchmark")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
     p.add_argument("--limit", type=int, default=0, help="at most N examples per task (0 = all)")
-    p.add_argument("--mode", default="score", choices=["score", "generate"],
-                   help="score: most likely label word (default); generate: greedy exact match")  # fmt: skip
+    p.add_argument(
+        "--mode",
+        default="score",
+        choices=["score", "generate"],
+        help="score: most likely label word (default); generate: greedy exact match",
+    )
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a folder or an HF id")
     p.add_argument("--max-prompt-tokens", type=int, default=192, help="prompt token budget (default 192)")
     p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (default 16)")

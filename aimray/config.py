@@ -8,6 +8,7 @@ fails with a message naming the field and the value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,18 +44,12 @@ class ModelConfig:
     attention: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.lora_r < 1:
-            raise ValueError(f"model.lora_r={self.lora_r} must be >= 1")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"model.lora_dropout={self.lora_dropout} must be in [0, 1)")
-        if self.max_prompt_tokens < 16:
-            raise ValueError(f"model.max_prompt_tokens={self.max_prompt_tokens} must be >= 16")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype={self.dtype!r} must be float32, bfloat16 or float16")
-        if self.autocast not in ("auto", "bf16", "off"):
-            raise ValueError(f"model.autocast={self.autocast!r} must be auto, bf16 or off")
-        if self.attention not in ("auto", "sdpa", "eager"):
-            raise ValueError(f"model.attention={self.attention!r} must be auto, sdpa or eager")
+        _check(self.lora_r >= 1, "model.lora_r", self.lora_r, "must be >= 1")
+        _check(0 <= self.lora_dropout < 1, "model.lora_dropout", self.lora_dropout, "must be in [0, 1)")
+        _check(self.max_prompt_tokens >= 16, "model.max_prompt_tokens", self.max_prompt_tokens, "must be >= 16")
+        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _one_of("model.autocast", self.autocast, ("auto", "bf16", "off"))
+        _one_of("model.attention", self.attention, ("auto", "sdpa", "eager"))
 
 
 @dataclass(frozen=True)
@@ -92,18 +87,20 @@ class MemoryConfig:
             (self.fraction is None) != (self.per_task is None),
             "memory.fraction/per_task",
             (self.fraction, self.per_task),
-            "set exactly one (the other to null)",
+            "must set exactly one of fraction and per_task (the other to null)",
         )
         if self.fraction is not None:
-            _check(0 < self.fraction <= 1, "memory.fraction", self.fraction, "must be in (0, 1]")
+            ok = _is_number(self.fraction, (int, float)) and 0 < self.fraction <= 1
+            _check(ok, "memory.fraction", self.fraction, "must be a number in (0, 1]")
         if self.per_task is not None:
-            _check(self.per_task >= 1, "memory.per_task", self.per_task, "must be >= 1")
+            ok = _is_number(self.per_task, int) and self.per_task >= 1
+            _check(ok, "memory.per_task", self.per_task, "must be a positive integer")
         _check(self.batch_size >= 1, "memory.batch_size", self.batch_size, "must be >= 1")
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
-    """The AimMerging merge controller; defaults are the released code's constants (ALGORITHM.md)."""
+    """The AimMerging merge controller; defaults are the released code's constants (docs/method.md)."""
 
     s0: int = 8  # initial merge interval S
     m0: int = 8  # initial rehearsal-burst length M; M = int(S * m0 / s0)
@@ -234,8 +231,18 @@ class RunConfig:
 
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:
+    """The one validation style: raise ValueError("<field>=<value> <why>") unless ok."""
     if not ok:
         raise ValueError(f"{name}={value!r} {why}")
+
+
+def _one_of(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    _check(value in valid, name, value, f"must be one of {', '.join(valid)}")
+
+
+def _is_number(value: object, kind: type | tuple[type, ...]) -> bool:
+    """isinstance(value, kind), bools excluded."""
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------------------ construction
@@ -277,14 +284,17 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             as_float = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{name}={value!r} must be an integer") from None
-        if not as_float.is_integer():
+        if not math.isfinite(as_float) or not as_float.is_integer():
             raise ValueError(f"{name}={value!r} must be an integer")
         return int(as_float)
     if annotation is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{name}={value!r} must be a number") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{name}={value!r} must be a finite number")
+        return number
     if annotation is str:
         if isinstance(value, bool):  # YAML (and key=value) read on/off/yes/no as booleans
             return "on" if value else "off"
@@ -300,8 +310,10 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
-        raise ValueError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} {where}; "
-                         f"valid: {', '.join(prefix + k for k in fields)}")  # fmt: skip
+        raise ValueError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} {where}; "
+            f"valid: {', '.join(prefix + k for k in fields)}"
+        )
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
@@ -322,20 +334,30 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def nest(flat: dict[str, Any]) -> dict:
+    """{"controller.s0": 8, "method": "replay"} -> {"controller": {"s0": 8}, "method": "replay"}."""
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
 def parse_overrides(items: list[str]) -> dict:
     """["train.lr=1e-3", "method=replay"] -> nested dict (values parsed as YAML scalars)."""
-    nested: dict = {}
+    flat = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=1e-3)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
+        try:
+            flat[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not a YAML scalar ({err.problem})") from None
+    return nest(flat)
 
 
 def preset_names() -> list[str]:
@@ -346,7 +368,29 @@ def load_preset(name: str) -> dict:
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.exists():
         raise ValueError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_yaml(path)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from a file (empty file: {}); ValueError naming the file, line and column when it
+    does not parse or is not a mapping, FileNotFoundError when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte offset {err.start})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML: {where}{problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None, **top: Any) -> RunConfig:

@@ -1,7 +1,7 @@
 """Trajectory events: the Parquet schema (versioned, owned here), the writer, the run manifest.
 
 Layout of a run folder:
-    manifest.json                 config, provenance, status (running, success, failed)
+    manifest.json                 config, provenance, status (running, success, failed, stopped)
     events/<kind>/part-NNNNN.parquet  kind in steps, merges, evals, costs; one part per checkpoint
     matrix.json                   the accuracy matrices and metrics (written at the end)
 Rows are buffered and flushed as one part per kind just before each checkpoint; the checkpoint records
@@ -10,9 +10,7 @@ how many parts exist, and a resume deletes later parts, so no row is duplicated 
 
 from __future__ import annotations
 
-import json
 import os
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,41 +21,74 @@ SCHEMA_VERSION = 2  # 2: costs.eval_seconds
 _f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "steps": pa.schema([
-        ("run_id", _str), ("task_index", _i32), ("task", _str), ("step", _i32), ("global_step", _i64),
-        ("phase", _str),  # inner (new-task step) or burst (rehearsal step of a merge)
-        ("train_loss", _f64), ("memory_loss", _f64), ("threshold", _f64), ("activations", _i32),
-        ("interval", _i32), ("burst_len", _i32), ("lam", _f64), ("lr", _f64),
-    ]),
-    "merges": pa.schema([
-        ("run_id", _str), ("task_index", _i32), ("task", _str), ("step", _i32), ("global_step", _i64),
-        ("trigger", _str),  # normal, early, forced, fixed, task_end
-        ("interval", _i32), ("burst_len", _i32), ("activations", _i32), ("w_in", _f64), ("w_out", _f64),
-        ("l1_delta_in", _f64), ("l1_delta_out", _f64), ("lam", _f64),
-    ]),
-    "evals": pa.schema([
-        ("run_id", _str), ("after_index", _i32),  # 0: before training (base); k: after the k-th task
-        ("after_task", _str), ("eval_index", _i32), ("eval_task", _str), ("split", _str),
-        ("metric", _str), ("value", _f64), ("n", _i32),
-    ]),
-    "costs": pa.schema([
-        ("run_id", _str), ("task_index", _i32), ("task", _str), ("steps", _i32), ("merges", _i32),
-        ("train_examples", _i64), ("replay_examples", _i64), ("burst_examples", _i64),
-        ("monitor_examples", _i64), ("forward_passes", _i64), ("backward_passes", _i64),
-        ("eval_examples", _i64), ("eval_seconds", _f64), ("wall_seconds", _f64),
-    ]),
-}  # fmt: skip
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=str, allow_nan=True))
+    "steps": pa.schema(
+        [
+            ("run_id", _str),
+            ("task_index", _i32),
+            ("task", _str),
+            ("step", _i32),
+            ("global_step", _i64),
+            ("phase", _str),  # inner (new-task step) or burst (rehearsal step of a merge)
+            ("train_loss", _f64),
+            ("memory_loss", _f64),
+            ("threshold", _f64),
+            ("activations", _i32),
+            ("interval", _i32),
+            ("burst_len", _i32),
+            ("lam", _f64),
+            ("lr", _f64),
+        ]
+    ),
+    "merges": pa.schema(
+        [
+            ("run_id", _str),
+            ("task_index", _i32),
+            ("task", _str),
+            ("step", _i32),
+            ("global_step", _i64),
+            ("trigger", _str),  # normal, early, forced, fixed, task_end
+            ("interval", _i32),
+            ("burst_len", _i32),
+            ("activations", _i32),
+            ("w_in", _f64),
+            ("w_out", _f64),
+            ("l1_delta_in", _f64),
+            ("l1_delta_out", _f64),
+            ("lam", _f64),
+        ]
+    ),
+    "evals": pa.schema(
+        [
+            ("run_id", _str),
+            ("after_index", _i32),  # 0: before training (base); k: after the k-th task
+            ("after_task", _str),
+            ("eval_index", _i32),
+            ("eval_task", _str),
+            ("split", _str),
+            ("metric", _str),
+            ("value", _f64),
+            ("n", _i32),
+        ]
+    ),
+    "costs": pa.schema(
+        [
+            ("run_id", _str),
+            ("task_index", _i32),
+            ("task", _str),
+            ("steps", _i32),
+            ("merges", _i32),
+            ("train_examples", _i64),
+            ("replay_examples", _i64),
+            ("burst_examples", _i64),
+            ("monitor_examples", _i64),
+            ("forward_passes", _i64),
+            ("backward_passes", _i64),
+            ("eval_examples", _i64),
+            ("eval_seconds", _f64),
+            ("wall_seconds", _f64),
+        ]
+    ),
+}
 
 
 class EventWriter:
@@ -112,7 +143,3 @@ def read_events(out: Path, kind: str) -> pa.Table:
     if not paths:
         return SCHEMAS[kind].empty_table()
     return pa.concat_tables([pq.read_table(p) for p in paths])
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

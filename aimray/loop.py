@@ -15,6 +15,7 @@ aimray.launch runs this function inside Ray Train workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -30,7 +31,8 @@ from aimray import checkpoint
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
 from aimray.config import RunConfig
 from aimray.distributed import LOCAL, Dist
-from aimray.events import SCHEMA_VERSION, EventWriter, now, write_json_atomic
+from aimray.events import SCHEMA_VERSION, EventWriter
+from aimray.files import locked, now, write_json_atomic
 from aimray.memory import RehearsalMemory
 from aimray.merging import fusion, signals
 from aimray.merging.controller import NO_MERGE, Decision, make_schedule
@@ -121,45 +123,46 @@ def run(
     `on_checkpoint(stage, step)` is called right after every checkpoint (tests inject faults there).
     """
     out = Path(out)
-    r = set_up(cfg, out, log, dist, on_checkpoint)
-    latest = Path(resume_from) if resume_from is not None else r.ckpt.latest()
-    saved = restore(r, latest) if latest is not None else start_fresh(r)
-    if latest is not None and r.state.stage >= len(r.stages) and previous_status(out) == "success":
-        r.log(f"[run] {r.state.run_id}: already finished in {out}")
-        return collect(out)  # nothing to do, nothing rewritten
-    r.manifest["resumed_from"] = latest.name if latest else None
-    r.write("manifest.json", r.manifest)
-    rows = []
-    try:
-        if latest is None and cfg.eval.base and r.shape.base_eval:
-            r.log(f"[run] {r.state.run_id}: evaluating the base model on {len(r.specs)} tasks")
-            evaluate_tasks(r, 0, "", list(range(len(r.specs))), Costs())
-        for stage in r.stages[r.state.stage :]:
-            task = train_stage(r, stage, saved)
-            saved = None
-            rows.append(finish_stage(r, stage, task))
-            if stage.index + 1 < len(r.stages) and report is not None:
-                report(rows[-1])
-        result = collect(out)
-        r.write("matrix.json", result_json(result))
-        r.write("manifest.json", {**r.manifest, "status": "success", "finished_at": now()})
-    except (Exception, SystemExit, KeyboardInterrupt) as err:
-        # SystemExit / KeyboardInterrupt: stopped from outside (e.g. a Tune scheduler ending the trial). Any other
-        # BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill stands for one).
-        status = "failed" if isinstance(err, Exception) else "stopped"
-        r.write("manifest.json", {**r.manifest, "status": status, "error": repr(err)[:2000], "finished_at": now()})
-        raise
+    r = set_up(cfg, out, log, dist, on_checkpoint)  # every check, the data and the backbone: nothing on disk yet
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out / ".lock") if dist.main else contextlib.nullcontext():  # one writer per run folder
+        if dist.world > 1:
+            check_shared(out, dist)
+        latest = Path(resume_from) if resume_from is not None else r.ckpt.latest()
+        saved = restore(r, latest) if latest is not None else start_fresh(r)
+        if latest is not None and r.state.stage >= len(r.stages) and previous_status(out) == "success":
+            r.log(f"[run] {r.state.run_id}: already finished in {out}")
+            return collect(out)  # nothing to do, nothing rewritten
+        r.manifest["resumed_from"] = latest.name if latest else None
+        r.write("manifest.json", r.manifest)
+        rows = []
+        try:
+            if latest is None and cfg.eval.base and r.shape.base_eval:
+                r.log(f"[run] {r.state.run_id}: evaluating the base model on {len(r.specs)} tasks")
+                evaluate_tasks(r, 0, "", list(range(len(r.specs))), Costs())
+            for stage in r.stages[r.state.stage :]:
+                task = train_stage(r, stage, saved)
+                saved = None
+                rows.append(finish_stage(r, stage, task))
+                if stage.index + 1 < len(r.stages) and report is not None:
+                    report(rows[-1])
+            result = collect(out)
+            r.write("matrix.json", result_json(result))
+            r.write("manifest.json", {**r.manifest, "status": "success", "finished_at": now()})
+        except (Exception, SystemExit, KeyboardInterrupt) as err:
+            # SystemExit / KeyboardInterrupt: stopped from outside (a Tune scheduler ending the trial, Ctrl-C).
+            # Any other BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill).
+            status = "failed" if isinstance(err, Exception) else "stopped"
+            r.write("manifest.json", {**r.manifest, "status": status, "error": repr(err)[:2000], "finished_at": now()})
+            raise
     if rows and report is not None:  # the last task's report comes once the run's files are complete
         report(rows[-1])
     return result
 
 
 def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on_checkpoint) -> Run:
-    """Check the inputs, make the run folder, load the data and the backbone; nothing trained yet."""
+    """Check the inputs, load the data and the backbone; nothing trained, nothing written yet."""
     specs = preflight(cfg)  # a missing data folder or asset fails here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    if dist.world > 1:
-        check_shared(out, dist)
     method = get_method(cfg.method)
     shape = SHAPES[method.shape]
     data = [spec.load(cfg.data, cfg.seed) for spec in specs]
@@ -180,6 +183,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         "tasks": [s.name for s in specs],
         "config": cfg.to_dict(),
         "provenance": provenance(),
+        "precision": bb.precision,  # model.autocast resolved (by a cached probe where "auto")
         "status": "running",
         "started_at": now(),
     }
@@ -195,7 +199,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         initial=snapshot(params),
         memory=RehearsalMemory(cfg.memory.fraction, cfg.memory.per_task, cfg.seed),
         events=EventWriter(out, run_id, enabled=dist.main),
-        ckpt=Checkpointer(out / "checkpoints"),
+        ckpt=Checkpointer(out / "checkpoints", warn=log),
         manifest=manifest,
         state=RunState(run_id, cfg.to_dict(), manifest["started_at"]),
         log=log if dist.main else _silent,

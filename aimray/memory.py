@@ -8,26 +8,17 @@ import random
 from collections import defaultdict
 from typing import Any
 
-from aimray.tasks.spec import Example, content_hash
+from aimray.config import MemoryConfig
+from aimray.tasks.spec import MAX_CLASSES, Example, content_hash
 
 DEFAULT_FRACTION = 0.02  # 2% of each earlier task's training set (the paper)
-MAX_CLASSES = 50  # more distinct targets than this: free text (generation), sampled without balancing
-
-
-def is_number(value: object, kind: type | tuple[type, ...] = (int, float)) -> bool:
-    """isinstance(value, kind), bools excluded."""
-    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def check_config(fraction: float | None, per_task: int | None, seed: int) -> None:
-    """Raise ValueError naming the field unless exactly one of fraction, per_task is set and all are valid."""
-    if (fraction is None) == (per_task is None):
-        raise ValueError(f"set exactly one of fraction and per_task (got fraction={fraction!r}, per_task={per_task!r})")
-    if fraction is not None and not (is_number(fraction) and 0 < fraction <= 1):
-        raise ValueError(f"fraction={fraction!r} must be a number in (0, 1]")
-    if per_task is not None and not (is_number(per_task, int) and per_task >= 1):
-        raise ValueError(f"per_task={per_task!r} must be a positive integer")
-    if not is_number(seed, int):
+    """Raise ValueError naming the field unless exactly one of fraction, per_task is set and all are valid
+    (the same rules as the run config's `memory` section, which does the checking)."""
+    MemoryConfig(fraction=fraction, per_task=per_task)
+    if not (isinstance(seed, int) and not isinstance(seed, bool)):
         raise ValueError(f"seed={seed!r} must be an integer")
 
 

@@ -7,11 +7,16 @@ cost (49,152 x 576 for SmolLM2, about 40% of a forward pass per position).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import json
+import platform
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from aimray import assets
 from aimray.config import DEFAULT_BACKBONE, ModelConfig
+from aimray.files import write_json_atomic
 from aimray.tasks.spec import Example
 
 # Quiet, library-internal noise: peft calls a transformers property that v5 renamed, and the weight-loading
@@ -47,9 +53,13 @@ class Backbone:
         """The trainable adapter tensors (the only thing the continual loop differences and merges)."""
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
+    precision: dict = field(default_factory=dict)  # the resolved precision and how (resolve_precision)
+
     @property
     def bf16(self) -> bool:
         """Whether forward passes run under bf16 autocast (model.autocast, resolved for this device)."""
+        if self.precision:
+            return self.precision["autocast"] == "bf16"
         return use_bf16(self.config.autocast, self.device)
 
     def autocast(self) -> torch.autocast:
@@ -123,7 +133,86 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_targets) or _default_targets(model),
     )
-    return Backbone(get_peft_model(model, lora).to(device), tokenizer, cfg, is_seq2seq)
+    bb = Backbone(get_peft_model(model, lora).to(device), tokenizer, cfg, is_seq2seq)
+    bb.precision = resolve_precision(bb)
+    return bb
+
+
+# ------------------------------------------------------------------------------------- precision by probe
+
+PROBE_BATCH, PROBE_WORDS, PROBE_STEPS = 4, 64, 2  # about 10 s for SmolLM2 on one CPU core, once
+
+
+def probe_key(bb: Backbone) -> str:
+    """What a measured precision choice holds for: this machine and device, the model, dtype and threads."""
+    cpu = ""
+    with contextlib.suppress(OSError):
+        names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else ""
+    device = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else cpu
+    parts = [platform.node(), device, torch.__version__, bb.config.name_or_path, bb.config.dtype]
+    return "|".join([*parts, f"threads={torch.get_num_threads()}", f"attention={bb.config.attention}"])
+
+
+def step_seconds(bb: Backbone, bf16: bool, kernel: str | None) -> float:
+    """Median seconds of one training step (forward + backward of the answer loss) on a synthetic batch,
+    after one warm-up step. Leaves the adapter, its gradients, the model's mode and torch's RNG as they were."""
+    if kernel is not None:
+        bb.model.set_attn_implementation(kernel)
+    batch = [Example("probe", " ".join(["word"] * PROBE_WORDS), f"label{i}") for i in range(PROBE_BATCH)]
+    saved = dict(bb.precision)
+    bb.precision = {"autocast": "bf16" if bf16 else "off"}
+    was_training = bb.model.training
+    bb.model.eval()  # no dropout: nothing drawn from torch's RNG
+    times = []
+    try:
+        for i in range(PROBE_STEPS + 1):
+            t0 = time.perf_counter()
+            answer_loss(bb, batch).backward()
+            if bb.device.type == "cuda":
+                torch.cuda.synchronize(bb.device)
+            if i:
+                times.append(time.perf_counter() - t0)
+    finally:
+        for p in bb.model.parameters():
+            p.grad = None
+        bb.model.train(was_training)
+        bb.precision = saved
+        for ex in batch:
+            bb._encoded.pop((ex.prefix, ex.text, ex.suffix, ex.target), None)
+    return sorted(times)[len(times) // 2]
+
+
+def resolve_precision(bb: Backbone) -> dict:
+    """model.autocast="auto" resolved by measurement: where bf16 matmuls are native, time a training step in
+    fp32 and under bf16 autocast (for a causal LM on a CPU with both attention kernels, unless
+    model.attention fixes one) and keep the fastest. The choice and its figures are cached per machine,
+    device, model, dtype and thread count in $AIMRAY_HOME/precision.json, so the probe runs once; every
+    run's manifest records the result. "bf16" and "off" are taken as given."""
+    cfg = bb.config
+    kernel = getattr(bb.model.config, "_attn_implementation", None)
+    if cfg.autocast != "auto":
+        return {"autocast": "bf16" if cfg.autocast == "bf16" else "off", "attention": kernel, "source": "config"}
+    if not native_bf16(bb.device):
+        return {"autocast": "off", "attention": kernel, "source": "no native bf16 matmuls on this device"}
+    switch = not bb.is_seq2seq and cfg.attention == "auto"
+    kernels = ("sdpa", "eager") if switch and bb.device.type == "cpu" else ("sdpa",) if switch else (None,)
+    candidates = [("off", "sdpa" if switch else None)] + [("bf16", k) for k in kernels]
+    path = assets.home() / "precision.json"
+    cache = json.loads(path.read_text()) if path.exists() else {}
+    key = probe_key(bb)
+    if key in cache:
+        choice = {**cache[key], "source": f"cached probe ({path})"}
+    else:
+        seconds = {f"{a}/{k or 'default'}": step_seconds(bb, a == "bf16", k) for a, k in candidates}
+        best = min(candidates, key=lambda c: seconds[f"{c[0]}/{c[1] or 'default'}"])
+        choice = {"autocast": best[0], "attention": best[1] or kernel, "step_seconds": seconds}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**cache, key: choice}, sort_keys=True)
+        choice = {**choice, "source": "probe"}
+    if switch:
+        bb.model.set_attn_implementation(choice["attention"])
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------- encoding
@@ -272,8 +361,9 @@ def _score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str
         ids, mask = _left_pad(prompts, pad)
         ids, mask = ids.to(dev), mask.to(dev)
         kw = _cache_kwarg(model)
-        first = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                      logits_to_keep=1)  # fmt: skip
+        first = model(
+            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1
+        )
         cache = getattr(first, "cache", None) or first.past_key_values
         cache.batch_repeat_interleave(c)
         lengths = mask.sum(-1).repeat_interleave(c)

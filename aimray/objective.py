@@ -2,35 +2,39 @@
 
 A trial runs one config over several orders. After every task the tracker turns the loop's report into
 Tune metrics: `tasks_done` (the fidelity for ASHA/HyperBand, counted across orders) and `objective`,
-where finished orders contribute their final value and the running order its dev accuracy so far.
+where finished orders contribute their final value and the running order its dev accuracy so far. A
+finished order counts with the metrics of its run (aimray.results.run_summary, in memory), under the
+sweep's names (ORDER_METRICS).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from aimray import metrics
-from aimray.results import collect
+from aimray.results import RunResult
 
 OBJECTIVES = {
     "dev_op": "mean over orders of OP on dev",
     "dev_op_bwt": "mean over orders of OP + BWT on dev",
     "worst_dev_op": "worst order's OP on dev",
 }
+# The sweep's name (o<order>/<name> in Tune's metrics, trials.parquet and best.md) of each run metric.
+ORDER_METRICS = {
+    "dev_op": "dev_op",
+    "dev_bwt": "dev_bwt",
+    "op": "test_op",
+    "bwt": "test_bwt",
+    "fwt_base": "test_fwt_base",
+}
 
 
-def order_summary(dev: np.ndarray, test: np.ndarray, base_test=None) -> dict[str, float]:
-    """OP, BWT and FWT (vs base, where the base row exists) of one order's dev and test matrices."""
-    out = {}
-    for split, a in (("dev", dev), ("test", test)):
-        out[f"{split}_op"] = metrics.average_performance(a)
-        out[f"{split}_bwt"] = metrics.backward_transfer(a)
-    out["test_fwt_base"] = metrics.forward_transfer_base(test, base_test) if base_test is not None else math.nan
-    return out
+def order_summary(run_metrics: dict[str, float]) -> dict[str, float]:
+    """One finished order's run metrics (aimray.results.run_summary) under the sweep's names: dev_op,
+    dev_bwt, test_op, test_bwt, test_fwt_base; NaN for a metric the run does not define."""
+    return {name: float(run_metrics.get(key, math.nan)) for key, name in ORDER_METRICS.items()}
 
 
 def combine(kind: str, values: list[dict[str, float]]) -> float:
@@ -48,7 +52,8 @@ def combine(kind: str, values: list[dict[str, float]]) -> float:
 
 @dataclass
 class ObjectiveTracker:
-    """Turns the per-task loop reports of one trial into Tune metrics; JSON-serialisable state."""
+    """Turns the per-task loop reports and the finished runs of one trial into Tune metrics; its state
+    (`state_dict`) is plain data, so a Ray Train worker can carry on from the trial's."""
 
     kind: str
     orders: list[int]
@@ -56,39 +61,46 @@ class ObjectiveTracker:
     order_index: int = 0  # which of `orders` is running
     finished: list[dict] = field(default_factory=list)  # summaries of the finished orders
 
-    def update(self, row: dict, out: Path) -> dict:
-        """Metrics after one task of the running order (`row` as passed to the loop's `report`; `out` the
-        run folder, read back at the order's end so that a resumed run counts every task)."""
-        stage = row["stage"]
-        order = self.orders[self.order_index]
-        metrics_ = {"tasks_done": self.order_index * self.num_tasks + stage, "order": order}
-        if stage < self.num_tasks:
-            seen = [v for (task, split), v in row["scores"].items() if split == "dev" and task in row["seen"]]
-            running = {"dev_op": float(np.mean(seen)) if seen else math.nan, "dev_bwt": 0.0}
-            metrics_["objective"] = combine(self.kind, [*self.finished, running])
-        else:
-            self.finish(out)
-            metrics_["objective"] = combine(self.kind, self.finished)
-        for summary in self.finished:  # every report carries the finished orders (Tune keeps the last one)
-            metrics_.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
-        return metrics_
+    def is_last(self, row: dict) -> bool:
+        """Whether `row` (as passed to the loop's `report`) is the running order's last task: its metrics
+        come from `finish`, once the run has returned its result."""
+        return row["stage"] >= self.num_tasks
+
+    def update(self, row: dict) -> dict:
+        """Metrics after a task of the running order before its last (`row` as passed to the loop's
+        `report`): tasks_done, order, and the objective over the finished orders plus the running one at its
+        dev OP over the tasks seen so far."""
+        seen = [v for (task, split), v in row["scores"].items() if split == "dev" and task in row["seen"]]
+        running = {"dev_op": float(np.mean(seen)) if seen else math.nan, "dev_bwt": 0.0}
+        tasks_done = self.order_index * self.num_tasks + row["stage"]
+        return self._metrics(tasks_done, self.orders[self.order_index], [*self.finished, running])
+
+    def finish(self, result: RunResult) -> dict:
+        """Record the running order's summary from its finished run (`aimray.loop.run`'s result, also
+        returned for a run that had finished before); returns the metrics after its last task."""
+        self.finished.append({"order": self.orders[self.order_index], **order_summary(result.metrics)})
+        self.order_index += 1
+        return self.final_metrics()
 
     def final_metrics(self) -> dict:
-        """The trial's metrics once every order has finished (reported again at the end of a trial, in case a
-        restored trial found its runs already complete and had nothing left to report)."""
-        out = {"tasks_done": len(self.finished) * self.num_tasks, "order": self.orders[-1],
-               "objective": combine(self.kind, self.finished)}  # fmt: skip
+        """The metrics as of the last finished order (once every order has finished: the trial's, reported
+        again at its end in case a restored trial found its runs complete and had nothing left to report)."""
+        return self._metrics(len(self.finished) * self.num_tasks, self.orders[len(self.finished) - 1], self.finished)
+
+    def _metrics(self, tasks_done: int, order: int, summaries: list[dict]) -> dict:
+        """tasks_done, order, the objective over `summaries`, and every finished order's summary as
+        o<order>/<name> (every report carries them: Tune keeps the last one)."""
+        out = {"tasks_done": tasks_done, "order": order, "objective": combine(self.kind, summaries)}
         for summary in self.finished:
             out.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
         return out
 
-    def finish(self, out: Path) -> None:
-        """Record the running order's summary, read back from its finished run folder."""
-        result = collect(out)
-        order = self.orders[self.order_index]
-        self.finished.append({"order": order, **order_summary(result.dev, result.test, result.base_test)})
-        self.order_index += 1
-
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "orders": self.orders, "num_tasks": self.num_tasks,
-                "order_index": self.order_index, "finished": self.finished}  # fmt: skip
+        """The constructor's arguments: ObjectiveTracker(**state_dict()) is an equal tracker."""
+        return {
+            "kind": self.kind,
+            "orders": self.orders,
+            "num_tasks": self.num_tasks,
+            "order_index": self.order_index,
+            "finished": self.finished,
+        }

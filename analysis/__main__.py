@@ -77,8 +77,9 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
     table.to_csv(tables / "methods.csv", index=False)
     headline = T.markdown(cells)
     (tables / "methods.md").write_text(headline)
-    (tables / "methods.tex").write_text(T.latex(cells, caption=f"{split} metrics (points), mean ± std over "
-                                                 "orders and seeds", label="tab:methods"))  # fmt: skip
+    (tables / "methods.tex").write_text(
+        T.latex(cells, caption=f"{split} metrics (points), mean ± std over orders and seeds", label="tab:methods")
+    )
     report += [f"## {'Trials' if by == 'trial' else 'Methods'} ({split})", "", headline]
     _log(f"tables/methods.md ({len(table)} rows)")
 
@@ -103,9 +104,21 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
             if everything
             else f"the {completed} completed trials"
         )
-        report += ["## Best trials", "", T.markdown(best), "## Sensitivity", "", f"Over {which}.", "",
-                   T.markdown(T.sensitivity_cells(sens)), "## Parameter importances", "", f"Over {which}.", "",
-                   T.markdown(imp)]  # fmt: skip
+        report += [
+            "## Best trials",
+            "",
+            T.markdown(best),
+            "## Sensitivity",
+            "",
+            f"Over {which}.",
+            "",
+            T.markdown(T.sensitivity_cells(sens)),
+            "## Parameter importances",
+            "",
+            f"Over {which}.",
+            "",
+            T.markdown(imp),
+        ]
         _log("tables/best.md, sensitivity.md, importances.md")
         if len(sens):
             _save(F.sensitivity_curves(sens), figs, "sensitivity", report)

@@ -17,8 +17,13 @@ from matplotlib.figure import Figure
 from analysis.load import Study
 from analysis.tables import matrix, method_order, trial_metrics
 
-TRIGGER_COLOURS = {"normal": "tab:red", "early": "tab:orange", "forced": "tab:purple", "fixed": "tab:gray",
-                   "task_end": "black"}  # fmt: skip
+TRIGGER_COLOURS = {
+    "normal": "tab:red",
+    "early": "tab:orange",
+    "forced": "tab:purple",
+    "fixed": "tab:gray",
+    "task_end": "black",
+}
 
 
 def save(fig: Figure, out: str | Path, name: str) -> list[Path]:
@@ -80,8 +85,11 @@ def trajectory(study: Study, path: str, task: str | None = None) -> Figure:
     for task_index, gs in starts.items():
         name = steps[steps.task_index == task_index].task.iloc[0]
         axes[0].annotate(name, (gs, 1.0), xycoords=("data", "axes fraction"), fontsize=8, va="bottom")
-    handles = [plt.Line2D([], [], color=c, lw=1, ls="--", label=f"merge ({t})") for t, c in TRIGGER_COLOURS.items()
-               if len(merges) and t in set(merges.trigger)]  # fmt: skip
+    handles = [
+        plt.Line2D([], [], color=c, lw=1, ls="--", label=f"merge ({t})")
+        for t, c in TRIGGER_COLOURS.items()
+        if len(merges) and t in set(merges.trigger)
+    ]
     if len(spans):
         handles.append(matplotlib.patches.Patch(color="tab:orange", alpha=0.15, label="rehearsal burst"))
     for axis in axes:
@@ -164,8 +172,14 @@ def sensitivity_curves(sens: pd.DataFrame) -> Figure:
         numeric = all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in g.center)
         x = g.center.astype(float) if numeric else np.arange(len(g))
         ax.plot(x, 100 * g.objective, "o-", label="objective (dev)")
-        ax.errorbar(x, 100 * g.test_op, yerr=100 * g.order_spread.fillna(0), fmt="s--", capsize=3,
-                    label="test OP ± order spread")  # fmt: skip
+        ax.errorbar(
+            x,
+            100 * g.test_op,
+            yerr=100 * g.order_spread.fillna(0),
+            fmt="s--",
+            capsize=3,
+            label="test OP ± order spread",
+        )
         if not numeric:
             ax.set_xticks(x, [str(v) for v in g.center])
         ax.set_title(knob, fontsize=9)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.dataset as ds
 
+from aimray import results
 from aimray.events import SCHEMA_VERSION, SCHEMAS
 from aimray.results import run_shape
 
@@ -44,8 +45,10 @@ class Study:
     def select(self, paths) -> Study:
         """The same study restricted to the runs at these paths."""
         keep = set(paths)
-        rows = {k: (f[f.path.isin(keep)] if len(f) else f) for k, f in
-                (("runs", self.runs), *((kind, getattr(self, kind)) for kind in KINDS))}  # fmt: skip
+        rows = {
+            k: (f[f.path.isin(keep)] if len(f) else f)
+            for k, f in (("runs", self.runs), *((kind, getattr(self, kind)) for kind in KINDS))
+        }
         return replace(self, **rows)
 
 
@@ -70,14 +73,21 @@ def open_study(root: str | Path) -> Study:
         if version != SCHEMA_VERSION:
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
         path = folder.relative_to(root)
-        rows.append({
-            "run_id": manifest["run_id"], "method": manifest["method"], "shape": run_shape(manifest),
-            "benchmark": manifest["benchmark"],
-            "order": manifest["order"], "seed": manifest["seed"], "status": manifest["status"],
-            "tasks": manifest["tasks"], "path": str(path),
-            # a sweep's runs sit in runs/<trial>/order<k>/: the trial they belong to
-            "trial": path.parts[1] if len(path.parts) == 3 and path.parts[0] == "runs" else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "run_id": manifest["run_id"],
+                "method": manifest["method"],
+                "shape": run_shape(manifest),
+                "benchmark": manifest["benchmark"],
+                "order": manifest["order"],
+                "seed": manifest["seed"],
+                "status": manifest["status"],
+                "tasks": manifest["tasks"],
+                "path": str(path),
+                # a sweep's runs sit in runs/<trial>/order<k>/: the trial they belong to
+                "trial": path.parts[1] if len(path.parts) == 3 and path.parts[0] == "runs" else None,
+            }
+        )
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
     frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
@@ -88,8 +98,19 @@ def open_study(root: str | Path) -> Study:
         runs["trial"] = None
     kind = "sweep" if sweep is not None else "ablation" if ablation is not None else "runs"
     space = list(sweep.get("space", [])) if sweep else []
-    return Study(root, kind, runs, frames["steps"], frames["merges"], frames["evals"], frames["costs"], trials,
-                 ablation, space, sweep)  # fmt: skip
+    return Study(
+        root,
+        kind,
+        runs,
+        frames["steps"],
+        frames["merges"],
+        frames["evals"],
+        frames["costs"],
+        trials,
+        ablation,
+        space,
+        sweep,
+    )
 
 
 def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:
@@ -105,7 +126,10 @@ def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:
 
 
 def accuracy_matrix(study: Study, path: str, split: str = "test") -> pd.DataFrame:
-    """One run's accuracy matrix: rows after_index (0 = base), columns the tasks in training order."""
-    rows = study.evals[(study.evals.path == path) & (study.evals.split == split)]
-    tasks = study.runs.set_index("path").loc[path, "tasks"]
-    return rows.pivot_table(index="after_index", columns="eval_task", values="value").reindex(columns=list(tasks))
+    """One run's accuracy matrix: rows after_index (0 = the base model, when measured), columns the tasks in
+    training order, NaN where a task was not evaluated (read by aimray.results.accuracy_matrix)."""
+    tasks = list(study.runs.set_index("path").loc[path, "tasks"])
+    a, base = results.accuracy_matrix(study.evals[study.evals.path == path].to_dict("records"), tasks, split)
+    rows = ([base] if base is not None else []) + a.tolist()
+    index = pd.Index(range(0 if base is not None else 1, len(a) + 1), name="after_index")
+    return pd.DataFrame(rows, index=index, columns=pd.Index(tasks, name="eval_task"))

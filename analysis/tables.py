@@ -1,5 +1,8 @@
-"""Tables from a study: per-run metrics, the method / ablation comparison, the sweep's sensitivity study and
-parameter importances. Every table is a DataFrame; `markdown` and `latex` render one for a paper.
+"""Tables from a study: per-run metrics, the method / ablation comparison (paired differences with
+bootstrap intervals from analysis.stats: `paired_intervals`), the sweep's sensitivity study and
+parameter importances. Every table is a DataFrame; `markdown` and `latex` render one for a paper. The
+launchers' own summaries are made here too: an ablation study's runs.parquet and ablation.md
+(`ablation_runs`, `ablation_markdown`) and a sweep's best.md (`best_markdown`).
 
 Metrics come from aimray.metrics (pure numpy over the accuracy matrix, the functions the Tune objective
 uses), in points (x100) only when rendered.
@@ -9,17 +12,28 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from aimray.methods import METHODS
 from aimray.results import accuracy_matrix, fwt_vs_single_task, run_summary
+from analysis import stats
 from analysis.load import Study
 
 METRICS = ("op", "bwt", "fwt_paper", "fwt_base", "forgetting")
-NAMES = {"op": "OP", "bwt": "BWT", "fwt_paper": "FWT (paper)", "fwt_base": "FWT (base)", "forgetting": "Forgetting",
-         "dev_op": "dev OP", "objective": "objective"}  # fmt: skip
+TIE = 1e-9  # two metric values closer than this are the same (a tie; an interval end this close to 0 is 0)
+NAMES = {
+    "op": "OP",
+    "bwt": "BWT",
+    "fwt_paper": "FWT (paper)",
+    "fwt_base": "FWT (base)",
+    "forgetting": "Forgetting",
+    "dev_op": "dev OP",
+    "objective": "objective",
+}
 
 
 # ------------------------------------------------------------------------------------------- per run
@@ -70,6 +84,55 @@ def _fwt_paper(r, table: pd.DataFrame) -> float:
     if ref.empty:
         return math.nan
     return fwt_vs_single_task(r.shape, r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
+
+
+ABLATION_METRICS = ("op", "bwt", "forgetting", "fwt_base")
+ABLATION_NAMES = {
+    "op": "OP",
+    "bwt": "BWT",
+    "forgetting": "Forgetting",
+    "fwt_paper": "FWT (paper, vs single-task)",
+    "fwt_base": "FWT (vs base)",
+}
+
+
+def ablation_runs(index: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """An ablation study's runs table (runs.parquet): the launcher's `index` (one row per run: method,
+    order, seed, run = its folder relative to the study, status) with each finished run's metrics from
+    `runs` (`run_metrics` of the study's runs at those folders): op, bwt, forgetting, fwt_base, merges,
+    tasks, test (the whole matrix, as lists), wall_seconds, rehearsal_examples, then fwt_paper; NaN for
+    a run that did not finish."""
+    if runs.empty:
+        return index.assign(fwt_paper=math.nan)
+    cols = [*ABLATION_METRICS, "merges", "tasks", "test", "wall_seconds", "rehearsal_examples", "fwt_paper"]
+    done = runs[["path", *cols]].rename(columns={"path": "run"})
+    done = done.assign(test=[np.asarray(t).tolist() for t in done.test])  # lists: Parquet holds no 2-D arrays
+    return index.merge(done, on="run", how="left", validate="many_to_one")
+
+
+def ablation_markdown(table: pd.DataFrame) -> str:
+    """ablation.md from `ablation_runs`: per method (in the table's order), the finished runs and the mean
+    +/- std (points, over orders and seeds) of every metric the table has, the FWT variants named, mean
+    merges and wall seconds; then the runs not finished."""
+    ok = table[table.status == "success"]
+    cols = [c for c in ("op", "bwt", "forgetting", "fwt_paper", "fwt_base") if c in ok]
+    lines = [
+        "| method | runs | " + " | ".join(ABLATION_NAMES[c] for c in cols) + " | merges | wall time (s) |",
+        "|" + "---|" * (len(cols) + 4),
+    ]
+    for method, group in ok.groupby("method", sort=False):
+        cells = [method, str(len(group))] + [_points_mean_std(100 * group[c].dropna()) for c in cols]
+        cells += [f"{group.merges.mean():.1f}", f"{group.wall_seconds.mean():.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = table[table.status != "success"]
+    if len(failed):
+        lines += ["", f"{len(failed)} runs not finished: " + ", ".join(failed.run)]
+    return "\n".join(lines) + "\n"
+
+
+def _points_mean_std(values: pd.Series) -> str:
+    """The mean +/- std of values already in points, two decimals each; "-" when there is none."""
+    return "-" if values.empty else f"{values.mean():.2f} +/- {values.std(ddof=0):.2f}"
 
 
 def method_order(names) -> list[str]:
@@ -156,6 +219,102 @@ def paired_cells(pairs: pd.DataFrame, reference: str = "aimmerging", metrics_sho
     return pd.DataFrame(cols)
 
 
+def paired_intervals(
+    runs: pd.DataFrame,
+    reference: str = "aimmerging",
+    metrics_shown=("op", "bwt"),
+    reps: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """`paired` (its rows and columns) with the uncertainty of each difference added. Per method and
+    metric, over the differences d = reference - method of the runs the two share (same order and seed;
+    a pair with a NaN side is dropped: stats.paired_differences):
+    `{m}/lo`, `{m}/hi`: the percentile bootstrap interval of the mean of d at `level`
+    (stats.bootstrap_ci, `reps` resamples, `seed`); NaN with fewer than two pairs.
+    `{m}/contains_zero`: lo <= 0 <= hi, ends within TIE of 0 counting as 0 (stats.separation); None
+    without an interval.
+    `{m}/iqm`: the interquartile mean of d (stats.iqm).
+    `{m}/p_improvement`: P(reference > method) over the pairs, a tie (within TIE) counting half
+    (stats.probability_of_improvement, paired).
+    `stratified`: the bootstrap resamples within each order (strata = order) when every order has at
+    least two pairs, else across all pairs (one seed per order leaves nothing to resample within an
+    order). `level` and `reps` are columns too. Runs repeated on one (method, order, seed) are an
+    error: a pair is one run against one run."""
+    repeated = runs[runs.duplicated(["method", "order", "seed"], keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        raise ValueError(
+            f"{len(repeated)} runs share a (method, order, seed), e.g. {first.method} o{first.order} s{first.seed}:"
+            " pair one run per order and seed (select one trial)"
+        )
+    pairs = paired(runs, reference, metrics_shown)
+    if pairs.empty:
+        return pairs
+    ref = runs[runs.method == reference]
+    extra: list[dict] = []
+    for method in pairs.method:
+        other = runs[runs.method == method]
+        shared = set(zip(ref.order, ref.seed, strict=True)) & set(zip(other.order, other.seed, strict=True))
+        counts = Counter(order for order, _ in shared)
+        row: dict = {"stratified": bool(counts) and min(counts.values()) >= 2, "level": level, "reps": reps}
+        for m in metrics_shown:
+            keys, d = stats.paired_differences(_keyed(ref, m), _keyed(other, m))
+            strata = [k[0] for k in keys] if row["stratified"] else None
+            _, lo, hi = stats.bootstrap_ci(d, strata=strata, reps=reps, level=level, seed=seed)
+            if len(d) < 2:
+                lo = hi = math.nan
+            row[f"{m}/lo"], row[f"{m}/hi"] = lo, hi
+            row[f"{m}/contains_zero"] = None if math.isnan(lo) else stats.separation(lo, hi, tol=TIE) == 0
+            row[f"{m}/iqm"] = stats.iqm(d)
+            row[f"{m}/p_improvement"] = stats.probability_of_improvement(d, np.zeros_like(d), paired=True, tol=TIE)
+        extra.append(row)
+    out = pd.concat([pairs, pd.DataFrame(extra, index=pairs.index)], axis=1)
+    per_metric = ("diff", "lo", "hi", "contains_zero", "iqm", "p_improvement", "wins", "ties", "losses")
+    cols = ["method", "pairs", "stratified", *[f"{m}/{c}" for m in metrics_shown for c in per_metric]]
+    return out[[*cols, "level", "reps"]]
+
+
+def _keyed(runs: pd.DataFrame, metric: str) -> dict:
+    """{(order, seed): value of `metric`} for one method's runs."""
+    return {(o, s): float(v) for o, s, v in zip(runs.order, runs.seed, runs[metric], strict=True)}
+
+
+def paired_interval_cells(
+    pairs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")
+) -> pd.DataFrame:
+    """`paired_intervals` as display cells (points): per metric, the mean difference with its interval,
+    `mean [lo, hi]` (`interval`), whether the interval contains 0 ("yes": the pairs do not tell the two
+    methods apart at that level; "–": fewer than two pairs), and wins-ties-losses of the reference."""
+    cols: dict[str, list[str]] = {"method": list(pairs.method), "pairs": [str(v) for v in pairs.pairs]}
+    pct = f"{100 * float(pairs.level.iloc[0]):g}%" if len(pairs) else "95%"
+    for m in metrics_shown:
+        if pairs[f"{m}/diff"].isna().all():
+            continue
+        spans = zip(pairs[f"{m}/diff"], pairs[f"{m}/lo"], pairs[f"{m}/hi"], strict=True)
+        cols[f"{reference} − method, {NAMES[m]} mean [{pct} interval]"] = [interval(*v) for v in spans]
+        cols[f"{NAMES[m]}: 0 in interval"] = [
+            "–" if z is None or z != z else ("yes" if z else "no") for z in pairs[f"{m}/contains_zero"]
+        ]
+        wtl = zip(pairs[f"{m}/wins"], pairs[f"{m}/ties"], pairs[f"{m}/losses"], strict=True)
+        cols[f"{NAMES[m]} wins-ties-losses"] = [f"{w}-{t}-{lo}" if w + t + lo else "–" for w, t, lo in wtl]
+    return pd.DataFrame(cols)
+
+
+def interval(point: float, lo: float, hi: float, signed: bool = True) -> str:
+    """`mean [lo, hi]` from fractions, in points with two decimals ("+1.50 [-0.50, +3.00]"; unsigned:
+    "1.50 [..]"); "–" for a missing mean, the mean alone ("+1.50 [–]") without an interval."""
+
+    def fmt(v: float) -> str:
+        return f"{round(100 * v, 2) + 0.0:{'+' if signed else ''}.2f}"
+
+    if point is None or point != point:
+        return "–"
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return f"{fmt(point)} [–]"
+    return f"{fmt(point)} [{fmt(lo)}, {fmt(hi)}]"
+
+
 def points(v: float) -> str:
     """A fraction in points with two decimals ("–" for a missing value; never "-0.00")."""
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{round(100 * v, 2) + 0.0:.2f}"
@@ -171,12 +330,17 @@ def plus_minus(mean: float, std: float) -> str:
 
 
 def trial_metrics(study: Study) -> pd.DataFrame:
-    """The sweep's trials with the means and across-order spreads of the per-order metrics added:
-    `dev_op`, `test_op`, `test_bwt` (means over orders) and `dev_op_spread`, `test_op_spread` (std over
-    orders, points of the same unit)."""
+    """The sweep's trials with the means and across-order spreads of the per-order metrics added
+    (`order_means`)."""
     if study.trials is None:
         raise ValueError(f"{study.root} is not a sweep (no trials.parquet)")
-    t = study.trials.copy()
+    return order_means(study.trials)
+
+
+def order_means(trials: pd.DataFrame) -> pd.DataFrame:
+    """A trials table (trials.parquet) with `dev_op`, `dev_bwt`, `test_op`, `test_bwt` (means over the
+    orders' o<k>/<name> columns) and `dev_op_spread`, ... (std over orders, of the same unit) added."""
+    t = trials.copy()
     for key in ("dev_op", "dev_bwt", "test_op", "test_bwt"):
         cols = [c for c in t.columns if c.startswith("o") and c.endswith(f"/{key}")]
         if cols:
@@ -189,8 +353,11 @@ def knobs(study: Study) -> list[str]:
     """The searched config keys, in the order of the search space."""
     if study.space:
         return [p["key"] for p in study.space]
-    return [c.removeprefix("config/") for c in (study.trials.columns if study.trials is not None else [])
-            if c.startswith("config/")]  # fmt: skip
+    return [
+        c.removeprefix("config/")
+        for c in (study.trials.columns if study.trials is not None else [])
+        if c.startswith("config/")
+    ]
 
 
 def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.DataFrame:
@@ -216,14 +383,22 @@ def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.
             groups = values
         for interval, g in sub.groupby(groups, observed=True, sort=True):
             lo, hi, center = _bounds(interval, g[col])
-            rows.append({
-                "knob": knob, "bin": _bin_label(interval), "low": lo, "high": hi, "center": center, "trials": len(g),
-                "objective": g.objective.mean(), "objective_std": g.objective.std(ddof=0),
-                "dev_op": g.get("dev_op", pd.Series(dtype=float)).mean(),
-                "test_op": g.get("test_op", pd.Series(dtype=float)).mean(),
-                "test_bwt": g.get("test_bwt", pd.Series(dtype=float)).mean(),
-                "order_spread": g.get("test_op_spread", pd.Series(dtype=float)).mean(),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "knob": knob,
+                    "bin": _bin_label(interval),
+                    "low": lo,
+                    "high": hi,
+                    "center": center,
+                    "trials": len(g),
+                    "objective": g.objective.mean(),
+                    "objective_std": g.objective.std(ddof=0),
+                    "dev_op": g.get("dev_op", pd.Series(dtype=float)).mean(),
+                    "test_op": g.get("test_op", pd.Series(dtype=float)).mean(),
+                    "test_bwt": g.get("test_bwt", pd.Series(dtype=float)).mean(),
+                    "order_spread": g.get("test_op_spread", pd.Series(dtype=float)).mean(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -303,6 +478,38 @@ def best_trials(study: Study, top: int = 5) -> pd.DataFrame:
     return t[[c for c in cols if c in t] + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
 
 
+def best_markdown(
+    trials: pd.DataFrame,
+    *,
+    method: str,
+    benchmark: str,
+    orders: Sequence[int],
+    objective: str,
+    seconds: float,
+    top: int = 5,
+) -> str:
+    """A sweep's best.md from its trials table (trials.parquet, best objective first): the trial counts
+    by status and the wall time, then the `top` completed trials with their objective (dev), mean test OP
+    and BWT over orders (points) and config values."""
+    done = order_means(trials[trials.status == "completed"].head(top))
+    config_cols = [c for c in trials.columns if c.startswith("config/")]
+    lines = [
+        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, objective {objective} (dev)",
+        "",
+        f"{len(trials)} trials ({(trials.status == 'completed').sum()} completed, "
+        f"{(trials.status == 'stopped').sum()} stopped early, {(trials.status == 'error').sum()} errors) "
+        f"in {seconds / 60:.1f} min.",
+        "",
+    ]
+    header = ["trial", "objective", "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in done.iterrows():
+        cells = [r.trial_id, f"{100 * r.objective:.2f}", f"{100 * r.test_op:.2f}", f"{100 * r.test_bwt:.2f}"]
+        cells += [_cell(r[c], missing="") for c in config_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- render
 
 
@@ -322,8 +529,14 @@ def latex(cells: pd.DataFrame, caption: str = "", label: str = "") -> str:
             s = s.replace(ch, "\\" + ch)
         return s
 
-    lines = ["\\begin{table}[t]", "\\centering", "\\begin{tabular}{l" + "r" * (len(cells.columns) - 1) + "}",
-             "\\toprule", " & ".join(esc(c) for c in cells.columns) + " \\\\", "\\midrule"]  # fmt: skip
+    lines = [
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\begin{tabular}{l" + "r" * (len(cells.columns) - 1) + "}",
+        "\\toprule",
+        " & ".join(esc(c) for c in cells.columns) + " \\\\",
+        "\\midrule",
+    ]
     lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in cells.itertuples(index=False)]
     lines += ["\\bottomrule", "\\end{tabular}"]
     if caption:
@@ -334,20 +547,26 @@ def latex(cells: pd.DataFrame, caption: str = "", label: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(v) -> str:
+def _cell(v, missing: str = "–") -> str:
+    """A value as a table cell: floats to 4 significant digits, `missing` for NaN."""
     if isinstance(v, float):
-        return "–" if math.isnan(v) else f"{v:.4g}"
+        return missing if math.isnan(v) else f"{v:.4g}"
     return str(v)
 
 
 def sensitivity_cells(sens: pd.DataFrame) -> pd.DataFrame:
     """The sensitivity table for display (points)."""
-    return pd.DataFrame({
-        "knob": sens.knob, "bin": sens.bin, "trials": sens.trials,
-        "objective (dev)": [plus_minus(a, b) for a, b in zip(sens.objective, sens.objective_std, strict=True)],
-        "test OP": [points(v) for v in sens.test_op], "test BWT": [points(v) for v in sens.test_bwt],
-        "order spread": [points(v) for v in sens.order_spread],
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "knob": sens.knob,
+            "bin": sens.bin,
+            "trials": sens.trials,
+            "objective (dev)": [plus_minus(a, b) for a, b in zip(sens.objective, sens.objective_std, strict=True)],
+            "test OP": [points(v) for v in sens.test_op],
+            "test BWT": [points(v) for v in sens.test_bwt],
+            "order spread": [points(v) for v in sens.order_spread],
+        }
+    )
 
 
 def best_cells(best: pd.DataFrame) -> pd.DataFrame:

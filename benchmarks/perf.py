@@ -154,8 +154,13 @@ def bare_loop(model_path: str, cfg, steps: list[list], bb, device: torch.device)
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
-                      lora_dropout=cfg.model.lora_dropout, target_modules=["q_proj", "v_proj"])  # fmt: skip
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.model.lora_r,
+        lora_alpha=cfg.model.lora_alpha,
+        lora_dropout=cfg.model.lora_dropout,
+        target_modules=["q_proj", "v_proj"],
+    )
     model = get_peft_model(base, lora).to(device)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr)
@@ -230,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)  # fmt: skip
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = "cuda" if device.type == "cuda" else "cpu"
@@ -260,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(sum(map(len, encode(bb, ex))), len(encode(bb, ex)[1])) for b in steps for ex in b]
     per_train = sum(flops.train(t, a) for t, a in sizes) / len(sizes)
     per_fwd = per_train / 2
-    pad_fraction = 1 - sum(t for t, _ in sizes) / sum(len(b) * max(sum(map(len, encode(bb, e))) for e in b)
-                                                      for b in steps)  # fmt: skip
-    log(f"{len(steps)} steps of {args.batch}; mean {sum(t for t, _ in sizes) / len(sizes):.0f} tokens per example, "
-        f"{100 * pad_fraction:.0f}% padding in right-padded batches")  # fmt: skip
+    pad_fraction = 1 - sum(t for t, _ in sizes) / sum(
+        len(b) * max(sum(map(len, encode(bb, e))) for e in b) for b in steps
+    )
+    log(
+        f"{len(steps)} steps of {args.batch}; mean {sum(t for t, _ in sizes) / len(sizes):.0f} tokens per example, "
+        f"{100 * pad_fraction:.0f}% padding in right-padded batches"
+    )
 
     with PeakMemory(device) as mem:
         bare = bare_loop(bb.model.get_base_model().name_or_path, cfg, steps, bb, device)
@@ -285,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         work = per_train * (res["examples"] + res["burst_examples"]) + per_fwd * res["monitor_examples"]
         rows.append(row(name, precision, res, work, peak, mem, bare_rate))
         results[(method, autocast)] = res
-        log(f"harness {method} ({precision}): {res['examples'] / res['seconds']:.2f} examples/s, "
-            f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end")  # fmt: skip
+        log(
+            f"harness {method} ({precision}): {res['examples'] / res['seconds']:.2f} examples/s, "
+            f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end"
+        )
 
     if not args.no_ray:
         from aimray.launch.cluster import ensure_ray, shutdown_ray
@@ -340,12 +355,22 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "benchmarks/perf.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": str(device), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-        "native_bf16": native_bf16(device), "batch": args.batch, "seq_len": args.seq_len, "steps": len(steps),
-        "mean_tokens": sum(t for t, _ in sizes) / len(sizes), "padding_fraction": pad_fraction,
-        "flops_per_example": {"train": per_train, "forward": per_fwd}, "n_body": flops.body, "n_head": flops.head,
-        "rows": rows, "targets": summary, "provenance": provenance(),
-    }  # fmt: skip
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16": native_bf16(device),
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "steps": len(steps),
+        "mean_tokens": sum(t for t, _ in sizes) / len(sizes),
+        "padding_fraction": pad_fraction,
+        "flops_per_example": {"train": per_train, "forward": per_fwd},
+        "n_body": flops.body,
+        "n_head": flops.head,
+        "rows": rows,
+        "targets": summary,
+        "provenance": provenance(),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(report)
@@ -359,11 +384,18 @@ def row(name: str, precision: str, res: dict, work: float, peak: dict, mem: Peak
     rate = res["examples"] / res["seconds"]
     flops = work / res["seconds"]
     return {
-        "row": name, "precision": precision, "seconds": res["seconds"], "end_to_end": res.get("end_to_end"),
-        "examples": res["examples"], "examples_per_s": rate, "vs_bare": rate / bare_rate if bare_rate else None,
-        "flops_per_s": flops, "peak_fraction": flops / peak[precision] if precision in peak else None,
-        "peak_mib": mem.mib, "merges": res.get("merges"),
-    }  # fmt: skip
+        "row": name,
+        "precision": precision,
+        "seconds": res["seconds"],
+        "end_to_end": res.get("end_to_end"),
+        "examples": res["examples"],
+        "examples_per_s": rate,
+        "vs_bare": rate / bare_rate if bare_rate else None,
+        "flops_per_s": flops,
+        "peak_fraction": flops / peak[precision] if precision in peak else None,
+        "peak_mib": mem.mib,
+        "merges": res.get("merges"),
+    }
 
 
 def targets(rows: list[dict]) -> dict:
@@ -404,11 +436,19 @@ def markdown(rep: dict) -> str:
             f"{f(r.get('end_to_end'), '.1f')} | {f(r.get('peak_mib'), '.0f')} |"
         )
     t = rep["targets"]
-    lines += ["", "Targets: harness seqlora vs the bare fp32 loop "
-              f"{t['seqlora_vs_bare']:.2f}x examples/s (target >= 1.8x); aimmerging vs replay training time "
-              f"{t['aimmerging_vs_replay_train_time']:.2f}x, end to end {t['aimmerging_vs_replay_end_to_end']:.2f}x "
-              "(target <= 1.25x)" + (f"; Ray Train 1 worker vs in-process end to end {t['ray1_vs_in_process']:.2f}x "
-              "(target <= 1.10x)" if "ray1_vs_in_process" in t else "") + "."]  # fmt: skip
+    lines += [
+        "",
+        "Targets: harness seqlora vs the bare fp32 loop "
+        f"{t['seqlora_vs_bare']:.2f}x examples/s (target >= 1.8x); aimmerging vs replay training time "
+        f"{t['aimmerging_vs_replay_train_time']:.2f}x, end to end {t['aimmerging_vs_replay_end_to_end']:.2f}x "
+        "(target <= 1.25x)"
+        + (
+            f"; Ray Train 1 worker vs in-process end to end {t['ray1_vs_in_process']:.2f}x (target <= 1.10x)"
+            if "ray1_vs_in_process" in t
+            else ""
+        )
+        + ".",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -12,8 +12,11 @@ comparison can be completed over several sittings (stop it with Ctrl-C and run t
 
 RESULTS.md: test OP, BWT and FWT (the paper's variant: against the single_task run of the same order and
 seed) mean +/- std over orders and seeds, OP per order, merges per task, rehearsal examples used
-(replayed plus burst examples), wall time per run, and the command, machine and date. The numbers come
-from analysis.tables, the code behind `python -m analysis`.
+(replayed plus burst examples), wall time per run, and the command, machine and date; then the ranking,
+how many points one test example is worth (from the preset's test size and the number of tasks), and
+AimMerging against every method on the same orders and seeds: the mean difference with its 95% bootstrap
+interval, whether that interval contains 0, and wins-ties-losses. The numbers come from analysis.tables
+and analysis.stats, the code behind `python -m analysis`.
 """
 
 from __future__ import annotations
@@ -38,28 +41,43 @@ def main(argv: list[str] | None = None) -> int:
         "--orders", type=int_list, default=[1, 2, 3], help="comma-separated orders of offline-standard (default 1,2,3)"
     )
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
-    parser.add_argument("--methods", help="comma-separated method names (default: AimMerging, its 4 ablations, "
-                        "6 baselines; `python -m aimray run --help` lists them)")  # fmt: skip
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run",
-                        help="CPUs (torch threads) per run; runs go in parallel on the rest")  # fmt: skip
-    parser.add_argument("--out", default=str(DEFAULT_OUT),
-                        help="the study folder (runs are cached here; default benchmarks/results/quality)")  # fmt: skip
-    parser.add_argument("--results", help="the markdown write-up (default: benchmarks/RESULTS.md for the "
-                        "default --out, else <out>/RESULTS.md: a scratch study never replaces the "
-                        "committed one)")  # fmt: skip
+    parser.add_argument(
+        "--methods",
+        help="comma-separated method names (default: AimMerging, its 4 ablations, "
+        "6 baselines; `python -m aimray run --help` lists them)",
+    )
+    parser.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        dest="cpus_per_run",
+        help="CPUs (torch threads) per run; runs go in parallel on the rest",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(DEFAULT_OUT),
+        help="the study folder (runs are cached here; default benchmarks/results/quality)",
+    )
+    parser.add_argument(
+        "--results",
+        help="the markdown write-up (default: benchmarks/RESULTS.md for the "
+        "default --out, else <out>/RESULTS.md: a scratch study never replaces the "
+        "committed one)",
+    )
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
 
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
-    from aimray.events import write_text_atomic
+    from aimray.files import get_section, put_section, write_text_atomic
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_dir, run_study
 
     try:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
-        cfgs = configs(args.preset, methods, "offline-standard", args.orders, args.seeds,
-                       parse_overrides(args.overrides))  # fmt: skip
+        cfgs = configs(
+            args.preset, methods, "offline-standard", args.orders, args.seeds, parse_overrides(args.overrides)
+        )
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
@@ -74,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test)
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("faults",):  # sections other scripts keep in the same file (benchmarks/faults.py)
+        kept = get_section(results.read_text(), name) if results.exists() else None
+        text = put_section(text, name, kept) if kept else text
     write_text_atomic(results, text)  # never half a write-up
     print(text)
     print(f"written to {args.results}")
@@ -130,6 +151,7 @@ def results_markdown(out: Path, paths: list[str], command: str, seconds: float, 
 def reading(runs, table, test_per_task: int) -> list[str]:
     """What the table says, from its numbers: the ranking by test OP and AimMerging against every other
     method on the same orders (so a loss is reported as plainly as a win)."""
+    from analysis import stats
     from analysis import tables as T
 
     ranked = table.dropna(subset=["op/mean"]).sort_values("op/mean", ascending=False)
@@ -142,16 +164,80 @@ def reading(runs, table, test_per_task: int) -> list[str]:
         place = list(ranked.method).index("aimmerging") + 1
         lines.append(f"AimMerging is {place} of {len(ranked)}.")
     tasks = len(runs.tasks.iloc[0])
+    worth = stats.example_worth(test_per_task, tasks)
     lines += [
-        f"One test example moves a task's accuracy by {100 / test_per_task:.1f} points and OP by "
-        f"{100 / (test_per_task * tasks):.2f} ({test_per_task} test examples per task, {tasks} tasks): "
-        "differences of a point or two rest on a handful of examples.",
+        f"One test example moves a task's accuracy by {worth.task:.2f} points and OP by {worth.mean:.2f} "
+        f"({test_per_task} test examples per task, {tasks} tasks): differences of a point or two rest on a "
+        "handful of examples.",
         "",
     ]
-    pairs = T.paired(runs)
+    pairs = T.paired_intervals(runs)
     if len(pairs):
-        lines += ["AimMerging against each method on the same order and seed (positive: AimMerging higher; "
-                  "wins-ties-losses over the pairs):", "", T.markdown(T.paired_cells(pairs))]  # fmt: skip
+        lines += [
+            "AimMerging against each method on the same order and seed (positive: AimMerging higher; "
+            "the mean difference over the pairs with its 95% bootstrap interval; wins-ties-losses over the "
+            "pairs):",
+            "",
+            T.markdown(T.paired_interval_cells(pairs)),
+            *interval_notes(pairs, worth),
+        ]
+    return lines
+
+
+def interval_notes(pairs, worth) -> list[str]:
+    """How the intervals were made and what they say: per metric, the methods whose interval excludes 0
+    (and on which side) and those whose interval contains it; then the mean OP differences smaller than
+    one test example of OP and the OP intervals that lie wholly beyond one example."""
+    from analysis import stats
+    from analysis import tables as T
+
+    n_lo, n_hi = int(pairs.pairs.min()), int(pairs.pairs.max())
+    if n_hi < 2:
+        lines = ["One pair per method: differences without intervals (an interval needs two pairs or more).", ""]
+    else:
+        if pairs.stratified.all():
+            how = "the seeds within each order"
+        elif not pairs.stratified.any():
+            how = "the pairs across orders (one seed per order leaves nothing to resample within an order)"
+        else:
+            how = "the seeds within each order where every order has two pairs or more, else the pairs across orders"
+        n = str(n_lo) if n_lo == n_hi else f"{n_lo} to {n_hi}"
+        lines = [
+            f"Intervals: percentile bootstrap of the mean paired difference, {int(pairs.reps.iloc[0])} resamples "
+            f"of {how}. A percentile interval never reaches beyond the smallest and largest difference, so with "
+            f"{n} pairs per method it is optimistic: an interval that excludes 0 says the pairs agree in sign, "
+            "not that the difference would hold over more seeds and orders."
+            + (" A method with one pair has no interval." if n_lo < 2 else ""),
+            "",
+        ]
+    for m in ("op", "bwt"):
+        have = pairs[pairs[f"{m}/lo"].notna()] if f"{m}/lo" in pairs else pairs.iloc[:0]
+        if have.empty:
+            continue
+        ends = zip(have[f"{m}/lo"], have[f"{m}/hi"], strict=True)
+        side = dict(zip(have.method, [stats.separation(lo, hi, tol=T.TIE) for lo, hi in ends], strict=True))
+        above = [k for k, s in side.items() if s > 0]
+        below = [k for k, s in side.items() if s < 0]
+        inside = [k for k, s in side.items() if s == 0]
+        parts = [f"AimMerging higher than {', '.join(above)}"] if above else []
+        parts += [f"lower than {', '.join(below)}"] if below else []
+        text = f"- {T.NAMES[m]}: the interval excludes 0 for {len(above) + len(below)} of {len(have)} methods"
+        text += f" ({'; '.join(parts)})" if parts else ""
+        text += f"; it contains 0 for {', '.join(inside)}." if inside else "."
+        lines.append(text)
+    one = worth.mean / 100  # one test example of OP, as a fraction like the table's values
+    small = list(pairs.method[pairs["op/diff"].abs() < one - T.TIE])
+    text = (
+        f"- One test example of OP is {worth.mean:.2f} points: the mean OP difference is smaller than that for "
+        f"{len(small)} of {len(pairs)} methods" + (f" ({', '.join(small)})" if small else "")
+    )
+    have = pairs[pairs["op/lo"].notna()]
+    if len(have):
+        ends = zip(have.method, have["op/lo"], have["op/hi"], strict=True)
+        clear = [k for k, lo, hi in ends if stats.separation(lo, hi, margin=one, tol=T.TIE)]
+        text += f"; the whole OP interval lies beyond it for {len(clear)} of {len(have)}"
+        text += f" ({', '.join(clear)})" if clear else ""
+    lines.append(text + ".")
     return lines
 
 

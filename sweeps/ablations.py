@@ -26,8 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--orders", type=int_list, help="comma-separated (default: every order of the benchmark)")
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
     parser.add_argument("--preset", default="smoke", help="run preset (default smoke)")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0, dest="cpus_per_run",
-                        help="CPUs (torch threads) per run; runs go in parallel on the rest (default 1)")  # fmt: skip
+    parser.add_argument(
+        "--cpus-per-run",
+        type=float,
+        default=1.0,
+        dest="cpus_per_run",
+        help="CPUs (torch threads) per run; runs go in parallel on the rest (default 1)",
+    )
     parser.add_argument("--out", default="runs/ablations", help="the study folder (default runs/ablations)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
@@ -41,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
         bench = get_benchmark(args.benchmark)
         orders, seeds = args.orders or list(bench.orders), args.seeds
-        cfgs = configs(args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides),
-                       args.data_dir)  # fmt: skip
+        cfgs = configs(
+            args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides), args.data_dir
+        )
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, dest="num_samples", help="number of trials")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: sized to the cluster)")
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (default 0: in the trial)")
-    parser.add_argument("--cpus-per-trial", type=float, dest="cpus_per_trial",
-                        help="CPUs per trial (in-process) or per Train worker (default 1)")  # fmt: skip
+    parser.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        dest="cpus_per_trial",
+        help="CPUs per trial (in-process) or per Train worker (default 1)",
+    )
     parser.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker", help="GPUs per worker")
     parser.add_argument("--objective", help="dev_op (default), dev_op_bwt or worst_dev_op")
     parser.add_argument("--scheduler", help="asha (default), hyperband or none")
@@ -52,11 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     orders = tuple(args.orders) if args.orders else None
     try:
         spec = load_sweep(
-            args.config, args.overrides, out=args.out, preset=args.preset, num_samples=args.num_samples,
-            concurrency=args.concurrency, workers=args.workers, cpus_per_trial=args.cpus_per_trial,
-            gpus_per_worker=args.gpus_per_worker, objective=args.objective, scheduler=args.scheduler,
-            orders=orders, data_dir=args.data_dir,
-        )  # fmt: skip
+            args.config,
+            args.overrides,
+            out=args.out,
+            preset=args.preset,
+            num_samples=args.num_samples,
+            concurrency=args.concurrency,
+            workers=args.workers,
+            cpus_per_trial=args.cpus_per_trial,
+            gpus_per_worker=args.gpus_per_worker,
+            objective=args.objective,
+            scheduler=args.scheduler,
+            orders=orders,
+            data_dir=args.data_dir,
+        )
         table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)

@@ -78,9 +78,22 @@ def synthetic_runs() -> pd.DataFrame:
     for method, base in (("seqlora", 0.5), ("aimmerging", 0.7)):
         for order in (1, 2):
             for seed in (0, 1):
-                rows.append({"method": method, "order": order, "seed": seed, "op": base + 0.1 * order + 0.01 * seed,
-                             "bwt": -0.1, "fwt_paper": math.nan, "fwt_base": 0.02, "forgetting": 0.1, "merges": 4,
-                             "merges_per_task": 1.0, "wall_seconds": 10.0, "rehearsal_examples": 8})  # fmt: skip
+                rows.append(
+                    {
+                        "method": method,
+                        "order": order,
+                        "seed": seed,
+                        "op": base + 0.1 * order + 0.01 * seed,
+                        "bwt": -0.1,
+                        "fwt_paper": math.nan,
+                        "fwt_base": 0.02,
+                        "forgetting": 0.1,
+                        "merges": 4,
+                        "merges_per_task": 1.0,
+                        "wall_seconds": 10.0,
+                        "rehearsal_examples": 8,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -118,16 +131,25 @@ def synthetic_sweep(n: int = 24) -> Study:
     rng = np.random.default_rng(0)
     a = rng.uniform(0, 1, n)
     b = rng.integers(1, 9, n)
-    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(n)], "status": ["completed"] * (n - 1) + ["stopped"],
-                           "objective": 0.5 + 0.3 * a, "config/a": a, "config/b": b,
-                           "config/c": ["x", "y"] * (n // 2)})  # fmt: skip
+    trials = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)],
+            "status": ["completed"] * (n - 1) + ["stopped"],
+            "objective": 0.5 + 0.3 * a,
+            "config/a": a,
+            "config/b": b,
+            "config/c": ["x", "y"] * (n // 2),
+        }
+    )
     for order in (1, 2):
         trials[f"o{order}/dev_op"] = trials.objective + 0.01 * order
         trials[f"o{order}/test_op"] = trials.objective - 0.01 * order
         trials[f"o{order}/test_bwt"] = -0.05
-    space = [{"key": "a", "kind": "uniform", "values": [0, 1], "when": []},
-             {"key": "b", "kind": "int", "values": [1, 8], "when": []},
-             {"key": "c", "kind": "choice", "values": ["x", "y"], "when": []}]  # fmt: skip
+    space = [
+        {"key": "a", "kind": "uniform", "values": [0, 1], "when": []},
+        {"key": "b", "kind": "int", "values": [1, 8], "when": []},
+        {"key": "c", "kind": "choice", "values": ["x", "y"], "when": []},
+    ]
     empty = pd.DataFrame()
     return Study(Path("synthetic"), "sweep", empty, empty, empty, empty, empty, trials, None, space, {})
 
@@ -162,7 +184,10 @@ def test_every_figure_draws_and_saves(study, tmp_path) -> None:
     assert sum(bool(ax.images) for ax in heat.axes) == len(METHODS)
     curves = F.forgetting_curves(s)
     assert {t.get_text().split(" ")[0] for t in curves.axes[0].get_legend().get_texts()} == {
-        "aimmerging", "seqlora", "single_task"}  # fmt: skip
+        "aimmerging",
+        "seqlora",
+        "single_task",
+    }
     sweep = synthetic_sweep()
     assert len([ax for ax in F.sensitivity_curves(T.sensitivity(sweep)).axes if ax.lines]) == 3
     assert F.optimization_history(sweep).axes[0].lines
@@ -196,14 +221,17 @@ def test_cli_writes_tables_and_figures_and_replaces_output_whole(study, tmp_path
 def test_cli_on_a_folder_that_is_not_a_study(tmp_path) -> None:
     proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and f"{tmp_path} holds no aimray run" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "analysis", str(tmp_path), "--bins", "0"], capture_output=True,
-                          text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "analysis", str(tmp_path), "--bins", "0"], capture_output=True, text=True, cwd=ROOT
+    )
     assert proc.returncode == 2 and "argument --bins: '0' is not a positive integer" in proc.stderr
 
 
 def test_analysis_never_imports_torch_or_ray(study, tmp_path) -> None:
-    code = (f"import sys; from analysis.__main__ import main; main([{str(study)!r}, '--out', {str(tmp_path)!r}]); "
-            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; sys.exit(3 if bad else 0)")  # fmt: skip
+    code = (
+        f"import sys; from analysis.__main__ import main; main([{str(study)!r}, '--out', {str(tmp_path)!r}]); "
+        "bad = [m for m in ('torch', 'ray') if m in sys.modules]; sys.exit(3 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

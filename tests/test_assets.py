@@ -38,8 +38,7 @@ def test_loading_a_task_without_assets_names_the_command(empty_home) -> None:
 
 def test_status_exits_nonzero_when_missing(empty_home) -> None:
     env = {"AIMRAY_HOME": str(empty_home), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-m", "aimray.assets", "status"], capture_output=True, text=True,
-                          env=env)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "aimray.assets", "status"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1
     assert "MISSING" in proc.stdout and "python -m aimray.assets fetch" in proc.stderr
 

@@ -15,22 +15,44 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--model", tiny_causal, "--batch", "2",
-           "--steps-per-task", "1", "--seq-len", "32", "--eval-examples", "2", "--no-ray",
-           "--out", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "perf.py"),
+        "--model",
+        tiny_causal,
+        "--batch",
+        "2",
+        "--steps-per-task",
+        "1",
+        "--seq-len",
+        "32",
+        "--eval-examples",
+        "2",
+        "--no-ray",
+        "--out",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "perf.json").read_text())
     rows = {(r["row"], r["precision"]) for r in report["rows"]}
     assert {("matmul 2048^3", "fp32"), ("matmul 2048^3", "bf16"), ("bare PEFT loop", "fp32")} <= rows
     names = {r["row"] for r in report["rows"]}
-    assert {"harness seqlora", "harness seqlora (autocast off)", "harness replay", "harness aimmerging",
-            "eval (label scoring)"} <= names  # fmt: skip
+    assert {
+        "harness seqlora",
+        "harness seqlora (autocast off)",
+        "harness replay",
+        "harness aimmerging",
+        "eval (label scoring)",
+    } <= names
     for r in report["rows"]:
         if r["row"].startswith(("bare", "harness")):
             assert r["examples_per_s"] > 0 and r["flops_per_s"] > 0 and r["peak_mib"] > 0, r
-    assert set(report["targets"]) == {"seqlora_vs_bare", "aimmerging_vs_replay_train_time",
-                                      "aimmerging_vs_replay_end_to_end"}  # fmt: skip
+    assert set(report["targets"]) == {
+        "seqlora_vs_bare",
+        "aimmerging_vs_replay_train_time",
+        "aimmerging_vs_replay_end_to_end",
+    }
     named = {r["row"]: r for r in report["rows"] if r["row"].startswith(("bare", "harness"))}  # one row each
     for name, r in named.items():  # every ratio is the row's rate over the bare loop's, from the same run
         assert r["vs_bare"] == pytest.approx(r["examples_per_s"] / named["bare PEFT loop"]["examples_per_s"]), name
@@ -42,9 +64,21 @@ def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> 
 
 def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path) -> None:
     out, results = tmp_path / "quality", tmp_path / "RESULTS.md"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--methods", "aimmerging,seqlora,single_task",
-           "--orders", "1", "--preset", "smoke", "--out", str(out), "--results", str(results),
-           *tiny_overrides(tiny_causal)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "quality.py"),
+        "--methods",
+        "aimmerging,seqlora,single_task",
+        "--orders",
+        "1",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+        *tiny_overrides(tiny_causal),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     text = results.read_text()
@@ -57,3 +91,30 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     assert again.returncode == 0 and "0 of 3 runs finished" in results.read_text()
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0 and "3 runs, 3 already finished, 0 to run" in rerun.stdout + rerun.stderr
+
+
+def test_faults_script_kills_resumes_and_writes_its_section(tiny_causal, tmp_path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept as it is\n")
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "faults.py"),
+        "--kills",
+        "2",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "faults"),
+        "--results",
+        str(results),
+        *tiny_overrides(tiny_causal),
+        "model.autocast=off",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    figures = json.loads((tmp_path / "faults" / "faults.json").read_text())
+    assert figures["same_seed"] == {"lost": 0, "duplicated": 0, "identical": True}
+    assert figures["kills"]["identical"] and figures["kills"]["lost"] == figures["kills"]["duplicated"] == 0
+    text = results.read_text()
+    assert text.startswith("# Results\n\nkept as it is\n") and text.count("<!-- faults:begin -->") == 1
+    assert "| same seed twice | 0 | 0 | 0 | identical |" in text

@@ -1,4 +1,4 @@
-"""The run config: presets validate, the paper preset holds ALGORITHM.md's constants, overrides, errors."""
+"""The run config: presets validate, the paper preset holds the method's constants, overrides, errors."""
 
 from __future__ import annotations
 
@@ -140,6 +140,10 @@ def test_unknown_preset_lists_valid():
     [
         (["train.batch_size=0"], ["train.batch_size", "0"]),
         (["train.lr=-1"], ["train.lr", "-1"]),
+        (["train.epochs=inf"], ["train.epochs", "inf", "finite"]),
+        (["train.lr=nan"], ["train.lr", "nan", "finite"]),
+        (["controller.s0=inf"], ["controller.s0", "inf", "integer"]),
+        (["model.autocast=fast"], ["model.autocast", "fast", "auto, bf16, off"]),
         (["controller.trend=avg"], ["controller.trend", "avg"]),
         (["controller.s_min=200"], ["controller.s_min/s_max", "200"]),
         (["method=nope"], ["method", "nope", "valid", "aimmerging", "seqlora", "replay"]),
@@ -180,3 +184,45 @@ def test_config_is_frozen():
     cfg = make_config("paper")
     with pytest.raises(AttributeError):
         cfg.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_an_unknown_fusion_rule_fails_before_the_run_starts():
+    """controller.weights names a registry entry (aimray.merging.fusion.FUSIONS); preflight checks it, since
+    the registry needs torch and the config module does not import it."""
+    from aimray.loop import preflight
+
+    cfg = make_config("smoke", parse_overrides(["controller.weights=ties"]))
+    with pytest.raises(ValueError, match=r"controller.weights='ties' is unknown; valid: rule, fixed, mask"):
+        preflight(cfg)
+    assert make_config("smoke", method="fixed_interval").controller.weights == "mask"  # the method's default
+    assert (
+        make_config("smoke", {"controller": {"weights": "rule"}}, method="fixed_interval").controller.weights == "rule"
+    )
+
+
+def test_reading_a_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, aimray.config as c; c.make_config('smoke'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("space:\n  controller.s0: {int: [2, 8]\n  x: 1\n", r"not valid YAML: line 3, column 3: expected ',' or '\}'"),
+        ("- a\n- b\n", "expected a mapping of keys to values, got list"),
+        (b"\xff\xfe", "not UTF-8 text"),
+    ],
+)
+def test_a_broken_yaml_file_is_named_with_line_and_column(tmp_path, text, message):
+    from aimray.config import read_yaml
+
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ValueError, match=message) as err:
+        read_yaml(path)
+    assert str(err.value).startswith(str(path))
+    with pytest.raises(FileNotFoundError, match="missing.yaml: no such file"):
+        read_yaml(tmp_path / "missing.yaml")

@@ -1,4 +1,4 @@
-"""The merge controller and its pure signals (ALGORITHM.md, rules 2-5): signal sequences in, decisions out."""
+"""The merge controller and its pure signals (docs/method.md, section 2): signal sequences in, decisions out."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aimray.config import ControllerConfig
 from aimray.merging import signals
 from aimray.merging.controller import AtTaskEnd, Decision, FixedInterval, MergeController, Schedule
 
-# The two sanity examples of ALGORITHM.md (S0=8, cold start 3): the S in force at each successive merge.
+# The two sanity examples of docs/method.md (S0=8, cold start 3): the S in force at each successive merge.
 FALLING_S = [8, 8, 8, 8, 8, 16, 33, 69, 111, 128, 128]
 RISING_S = [8, 8, 8, 8, 8, 7, 6, 5, 4, 3, 2, 2]
 

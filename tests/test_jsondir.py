@@ -249,3 +249,19 @@ def test_standard_benchmark_reads_data_dir(olora_root: Path) -> None:
     assert [s.labels[0] for s in specs] == ["Company", "negative", "Health", "World"]
     with pytest.raises(ValueError, match="--data-dir"):
         benchmark_tasks("standard", 1)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\xfe[]", r"not UTF-8 text \(byte 0xff at offset 0\)"),
+        (b'[{"input": "a", "output": "b"},\n {"input": ', r"not valid JSON: Expecting value at line 2, column 12"),
+    ],
+)
+def test_undecodable_or_truncated_files_are_named_with_the_place(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "train" / "bad_T5.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=message) as err:
+        json_task("bad", tmp_path)
+    assert str(err.value).startswith(str(path))

@@ -272,8 +272,9 @@ def test_generation_scoring_changes_the_scores_not_the_training(tiny_causal, tmp
     to label scoring, every score is a fraction of the 6 test examples, and the modes disagree somewhere."""
     evals = {"splits": ["test"], "base": True}
     scored = run(tiny_config(tiny_causal, "seqlora", eval=evals), tmp_path / "score", log=quiet)
-    generated = run(tiny_config(tiny_causal, "seqlora", eval={**evals, "mode": "generate"}), tmp_path / "gen",
-                    log=quiet)  # fmt: skip
+    generated = run(
+        tiny_config(tiny_causal, "seqlora", eval={**evals, "mode": "generate"}), tmp_path / "gen", log=quiet
+    )
     assert comparable(tmp_path / "score", "steps") == comparable(tmp_path / "gen", "steps")
     values = np.concatenate([generated.test.ravel(), generated.base_test])
     assert np.allclose(values * 6, np.round(values * 6)) and ((values >= 0) & (values <= 1)).all()

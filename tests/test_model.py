@@ -174,3 +174,32 @@ def test_attention_kernel_follows_precision_and_eager_equals_sdpa(tiny_causal) -
         assert bb.model.config._attn_implementation == attention
         losses.append(answer_loss(bb, EXAMPLES).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_auto_precision_is_measured_once_and_cached(tiny_causal, tmp_path, monkeypatch) -> None:
+    """model.autocast=auto times a training step in each precision (where bf16 is native) and keeps the
+    fastest; the choice and its figures are cached per machine and model, and the probe leaves the adapter,
+    its gradients and the model's mode untouched."""
+    monkeypatch.setenv("AIMRAY_HOME", str(tmp_path))
+    cpu = torch.device("cpu")
+    probed = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto"))
+    plain = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="off"))
+    assert plain.precision == {"autocast": "off", "attention": "sdpa", "source": "config"} and not plain.bf16
+    if not M.native_bf16(cpu):
+        assert probed.precision["autocast"] == "off" and "no native bf16" in probed.precision["source"]
+        return
+    figures = probed.precision["step_seconds"]
+    assert set(figures) == {"off/sdpa", "bf16/sdpa", "bf16/eager"} and all(v > 0 for v in figures.values())
+    best = min(figures, key=figures.get)
+    assert f"{probed.precision['autocast']}/{probed.precision['attention']}" == best
+    assert probed.bf16 == (probed.precision["autocast"] == "bf16")
+    assert probed.model.config._attn_implementation == probed.precision["attention"]
+    assert probed.precision["source"] == "probe" and (tmp_path / "precision.json").exists()
+    again = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto"))
+    assert (
+        again.precision["source"].startswith("cached probe")
+        and again.precision["autocast"] == probed.precision["autocast"]
+    )
+    for k, v in probed.lora_state().items():
+        assert torch.equal(v, plain.lora_state()[k]) and v.grad is None
+    assert probed.model.training == plain.model.training

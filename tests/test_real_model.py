@@ -71,8 +71,24 @@ def test_cli_eval_writes_results_and_manifest(tmp_path) -> None:
 def test_smoke_run_of_aimmerging_on_the_real_backbone(tmp_path) -> None:
     """The issue's smoke command (fewer test examples), from the CLI, on the real SmolLM2."""
     out = tmp_path / "smoke"
-    cmd = [sys.executable, "-m", "aimray", "run", "--method", "aimmerging", "--benchmark", "offline-standard",
-           "--order", "1", "--preset", "smoke", "--out", str(out), "data.test=8", "data.dev=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "aimray",
+        "run",
+        "--method",
+        "aimmerging",
+        "--benchmark",
+        "offline-standard",
+        "--order",
+        "1",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "data.test=8",
+        "data.dev=4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy matrix (test, %)" in proc.stdout and "metrics (points): OP" in proc.stdout

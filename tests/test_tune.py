@@ -22,14 +22,38 @@ SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
 
 
 def tiny_overrides(model: str) -> list[str]:
-    return [f"model.name_or_path={model}", "model.max_prompt_tokens=40", "data.train=8", "data.dev=4",
-            "data.test=4", "train.batch_size=4", "train.epochs=1", "train.warmup_steps=0", "memory.per_task=4",
-            "memory.batch_size=2", "controller.s0=1", "controller.m0=1", "eval.base=false"]  # fmt: skip
+    return [
+        f"model.name_or_path={model}",
+        "model.max_prompt_tokens=40",
+        "data.train=8",
+        "data.dev=4",
+        "data.test=4",
+        "train.batch_size=4",
+        "train.epochs=1",
+        "train.warmup_steps=0",
+        "memory.per_task=4",
+        "memory.batch_size=2",
+        "controller.s0=1",
+        "controller.m0=1",
+        "eval.base=false",
+    ]
 
 
 def sweep_cli(out: Path, model: str, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "sweeps" / "tune_controller.py"), "--config", str(SMOKE), "--out", str(out),
-           "--num-samples", "2", "--cpus-per-trial", "1", *extra, *tiny_overrides(model)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "tune_controller.py"),
+        "--config",
+        str(SMOKE),
+        "--out",
+        str(out),
+        "--num-samples",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        *extra,
+        *tiny_overrides(model),
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True, **popen)
 
 
@@ -53,8 +77,9 @@ def check_sweep(out: Path, samples: int = 2) -> pd.DataFrame:
 def test_space_parsing_and_define_by_run() -> None:
     import optuna
 
-    space = parse_space({"a.x": {"uniform": [0.0, 1.0]}, "a.k": {"choice": ["p", "q"]},
-                         "a.y": {"int": [1, 3], "if": {"a.k": "q"}}})  # fmt: skip
+    space = parse_space(
+        {"a.x": {"uniform": [0.0, 1.0]}, "a.k": {"choice": ["p", "q"]}, "a.y": {"int": [1, 3], "if": {"a.k": "q"}}}
+    )
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     seen = set()
     for _ in range(12):
@@ -127,8 +152,16 @@ def two_node_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # token auth stays on: every node and client use it
     env.pop("RAY_ADDRESS", None)
     ray = str(Path(sys.executable).parent / "ray")
-    head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}",
-            "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    head = [
+        ray,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=1",
+        f"--temp-dir={temp}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
     worker = [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"]
     try:
         for cmd in (head, worker):
@@ -146,8 +179,18 @@ def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_n
     out = tmp_path / "sweep"
     log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
     env = {"RAY_AUTH_MODE": "token"}
-    proc = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--concurrency", "1", env=env,
-                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = sweep_cli(
+        out,
+        tiny_causal,
+        "--address",
+        two_node_cluster,
+        "--concurrency",
+        "1",
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     # Kill the driver mid-sweep: once the first trial has finished all its orders.
     deadline = time.time() + 600
     while time.time() < deadline and not list((out / "runs").glob("*/order3/matrix.json")):
@@ -158,8 +201,16 @@ def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_n
     proc.wait()
     assert not (out / "trials.parquet").exists()
     finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/order*/matrix.json")}
-    resumed = sweep_cli(out, tiny_causal, "--address", two_node_cluster, "--resume", env=env,
-                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    resumed = sweep_cli(
+        out,
+        tiny_causal,
+        "--address",
+        two_node_cluster,
+        "--resume",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     stdout, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, stdout[-4000:]
     # Finished runs were not run again (their results were not rewritten).
@@ -169,8 +220,17 @@ def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_n
 
 def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
     out = tmp_path / "abl"
-    cmd = [sys.executable, str(ROOT / "sweeps" / "ablations.py"), "--methods", "aimmerging,seqlora,single_task",
-           "--orders", "1,2", "--out", str(out), *tiny_overrides(tiny_causal)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "ablations.py"),
+        "--methods",
+        "aimmerging,seqlora,single_task",
+        "--orders",
+        "1,2",
+        "--out",
+        str(out),
+        *tiny_overrides(tiny_causal),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     table = pd.read_parquet(out / "runs.parquet")

@@ -4,15 +4,16 @@ Every (method, order, seed) is one CL run in a Ray task with its own CPUs, writt
 <out>/runs/<method>/o<order>-s<seed>-<config hash>/ (the run folder of `python -m aimray run`). A finished
 run of the same config is skipped and an interrupted one resumes from its checkpoint, so rerunning the
 same command completes a partial study; a changed config gets new folders. At the end:
-<out>/runs.parquet (one row per run) and <out>/ablation.md (mean +/- std over orders and seeds per method).
+<out>/runs.parquet (one row per run) and <out>/ablation.md (mean +/- std over orders and seeds per method),
+both made by analysis.tables from the run folders.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -21,13 +22,22 @@ import ray
 from aimray.config import RunConfig, make_config
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import config_hash, preflight, run
-from aimray.methods import get_method
-from aimray.results import collect, fwt_vs_single_task
+from analysis import tables as T
+from analysis.load import NotAStudyError, open_study
 
 DEFAULT_METHODS = (
-    "aimmerging", "aimmerging_no_ls", "aimmerging_no_fs", "aimmerging_fixed_weights", "aimmerging_no_burst",
-    "seqlora", "replay", "fixed_interval", "single_merge", "mtl", "single_task",
-)  # fmt: skip
+    "aimmerging",
+    "aimmerging_no_ls",
+    "aimmerging_no_fs",
+    "aimmerging_fixed_weights",
+    "aimmerging_no_burst",
+    "seqlora",
+    "replay",
+    "fixed_interval",
+    "single_merge",
+    "mtl",
+    "single_task",
+)
 
 
 def run_dir(out: Path, cfg: RunConfig) -> Path:
@@ -36,6 +46,7 @@ def run_dir(out: Path, cfg: RunConfig) -> Path:
 
 
 def is_finished(folder: Path) -> bool:
+    """Whether the run folder's manifest says the run succeeded."""
     manifest = folder / "manifest.json"
     return manifest.exists() and json.loads(manifest.read_text()).get("status") == "success"
 
@@ -54,7 +65,13 @@ def _run_remote(cfg_dict: dict, folder: str, threads: int) -> dict:
 
 
 def configs(
-    preset: str | None, methods, benchmark: str, orders, seeds, overrides: dict, data_dir: str | None = None
+    preset: str | None,
+    methods: Sequence[str],
+    benchmark: str,
+    orders: Sequence[int],
+    seeds: Sequence[int],
+    overrides: dict,
+    data_dir: str | None = None,
 ) -> list[RunConfig]:
     """Every (method, order, seed) config, validated (tasks, data, backbone: `preflight`) before anything runs."""
     cfgs = [
@@ -68,7 +85,9 @@ def configs(
     return cfgs
 
 
-def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=print) -> pd.DataFrame:
+def run_study(
+    cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log: Callable[[str], None] = print
+) -> pd.DataFrame:
     """Run the configs on Ray (finished runs skipped); returns and writes the runs table and ablation.md.
     `cfgs` come from `configs`, which has checked their tasks, data and backbone before this starts Ray."""
     out = Path(out).resolve()
@@ -89,63 +108,34 @@ def run_study(cfgs: list[RunConfig], out: Path, cpus_per_run: float = 1.0, log=p
         res = ray.get(ready[0])
         done += 1
         cfg = todo[ready[0]]
-        log(f"[ablations] {done}/{len(todo)} {cfg.method} order {cfg.order} seed {cfg.seed}: {res['status']} "
-            f"({res['seconds']:.0f} s){' ' + res['error'] if res['error'] else ''}")  # fmt: skip
-    table = runs_table(cfgs, out)
+        log(
+            f"[ablations] {done}/{len(todo)} {cfg.method} order {cfg.order} seed {cfg.seed}: {res['status']} "
+            f"({res['seconds']:.0f} s){' ' + res['error'] if res['error'] else ''}"
+        )
+    index = run_index(cfgs, out)
+    table = T.ablation_runs(index, finished_metrics(out, list(index.run)))
     table.to_parquet(out / "runs.parquet.tmp", index=False)
     os.replace(out / "runs.parquet.tmp", out / "runs.parquet")
-    (out / "ablation.md").write_text(ablation_markdown(table))
+    (out / "ablation.md").write_text(T.ablation_markdown(table))
     return table
 
 
-def runs_table(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
-    """One row per run: method, order, seed, status, OP/BWT/forgetting/FWT (base and paper), merges, time."""
+def run_index(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
+    """One row per config: method, order, seed, run (its folder relative to `out`) and status (the
+    manifest's, "missing" for a run that never started)."""
     rows = []
     for cfg in cfgs:
         folder = run_dir(out, cfg)
-        row = {"method": cfg.method, "order": cfg.order, "seed": cfg.seed, "run": str(folder.relative_to(out))}
         manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
-        row["status"] = manifest.get("status", "missing")
-        if row["status"] == "success":
-            result = collect(folder)
-            row.update({k: result.metrics.get(k, math.nan) for k in ("op", "bwt", "forgetting", "fwt_base")})
-            row["merges"] = sum(result.merges.values())
-            row["tasks"] = result.tasks
-            row["test"] = result.test.tolist()  # the whole matrix: any FWT variant can be recomputed
-            costs = pd.read_parquet(folder / "events" / "costs")
-            row["wall_seconds"] = float(costs.wall_seconds.sum())
-            row["rehearsal_examples"] = int(costs.burst_examples.sum() + costs.replay_examples.sum())
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    # FWT as the paper defines it needs the single-task scores (the diagonal of single_task runs).
-    table["fwt_paper"] = [fwt_paper(r, table) for r in table.itertuples()] if "test" in table else math.nan
-    return table
+        rows.append([cfg.method, cfg.order, cfg.seed, str(folder.relative_to(out)), manifest.get("status", "missing")])
+    return pd.DataFrame(rows, columns=["method", "order", "seed", "run", "status"])
 
 
-def fwt_paper(r, table: pd.DataFrame) -> float:
-    """FWT (paper) of one run against the single_task run of the same order and seed, when there is one."""
-    ref = table[(table.method == "single_task") & (table.order == r.order) & (table.seed == r.seed)]
-    if r.status != "success" or ref.empty or ref.iloc[0].status != "success":
-        return math.nan
-    return fwt_vs_single_task(get_method(r.method).shape, r.tasks, r.test, ref.iloc[0].tasks, ref.iloc[0].test)
-
-
-def ablation_markdown(table: pd.DataFrame) -> str:
-    """Mean +/- std over orders and seeds per method (points); FWT variants named."""
-    ok = table[table.status == "success"]
-    cols = [c for c in ("op", "bwt", "forgetting", "fwt_paper", "fwt_base") if c in ok]
-    names = {"op": "OP", "bwt": "BWT", "forgetting": "Forgetting", "fwt_paper": "FWT (paper, vs single-task)",
-             "fwt_base": "FWT (vs base)"}  # fmt: skip
-    lines = ["| method | runs | " + " | ".join(names[c] for c in cols) + " | merges | wall time (s) |",
-             "|" + "---|" * (len(cols) + 4)]  # fmt: skip
-    for method, group in ok.groupby("method", sort=False):
-        cells = [method, str(len(group))]
-        for c in cols:
-            values = 100 * group[c].dropna()
-            cells.append("-" if values.empty else f"{values.mean():.2f} +/- {values.std(ddof=0):.2f}")
-        cells += [f"{group.merges.mean():.1f}", f"{group.wall_seconds.mean():.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = table[table.status != "success"]
-    if len(failed):
-        lines += ["", f"{len(failed)} runs not finished: " + ", ".join(failed.run)]
-    return "\n".join(lines) + "\n"
+def finished_metrics(out: Path, paths: list[str]) -> pd.DataFrame:
+    """analysis.tables.run_metrics of the study's runs at `paths` (folders relative to `out`); empty when
+    none of them has written anything."""
+    try:
+        study = open_study(out)
+    except NotAStudyError:
+        return pd.DataFrame()
+    return T.run_metrics(study.select(paths))

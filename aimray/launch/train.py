@@ -9,7 +9,6 @@ failure is retried (FailureConfig) from the last reported checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -77,24 +76,32 @@ def train_worker(config: dict) -> None:
 
     # Inside a Tune trial: the sweep's objective rides on every report (TuneReportCallback forwards rank 0's).
     tracker = ObjectiveTracker(**config["tracker"]) if config.get("tracker") else None
+    last: list[dict] = []  # the order's last task: reported with the finished run's summary
 
     def report(row: dict) -> None:
-        metrics = flat_metrics(row)
-        if tracker is not None:
-            metrics.update(tracker.update(row, out))
-            if dist.main:
-                (out / "tracker.json").write_text(json.dumps(tracker.state_dict()))
-        path = row.get("checkpoint")
-        checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        if tracker is not None and tracker.is_last(row):
+            last.append(row)
+            return
+        train_report(row, tracker.update(row) if tracker is not None else {})
 
     previous = ray.train.get_checkpoint()
     on_checkpoint = config.get("on_checkpoint")  # fault injection from a test (aimray.faults), else None
     if previous is None:
-        run(cfg, out, log=log, report=report, dist=dist, on_checkpoint=on_checkpoint)
+        result = run(cfg, out, log=log, report=report, dist=dist, on_checkpoint=on_checkpoint)
     else:
         with previous.as_directory() as folder:
-            run(cfg, out, log=log, report=report, dist=dist, resume_from=Path(folder), on_checkpoint=on_checkpoint)
+            result = run(
+                cfg, out, log=log, report=report, dist=dist, resume_from=Path(folder), on_checkpoint=on_checkpoint
+            )
+    if tracker is not None and last:
+        train_report(last[-1], tracker.finish(result))
+
+
+def train_report(row: dict, objective: dict) -> None:
+    """Report one task to Ray Train: its flat metrics, the objective's metrics, and its checkpoint."""
+    path = row.get("checkpoint")
+    checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+    ray.train.report({**flat_metrics(row), **objective}, checkpoint=checkpoint)
 
 
 def run_name(cfg: AimRunConfig, out: Path) -> str:

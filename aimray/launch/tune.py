@@ -8,7 +8,7 @@ HyperBand) and `objective` (dev data only; aimray.objective). Test metrics ride 
 Output under --out:
     trials.parquet          one row per trial: config columns, objective, per-order dev/test OP/BWT/FWT,
                             status, wall time
-    best.md                 the best configs with dev and test metrics
+    best.md                 the best configs with dev and test metrics (analysis.tables.best_markdown)
     runs/<trial>/order<k>/  every run's trajectory events, manifest and accuracy matrix
     ray/tune/               Tune's experiment state (--resume continues from it)
 """
@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,18 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from aimray.config import RunConfig, deep_merge, make_config, parse_overrides
+from aimray.config import RunConfig, deep_merge, make_config, nest, parse_overrides, read_yaml
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import preflight, run
 from aimray.methods import get_method
-from aimray.objective import OBJECTIVES, ObjectiveTracker
+from aimray.objective import OBJECTIVES, ORDER_METRICS, ObjectiveTracker
 from aimray.tasks import get_benchmark
+from analysis import tables as T
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 
@@ -111,8 +112,7 @@ def parse_space(raw: dict) -> tuple[Param, ...]:
 
 def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> SweepSpec:
     """The sweep spec from YAML, then `key=value` overrides (spec fields or config keys), then CLI flags."""
-    raw = yaml.safe_load(Path(path).read_text()) if path else {}
-    raw = raw or {}
+    raw = read_yaml(path) if path else {}
     extra = parse_overrides(overrides)
     spec_fields = {f for f in SweepSpec.__dataclass_fields__}
     run_fields = set(RunConfig.__dataclass_fields__)
@@ -151,22 +151,17 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     return spec
 
 
-def nested(flat: dict[str, Any]) -> dict:
-    """{"controller.s0": 8} -> {"controller": {"s0": 8}}."""
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
-    overrides = deep_merge(spec.overrides, nested(sampled))
-    return make_config(spec.preset, overrides, method=spec.method, benchmark=spec.benchmark, order=order,
-                       seed=spec.seed, data_dir=spec.data_dir)  # fmt: skip
+    overrides = deep_merge(spec.overrides, nest(sampled))
+    return make_config(
+        spec.preset,
+        overrides,
+        method=spec.method,
+        benchmark=spec.benchmark,
+        order=order,
+        seed=spec.seed,
+        data_dir=spec.data_dir,
+    )
 
 
 @dataclass(frozen=True)
@@ -184,8 +179,15 @@ class define_by_run:
 
 def default_point(spec: SweepSpec) -> dict[str, Any]:
     """The preset's values of the searched keys (a first trial to compare the search against)."""
-    cfg = make_config(spec.preset, spec.overrides, method=spec.method, benchmark=spec.benchmark,
-                      order=spec.all_orders()[0], seed=spec.seed, data_dir=spec.data_dir).to_dict()  # fmt: skip
+    cfg = make_config(
+        spec.preset,
+        spec.overrides,
+        method=spec.method,
+        benchmark=spec.benchmark,
+        order=spec.all_orders()[0],
+        seed=spec.seed,
+        data_dir=spec.data_dir,
+    ).to_dict()
     point: dict[str, Any] = {}
     for p in spec.space:
         node: Any = cfg
@@ -213,26 +215,34 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     if spec.workers == 0:  # one thread per CPU given to the trial, or trials fight for cores
         sampled["train.threads"] = max(1, int(spec.cpus_per_trial))
-    for index, order in enumerate(orders):
-        tracker.order_index = index
+    for order in orders:
         cfg = trial_config(spec, order, sampled)
         out = trial_dir / f"order{order}"
         if spec.workers == 0:
-
-            def report(row: dict, out: Path = out, tracker: ObjectiveTracker = tracker) -> None:
-                tune.report(tracker.update(row, out))
-
-            run(cfg, out, report=report, log=lambda _: None)
-        else:
+            run_order(cfg, out, tracker)
+        else:  # the workers report every task; the driver's tracker records the run they return
             from aimray.launch.train import Resources, run_with_ray_train
 
             res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
-            run_with_ray_train(cfg, out, res, tracker=tracker.state_dict())
-            if (out / "tracker.json").exists():
-                tracker = ObjectiveTracker(**json.loads((out / "tracker.json").read_text()))
-        if tracker.order_index == index:  # a restored trial: this order had finished before, unreported
-            tracker.finish(out)
+            tracker.finish(run_with_ray_train(cfg, out, res, tracker=tracker.state_dict()))
     tune.report(tracker.final_metrics())
+
+
+def run_order(cfg: RunConfig, out: Path, tracker: ObjectiveTracker) -> None:
+    """Run one order in this process, reporting to Tune after every task; the last task's report carries
+    the order's summary from the result `run` returns. A run that had finished before (a restored trial)
+    reports nothing and is recorded all the same."""
+    last: list[dict] = []
+
+    def report(row: dict) -> None:
+        if tracker.is_last(row):
+            last.append(row)
+        else:
+            tune.report(tracker.update(row))
+
+    metrics = tracker.finish(run(cfg, out, report=report, log=lambda _: None))
+    if last:
+        tune.report(metrics)
 
 
 def sweep(
@@ -265,14 +275,25 @@ def sweep(
     if resume:
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, tune_config=tune_config(spec, concurrency),
-                           run_config=tune.RunConfig(name="tune", storage_path=storage_path))  # fmt: skip
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune_config(spec, concurrency),
+            run_config=tune.RunConfig(name="tune", storage_path=storage_path),
+        )
     t0 = time.time()
     grid = tuner.fit()
     table = trials_table(grid, spec)
     table.to_parquet(out / "trials.parquet.tmp", index=False)
     os.replace(out / "trials.parquet.tmp", out / "trials.parquet")
-    (out / "best.md").write_text(best_markdown(table, spec, time.time() - t0))
+    best = T.best_markdown(
+        table,
+        method=spec.method,
+        benchmark=spec.benchmark,
+        orders=spec.all_orders(),
+        objective=spec.objective,
+        seconds=time.time() - t0,
+    )
+    (out / "best.md").write_text(best)
     return table
 
 
@@ -281,21 +302,37 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
     points = [default_point(spec)] if spec.include_defaults and spec.space else []
     points = [p for p in points if p]
     sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
-    searcher = OptunaSearch(space=define_by_run(spec.space), metric="objective", mode="max", sampler=sampler,
-                            points_to_evaluate=points or None)  # fmt: skip
+    searcher = OptunaSearch(
+        space=define_by_run(spec.space),
+        metric="objective",
+        mode="max",
+        sampler=sampler,
+        points_to_evaluate=points or None,
+    )
     if spec.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="tasks_done", metric="objective", mode="max", max_t=max_t,
-                                  grace_period=spec.num_tasks(), reduction_factor=2)  # fmt: skip
+        scheduler = ASHAScheduler(
+            time_attr="tasks_done",
+            metric="objective",
+            mode="max",
+            max_t=max_t,
+            grace_period=spec.num_tasks(),
+            reduction_factor=2,
+        )
     elif spec.scheduler == "hyperband":
         scheduler = HyperBandScheduler(time_attr="tasks_done", metric="objective", mode="max", max_t=max_t)
     else:
         scheduler = None
-    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                           scheduler=scheduler, num_samples=spec.num_samples)  # fmt: skip
+    return tune.TuneConfig(
+        search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
+        scheduler=scheduler,
+        num_samples=spec.num_samples,
+    )
 
 
-def trials_table(grid, spec: SweepSpec) -> pd.DataFrame:
-    """One row per trial: config columns, objective, per-order dev/test metrics, status, wall time."""
+def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
+    """trials.parquet: what Tune reports, one row per trial (best objective first): trial_id, status
+    (completed, stopped or error), tasks_done, objective, wall_seconds, config/<key>, o<order>/<name> of
+    every order (aimray.objective.ORDER_METRICS), error. Every other summary is analysis.tables'."""
     max_t = len(spec.all_orders()) * spec.num_tasks()
     rows = []
     for result in grid:
@@ -303,41 +340,20 @@ def trials_table(grid, spec: SweepSpec) -> pd.DataFrame:
         config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
         done = int(m.get("tasks_done", 0) or 0)
         status = "error" if result.error else ("completed" if done >= max_t else "stopped")
-        row = {"trial_id": m.get("trial_id") or Path(result.path).name, "status": status, "tasks_done": done,
-               "objective": m.get("objective", math.nan), "wall_seconds": m.get("time_total_s", math.nan)}  # fmt: skip
+        row = {
+            "trial_id": m.get("trial_id") or Path(result.path).name,
+            "status": status,
+            "tasks_done": done,
+            "objective": m.get("objective", math.nan),
+            "wall_seconds": m.get("time_total_s", math.nan),
+        }
         row.update({f"config/{k}": v for k, v in config.items()})
         for order in spec.all_orders():
-            for key in ("dev_op", "dev_bwt", "test_op", "test_bwt", "test_fwt_base"):
+            for key in ORDER_METRICS.values():
                 row[f"o{order}/{key}"] = m.get(f"o{order}/{key}", math.nan)
         row["error"] = repr(result.error)[:500] if result.error else None
         rows.append(row)
     return pd.DataFrame(rows).sort_values("objective", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def best_markdown(table: pd.DataFrame, spec: SweepSpec, seconds: float, top: int = 5) -> str:
-    """The best completed trials: config, objective (dev) and the mean test metrics over orders."""
-    done = table[table.status == "completed"].head(top)
-    orders = spec.all_orders()
-    config_cols = [c for c in table.columns if c.startswith("config/")]
-    lines = [f"# Sweep: {spec.method} on {spec.benchmark}, orders {list(orders)}, objective {spec.objective} (dev)",
-             "", f"{len(table)} trials ({(table.status == 'completed').sum()} completed, "
-             f"{(table.status == 'stopped').sum()} stopped early, {(table.status == 'error').sum()} errors) "
-             f"in {seconds / 60:.1f} min.", ""]  # fmt: skip
-    header = ["trial", "objective", "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in done.iterrows():
-        test_op = sum(r[f"o{o}/test_op"] for o in orders) / len(orders)
-        test_bwt = sum(r[f"o{o}/test_bwt"] for o in orders) / len(orders)
-        cells = [r.trial_id, f"{100 * r.objective:.2f}", f"{100 * test_op:.2f}", f"{100 * test_bwt:.2f}"]
-        cells += [_fmt(r[c]) for c in config_cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
-__all__ = ["SweepSpec", "best_markdown", "load_sweep", "sweep", "trials_table"]
+__all__ = ["SweepSpec", "load_sweep", "sweep", "trials_table"]

@@ -95,7 +95,7 @@ class Schedule:
 
 
 class MergeController(Schedule):
-    """AimMerging (ALGORITHM.md rules 2-5). The ablations switch off its learning signal (S stays S0), its
+    """AimMerging (docs/method.md, section 2). The ablations switch off its learning signal (S stays S0), its
     forgetting signal (merge at the nominal S only) or its rehearsal burst (M = 0 at every merge)."""
 
     name = "adaptive"

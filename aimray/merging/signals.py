@@ -1,4 +1,4 @@
-"""Pure functions of the AimMerging controller (ALGORITHM.md, rules 2, 4 and 5)."""
+"""Pure functions of the AimMerging controller (docs/method.md, section 2)."""
 
 from __future__ import annotations
 

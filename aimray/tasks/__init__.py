@@ -42,7 +42,7 @@ register_benchmark(
         about="all six offline tasks in one sequence",
     )
 )
-# The paper's benchmarks, exactly as in ALGORITHM.md; they need the data in the paper's layout (--data-dir).
+# The paper's benchmarks (docs/method.md, section 6); they need the data in the paper's layout (--data-dir).
 register_benchmark(
     Benchmark(
         "standard",
@@ -59,30 +59,105 @@ register_benchmark(
     Benchmark(
         "long",
         {
-            4: ("mnli", "cb", "wic", "copa", "qqp", "boolqa", "rte", "imdb", "yelp", "amazon", "sst-2",
-                "dbpedia", "agnews", "multirc", "yahoo"),
-            5: ("multirc", "boolqa", "wic", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2",
-                "dbpedia", "agnews", "yelp", "amazon", "yahoo"),
-            6: ("yelp", "amazon", "mnli", "cb", "copa", "qqp", "rte", "imdb", "sst-2", "dbpedia",
-                "agnews", "yahoo", "multirc", "boolqa", "wic"),
+            4: (
+                "mnli",
+                "cb",
+                "wic",
+                "copa",
+                "qqp",
+                "boolqa",
+                "rte",
+                "imdb",
+                "yelp",
+                "amazon",
+                "sst-2",
+                "dbpedia",
+                "agnews",
+                "multirc",
+                "yahoo",
+            ),
+            5: (
+                "multirc",
+                "boolqa",
+                "wic",
+                "mnli",
+                "cb",
+                "copa",
+                "qqp",
+                "rte",
+                "imdb",
+                "sst-2",
+                "dbpedia",
+                "agnews",
+                "yelp",
+                "amazon",
+                "yahoo",
+            ),
+            6: (
+                "yelp",
+                "amazon",
+                "mnli",
+                "cb",
+                "copa",
+                "qqp",
+                "rte",
+                "imdb",
+                "sst-2",
+                "dbpedia",
+                "agnews",
+                "yahoo",
+                "multirc",
+                "boolqa",
+                "wic",
+            ),
         },
         needs_data_dir=True,
         about="Long sequence benchmark (15 tasks), orders 4-6",
     )
-)  # fmt: skip
+)
 register_benchmark(
     Benchmark(
         "superni",
         {
-            7: ("task1572", "task363", "task1290", "task181", "task002", "task1510", "task639",
-                "task1729", "task073", "task1590", "task748", "task511", "task591", "task1687", "task875"),
-            8: ("task748", "task073", "task1590", "task639", "task1572", "task1687", "task591",
-                "task363", "task1510", "task1729", "task181", "task511", "task002", "task1290", "task875"),
+            7: (
+                "task1572",
+                "task363",
+                "task1290",
+                "task181",
+                "task002",
+                "task1510",
+                "task639",
+                "task1729",
+                "task073",
+                "task1590",
+                "task748",
+                "task511",
+                "task591",
+                "task1687",
+                "task875",
+            ),
+            8: (
+                "task748",
+                "task073",
+                "task1590",
+                "task639",
+                "task1572",
+                "task1687",
+                "task591",
+                "task363",
+                "task1510",
+                "task1729",
+                "task181",
+                "task511",
+                "task002",
+                "task1290",
+                "task875",
+            ),
         },
         needs_data_dir=True,
         about="SuperNI benchmark (15 generation tasks, ROUGE-L), orders 7-8",
     )
-)  # fmt: skip
+)
 
 __all__ = [
     "BENCHMARKS",

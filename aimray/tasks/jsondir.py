@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from aimray.tasks.spec import Example, SplitSizes, TaskData, TaskSpec, content_hash, format_parts
+from aimray.tasks.spec import MAX_CLASSES, Example, SplitSizes, TaskData, TaskSpec, content_hash, format_parts
 from aimray.tasks.splits import balanced_take, check_disjoint
 
 SPLITS = ("train", "dev", "test")
@@ -37,11 +37,20 @@ OLORA_INSTRUCTIONS = {
     "wic": "Given a word and two sentences, whether the word is used with the same sense in both sentence?" + CHOOSE,
     "copa": "",
 }
-MAX_CLASSES = 50  # AimMerging layout: more distinct train outputs than this makes a generation task
 DEV_FROM_TRAIN = 0.1  # dev refill: train's surplus over its requested size, or at least this fraction of it
 
 Record = tuple[str, str, str]  # (text, target, id)
 MakeExample = Callable[[str, str, str], Example]
+
+
+def read_json(path: Path) -> object:
+    """A JSON file's content; ValueError naming the file, and the line and column, when it is not UTF-8 JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
 
 
 @functools.cache
@@ -50,10 +59,7 @@ def read_records(path: Path, text_key: str, target_key: str, id_key: str = "") -
 
     Raises ValueError naming the file (and the key) when the file is not a list of objects with string values.
     """
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    items = read_json(path)
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
     records = []
@@ -74,7 +80,7 @@ def read_labels(path: Path) -> tuple[str, ...]:
     """O-LoRA `labels.json`: a non-empty JSON list of distinct strings (the options, in file order)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (the O-LoRA layout keeps the options in labels.json)")
-    labels = json.loads(path.read_text(encoding="utf-8"))
+    labels = read_json(path)
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise ValueError(f"{path}: expected a non-empty JSON list of strings, got {labels!r:.200}")
     if len(set(labels)) != len(labels):

@@ -27,9 +27,21 @@ def _clean(text: str) -> str:
 
 # The 14 most frequent WordNet noun supersenses, as many classes as DBpedia-14, whose role this task takes.
 WORDNET_CLASSES = (
-    "artifact", "person", "plant", "animal", "act", "communication", "state",
-    "location", "attribute", "substance", "cognition", "group", "food", "body",
-)  # fmt: skip
+    "artifact",
+    "person",
+    "plant",
+    "animal",
+    "act",
+    "communication",
+    "state",
+    "location",
+    "attribute",
+    "substance",
+    "cognition",
+    "group",
+    "food",
+    "body",
+)
 
 
 def read_wordnet() -> Pairs:
@@ -65,8 +77,14 @@ def read_amazon() -> Pairs:
     return pairs
 
 
-TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "human",
-                "LOC": "location", "NUM": "number"}  # fmt: skip
+TREC_CLASSES = {
+    "ABBR": "abbreviation",
+    "DESC": "description",
+    "ENTY": "entity",
+    "HUM": "human",
+    "LOC": "location",
+    "NUM": "number",
+}
 
 
 def read_trec() -> Pairs:

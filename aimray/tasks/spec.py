@@ -31,7 +31,7 @@ class Example:
 def format_parts(instruction: str, options: tuple[str, ...], inline: bool = False) -> tuple[str, str]:
     """(prefix, suffix) of a prompt: the instruction, the options, the text, then "Answer:".
 
-    inline=True is the paper's input (ALGORITHM.md, both public layouts): "<instruction> Option: a, b, c."
+    inline=True is the paper's input (docs/method.md, both public layouts): "<instruction> Option: a, b, c."
     on one line. The embedded offline tasks put "Option: a, b, c" on a line of its own (their results in
     benchmarks/ were measured so)."""
     head = instruction.strip()
@@ -43,6 +43,11 @@ def format_parts(instruction: str, options: tuple[str, ...], inline: bool = Fals
 def normalise(text: str) -> str:
     """Lower case, single spaces: two texts that differ only in case or spacing count as the same."""
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+# A task with more distinct outputs than this is free text (generation): the paper-layout loader gives it no
+# label set and the rehearsal memory samples it at random instead of class-balanced.
+MAX_CLASSES = 50
 
 
 def content_hash(text: str) -> str:
