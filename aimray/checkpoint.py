@@ -144,8 +144,12 @@ def save(ckpt: Checkpointer, run: RunState, adapter: Tensors, memory: RehearsalM
     if run.task is not None:
         task_tensors, objects, state["task"] = run.task.state_dict()
         tensors.update(task_tensors)
-    step = run.task.step if run.task is not None else 0
-    return ckpt.save(f"t{run.stage:02d}-s{step:06d}", tensors, objects, state)
+    return ckpt.save(checkpoint_name(run.stage, run.task.step if run.task is not None else 0), tensors, objects, state)
+
+
+def checkpoint_name(stage: int, step: int) -> str:
+    """t<stage>-s<step>: stage k = after k tasks (or task k+1 in progress at `step`); sorts in run order."""
+    return f"t{stage:02d}-s{step:06d}"
 
 
 def load(path: Path) -> tuple[dict, Tensors, SavedTask | None, dict]:

@@ -5,6 +5,8 @@ Nothing in the production path imports this module; a test passes one of these i
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +30,18 @@ class KillAt:
 
 
 class FailOnceAt:
-    """Fail a worker once, right after the checkpoint at (stage, step): `marker` (a file in the run folder)
-    records that it failed, so the retried worker goes on. Every rank decides at its first checkpoint."""
+    """Fail a worker once, right after the checkpoint at (stage, step): an exception, or with sigkill=True the
+    worker process SIGKILLs itself. `marker` (a file in the run folder) records that it failed, so the
+    retried worker goes on. Every rank decides at its first checkpoint."""
 
-    def __init__(self, stage: int, step: int, marker: str | Path) -> None:
-        self.at, self.marker, self.armed = (stage, step), Path(marker), None
+    def __init__(self, stage: int, step: int, marker: str | Path, sigkill: bool = False) -> None:
+        self.at, self.marker, self.armed, self.sigkill = (stage, step), Path(marker), None, sigkill
 
     def __call__(self, stage: int, step: int) -> None:
         if self.armed is None:
             self.armed = not self.marker.exists()
         if self.armed and (stage, step) == self.at:
             self.marker.touch()
+            if self.sigkill:  # the worker process dies as if the node had killed it
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"simulated worker failure at stage {stage}, step {step}")

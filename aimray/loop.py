@@ -133,7 +133,6 @@ def run(
         if latest is not None and r.state.stage >= len(r.stages) and previous_status(out) == "success":
             r.log(f"[run] {r.state.run_id}: already finished in {out}")
             return collect(out)  # nothing to do, nothing rewritten
-        r.manifest["resumed_from"] = latest.name if latest else None
         r.write("manifest.json", r.manifest)
         rows = []
         try:
@@ -211,6 +210,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
 def start_fresh(r: Run) -> None:
     """A fresh start: event parts of an earlier attempt without a checkpoint would mix with this one's."""
     r.events.truncate(0)
+    r.manifest["resumed_from"] = None
 
 
 def restore(r: Run, path: Path) -> SavedTask | None:
@@ -224,7 +224,9 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     assign(r.params, adapter)
     r.memory.load_state_dict(memory, {d.name: d.train for d in r.data})
     r.events.truncate(r.state.event_parts)
-    r.log(f"[run] {r.state.run_id}: resuming from checkpoint {path.name}")
+    name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
+    r.manifest["resumed_from"] = name  # the folder may be a copy under another name (Ray Train's)
+    r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
 
 
@@ -276,7 +278,7 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
     merging = schedule.merges and len(memory) > 0  # task 1 has no memory: plain LoRA training
     outer = None
     if merging and cfg.controller.outer_lr is not None:
-        outer = torch.optim.AdamW(params, lr=cfg.controller.outer_lr)
+        outer = torch.optim.AdamW(params, lr=cfg.controller.outer_lr, weight_decay=cfg.train.weight_decay)
     optimizers = {"optimizer": optimizer, "scheduler": linear_schedule(optimizer, cfg.train.warmup_steps, total)}
     optimizers["outer"] = outer
     task = TaskState(schedule, random.Random(f"{cfg.seed}/memory/{stage.index}"), optimizers)

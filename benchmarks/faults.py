@@ -1,7 +1,7 @@
 """Does a run survive being killed? SIGKILL at random moments, resume, compare with an uninterrupted run.
 
     python benchmarks/faults.py [--kills 10] [--preset smoke] [--method aimmerging] [--seed 0]
-                                [--out benchmarks/results/faults] [--results benchmarks/RESULTS.md]
+                                [--out runs/faults] [--results benchmarks/RESULTS.md]
                                 [key=value ...]
 
 Every run is `python -m aimray run --workers 0` in a subprocess on the real backbone, with a checkpoint
@@ -150,12 +150,16 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
         f"{figures['reference_seconds']:.0f} s, with the kills {k['seconds']:.0f} s in all.",
         "",
         "Threads (train.threads=1 against 2, same seed): "
-        + "; ".join(f"{name} {value}" for name, value in figures["threads"].items())
+        + "; ".join(f"{name} {_num(value)}" for name, value in figures["threads"].items())
         + ". Matmul reductions are split differently across threads, so bits differ; the table above holds "
         "for a fixed thread count.",
         "<!-- faults:end -->",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _num(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def write_section(path: Path, section: str) -> None:
@@ -171,13 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="smoke", help="run preset (default smoke: the real backbone)")
     parser.add_argument("--method", default="aimmerging", help="method (default aimmerging)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; the kill moments use it too (0)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "faults"), help="scratch folder")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "faults"), help="scratch folder (emptied first)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="markdown to update")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the section from <out>/faults.json")
     args = parser.parse_args(argv)
     if args.kills < 1:
         parser.error(f"argument --kills: {args.kills} must be >= 1")
     out = Path(args.out)
+    if args.report_only:
+        if not (out / "faults.json").is_file():
+            parser.error(f"--report-only: {out / 'faults.json'} does not exist (run without --report-only first)")
+        write_section(Path(args.results), markdown(json.loads((out / "faults.json").read_text()), args))
+        return 0
     if out.exists():
         import shutil
 

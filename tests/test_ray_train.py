@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -39,15 +40,27 @@ def test_two_workers_take_the_same_decisions_as_one(local_ray, tiny_causal, tmp_
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "success"
 
 
-def test_ray_train_retries_a_failed_worker_from_the_last_checkpoint(local_ray, tiny_causal, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("at", "sigkill", "extra", "resumed_from"),
+    [
+        ((2, 0), False, {}, "t01-s000000"),  # an exception right after task 2's checkpoint, before its report
+        # the worker process SIGKILLed mid-task 3: mid-task checkpoints reach Train and the retry starts from
+        # one (the last that reached Train before the kill: the report is asynchronous)
+        ((2, 3), True, {"checkpoint": {"every_steps": 3}}, r"t0[12]-s0*[1-9]\d*"),
+    ],
+)
+def test_ray_train_retries_a_failed_worker_from_the_last_checkpoint(
+    local_ray, tiny_causal, tmp_path, at, sigkill, extra, resumed_from
+) -> None:
     from aimray.faults import FailOnceAt
     from aimray.launch.train import Resources, run_with_ray_train
 
-    cfg = tiny_config(tiny_causal)
+    cfg = tiny_config(tiny_causal, **extra)
     whole = run(cfg, tmp_path / "inprocess", log=quiet)
-    fail = FailOnceAt(2, 0, tmp_path / "ray" / ".failed-once")
+    fail = FailOnceAt(*at, tmp_path / "ray" / ".failed-once", sigkill=sigkill)
     resumed = run_with_ray_train(cfg, tmp_path / "ray", Resources(workers=1, max_failures=1), on_checkpoint=fail)
     assert (tmp_path / "ray" / ".failed-once").exists()
+    assert re.fullmatch(resumed_from, json.loads((tmp_path / "ray" / "manifest.json").read_text())["resumed_from"])
     assert np.array_equal(whole.test, resumed.test)
     for kind in SCHEMAS:
         assert comparable(tmp_path / "inprocess", kind) == comparable(tmp_path / "ray", kind), kind

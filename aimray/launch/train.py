@@ -21,6 +21,7 @@ from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from aimray.checkpoint import Checkpointer
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
@@ -84,8 +85,20 @@ def train_worker(config: dict) -> None:
             return
         train_report(row, tracker.update(row) if tracker is not None else {})
 
+    fault = config.get("on_checkpoint")  # fault injection from a test or benchmark (aimray.faults), else None
+
+    def on_checkpoint(stage: int, step: int) -> None:
+        """A mid-task checkpoint goes to Ray Train too, so a failed worker is retried from it and not from the
+        task's start (task-end checkpoints ride on the per-task report). Not inside a Tune trial: Tune would
+        take the report for a result, and the sweep's metrics come once per task."""
+        if step > 0 and tracker is None:
+            path = Checkpointer(out / "checkpoints", warn=log).latest() if dist.main else None
+            checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+            ray.train.report({"stage": stage, "step": step}, checkpoint=checkpoint)
+        if fault is not None:
+            fault(stage, step)
+
     previous = ray.train.get_checkpoint()
-    on_checkpoint = config.get("on_checkpoint")  # fault injection from a test (aimray.faults), else None
     if previous is None:
         result = run(cfg, out, log=log, report=report, dist=dist, on_checkpoint=on_checkpoint)
     else:
