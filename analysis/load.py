@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from aimray import results
@@ -22,6 +23,7 @@ from aimray.events import SCHEMA_VERSION, SCHEMAS
 from aimray.results import run_shape
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
+MANIFEST_KEYS = ("run_id", "method", "benchmark", "order", "seed", "status", "tasks")
 
 
 class NotAStudyError(ValueError):
@@ -53,8 +55,40 @@ class Study:
 
 
 def run_folders(root: Path) -> list[Path]:
-    """Every folder below `root` (itself included) with a manifest.json and an events folder."""
+    """Every folder below `root` (itself included) with a manifest.json and an events folder; ValueError
+    naming a folder whose events/ has no manifest.json beside it (a run folder cut short or half copied)."""
+    for events in Path(root).rglob("events"):
+        if events.is_dir() and any(events.glob("*/part-*.parquet")) and not (events.parent / "manifest.json").exists():
+            raise ValueError(f"{events.parent}: events/ without manifest.json (an incomplete run folder)")
     return sorted(p.parent for p in Path(root).rglob("manifest.json") if (p.parent / "events").is_dir())
+
+
+def read_json(path: Path) -> object:
+    """A JSON file's content; ValueError naming the file, and the line and column, when it does not parse."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def read_parquet(path: Path) -> pd.DataFrame:
+    """A Parquet file; ValueError naming it when it cannot be read (truncated, not Parquet)."""
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def read_parts(paths: list[Path]) -> pd.DataFrame:
+    """Parquet parts as one DataFrame; ValueError naming the part that cannot be read."""
+    try:
+        return ds.dataset([str(p) for p in paths], format="parquet").to_table().to_pandas()
+    except (pa.ArrowException, OSError) as err:
+        for path in paths:
+            read_parquet(path)
+        raise ValueError(f"{paths[0].parent}: Parquet parts that do not read together ({err})") from None
 
 
 def open_study(root: str | Path) -> Study:
@@ -68,10 +102,15 @@ def open_study(root: str | Path) -> Study:
         raise NotAStudyError(f"{root} holds no aimray run (no manifest.json beside an events/ folder)")
     rows = []
     for folder in folders:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = read_json(folder / "manifest.json")
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{folder / 'manifest.json'}: expected a JSON object, got {type(manifest).__name__}")
         version = manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
+        missing = [k for k in MANIFEST_KEYS if k not in manifest]
+        if missing:
+            raise ValueError(f"{folder / 'manifest.json'}: no {', '.join(missing)} (keys: {', '.join(manifest)})")
         path = folder.relative_to(root)
         rows.append(
             {
@@ -91,9 +130,11 @@ def open_study(root: str | Path) -> Study:
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
     frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
-    trials = pd.read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
-    ablation = pd.read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
-    sweep = json.loads((root / "sweep.json").read_text()) if (root / "sweep.json").exists() else None
+    trials = read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
+    ablation = read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
+    sweep = read_json(root / "sweep.json") if (root / "sweep.json").exists() else None
+    if sweep is not None and not isinstance(sweep, dict):
+        raise ValueError(f"{root / 'sweep.json'}: expected a JSON object, got {type(sweep).__name__}")
     if sweep is None:
         runs["trial"] = None
     kind = "sweep" if sweep is not None else "ablation" if ablation is not None else "runs"
@@ -119,7 +160,7 @@ def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:
     for folder in folders:
         paths = sorted((folder / "events" / kind).glob("part-*.parquet"))
         if paths:
-            frame = ds.dataset([str(p) for p in paths], format="parquet").to_table().to_pandas()
+            frame = read_parts(paths)
             frame.insert(0, "path", str(folder.relative_to(root)))
             parts.append(frame)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

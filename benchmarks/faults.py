@@ -1,19 +1,23 @@
 """Does a run survive being killed? SIGKILL at random moments, resume, compare with an uninterrupted run.
 
-    python benchmarks/faults.py [--kills 10] [--preset smoke] [--method aimmerging] [--seed 0]
-                                [--out runs/faults] [--results benchmarks/RESULTS.md]
-                                [key=value ...]
+    python benchmarks/faults.py [--cases run,ray-worker,sweep-driver] [--kills 10] [--preset smoke]
+                                [--method aimmerging] [--seed 0] [--out runs/faults]
+                                [--results benchmarks/RESULTS.md] [--report-only] [key=value ...]
 
-Every run is `python -m aimray run --workers 0` in a subprocess on the real backbone, with a checkpoint
-every 2 optimizer steps (checkpoint.every_steps) so that kills land inside tasks too:
-  reference      one uninterrupted run
-  same seed      a second uninterrupted run: must be bit-identical to the reference (matrices and events)
-  kills          the same command SIGKILLed `--kills` times at random moments (seeded), restarted after
-                 each kill until it finishes; counted: kills survived, event rows lost or duplicated
-                 against the reference, whether the matrices and the events are identical
-  threads        the reference with train.threads=1 against threads=2: what differs and by how much
-The table goes into a section of --results (between the `faults:begin` / `faults:end` markers), the raw
-figures into <out>/faults.json. Timings (wall_seconds, eval_seconds) are never compared.
+Every run uses the real backbone (the preset's) with a checkpoint every 2 optimizer steps
+(checkpoint.every_steps) so that kills land inside tasks too, and 2 torch threads. The cases:
+  run            `python -m aimray run --workers 0` in a subprocess: a reference run; the same seed again
+                 (must be bit-identical); the same command SIGKILLed `--kills` times at random moments
+                 (seeded) and restarted each time; train.threads=1 against 2 (what differs, by how much)
+  ray-worker     the run under Ray Train whose worker process SIGKILLs itself after a mid-task checkpoint;
+                 Train retries it from the last checkpoint it registered; compared with the reference
+  sweep-driver   `python sweeps/tune_controller.py` (sweeps/configs/smoke.yaml, 2 trials, one at a time, no
+                 scheduler): its driver and local Ray SIGKILLed 5 times, resumed with --resume; every
+                 trial's runs compared with an uninterrupted sweep's trial of the same config
+Counted: kills survived, event rows lost or duplicated against the uninterrupted run (multisets), whether
+the matrices and events are identical. The table goes into a section of --results (between the
+`faults:begin` / `faults:end` markers), the raw figures into <out>/faults.json (cases run earlier are kept).
+Timings (wall_seconds, eval_seconds) are never compared.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +134,106 @@ def differences(a: Path, b: Path) -> dict:
     return diff
 
 
+RAY_WORKER = """
+import sys
+from pathlib import Path
+from aimray.config import make_config, parse_overrides
+from aimray.faults import FailOnceAt
+from aimray.launch.train import Resources, run_with_ray_train
+preset, method, seed, out, stage, step, *overrides = sys.argv[1:]
+cfg = make_config(preset, parse_overrides(overrides), method=method, benchmark="offline-standard", order=1,
+                  seed=int(seed))
+fail = FailOnceAt(int(stage), int(step), Path(out) / ".failed-once", sigkill=True)
+run_with_ray_train(cfg, out, Resources(workers=1, cpus_per_worker=2, max_failures=2), on_checkpoint=fail)
+"""
+
+
+def ray_worker_case(args: argparse.Namespace, out: Path, at: tuple[int, int] = (1, 4)) -> dict:
+    """The run under Ray Train, its worker SIGKILLed right after the mid-task checkpoint `at`."""
+    folder = out / "ray-worker"
+    overrides = [*args.overrides, "checkpoint.every_steps=2", "train.threads=2"]
+    cmd = [sys.executable, "-c", RAY_WORKER, args.preset, args.method, str(args.seed), str(folder), *map(str, at)]
+    t0 = time.time()
+    subprocess.run([*cmd, *overrides], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    resumed = json.loads((folder / "manifest.json").read_text())["resumed_from"]
+    survived = int((folder / ".failed-once").exists())
+    result = {"kills": survived, "at": list(at), "resumed_from": resumed, "seconds": time.time() - t0}
+    return {**result, **compare(out / "reference", folder)}
+
+
+def sweep_command(args: argparse.Namespace, out: Path, resume: bool) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "sweeps" / "tune_controller.py"),
+        "--config",
+        str(ROOT / "sweeps/configs/smoke.yaml"),
+        "--preset",
+        args.preset,
+        "--num-samples",
+        "2",
+        "--concurrency",
+        "1",
+        "--scheduler",
+        "none",
+        "--out",
+        str(out),
+        *args.overrides,
+        "checkpoint.every_steps=2",
+    ]
+    return [*cmd, "--resume"] if resume else cmd
+
+
+def sweep_driver_case(args: argparse.Namespace, out: Path, kills: int = 5) -> dict:
+    """An uninterrupted sweep, and the same sweep whose driver (with the local Ray it started: the whole
+    process group) is SIGKILLed `kills` times at random moments and resumed; trials matched by config."""
+    ref, killed = out / "sweep-reference", out / "sweep-killed"
+    t0 = time.time()
+    subprocess.run(sweep_command(args, ref, False), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    span = time.time() - t0
+    rng, delays = random.Random(args.seed + 1), []
+    t0 = time.time()
+    while True:
+        cmd = sweep_command(args, killed, resume=(killed / "ray" / "tune").is_dir())
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        if len(delays) < kills:
+            delay = rng.uniform(15.0, max(20.0, span / 5))
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                delays.append(round(delay, 1))
+                continue
+        _, err = proc.communicate()
+        if proc.returncode == 2 and b"no sweep to resume" in err:  # killed before Tune wrote its state
+            shutil.rmtree(killed / "ray", ignore_errors=True)
+            continue
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode()[-2000:]}")
+        break
+    pairs = matched_trials(ref, killed)
+    totals = {"lost": 0, "duplicated": 0, "identical": bool(pairs)}
+    for a, b in pairs:
+        for order_dir in sorted(a.iterdir()):
+            c = compare(order_dir, b / order_dir.name)
+            totals["lost"] += c["lost"]
+            totals["duplicated"] += c["duplicated"]
+            totals["identical"] &= c["identical"]
+    return {"kills": len(delays), "delays": delays, "trials": len(pairs), "seconds": time.time() - t0, **totals}
+
+
+def matched_trials(ref: Path, other: Path) -> list[tuple[Path, Path]]:
+    """(reference trial folder, other trial folder) for every reference trial whose config the other sweep
+    ran too (trial ids differ between sweeps; configs are seeded)."""
+    tables = [pq.read_table(d / "trials.parquet").to_pylist() for d in (ref, other)]
+
+    def key(row: dict) -> tuple:
+        return tuple(sorted((k, v) for k, v in row.items() if k.startswith("config/")))
+
+    others = {key(r): r["trial_id"] for r in tables[1]}
+    return [(ref / "runs" / r["trial_id"], other / "runs" / others[key(r)]) for r in tables[0] if key(r) in others]
+
+
 def markdown(figures: dict, args: argparse.Namespace) -> str:
     k = figures["kills"]
     lines = [
@@ -136,6 +241,7 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
         "## Faults: killed runs resume exactly",
         "",
         f"`python benchmarks/faults.py --kills {args.kills} --preset {args.preset} --method {args.method}` "
+        f"(cases: {', '.join(c for c, k in CASE_KEYS.items() if k in figures)}) "
         f"({figures['date']}, {figures['machine']}): `python -m aimray run --workers 0` on the real backbone, "
         "checkpoint every 2 steps; timings never compared.",
         "",
@@ -145,6 +251,7 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
         f"{'identical' if figures['same_seed']['identical'] else 'DIFFERENT'} |",
         f"| SIGKILL at {k['kills']} random moments, resumed each time | {k['kills']} | {k['lost']} | "
         f"{k['duplicated']} | {'identical' if k['identical'] else 'DIFFERENT'} |",
+        *case_rows(figures),
         "",
         f"Kill delays after each (re)start, seconds: {', '.join(map(str, k['delays']))}; uninterrupted run "
         f"{figures['reference_seconds']:.0f} s, with the kills {k['seconds']:.0f} s in all.",
@@ -158,6 +265,26 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def case_rows(figures: dict) -> list[str]:
+    """Table rows of the Ray worker and sweep driver cases, where they were run."""
+    rows = []
+    if "ray_worker" in figures:
+        w = figures["ray_worker"]
+        rows.append(
+            f"| Ray Train worker process SIGKILLed after the checkpoint at stage {w['at'][0]}, step {w['at'][1]}; "
+            f"retried from {w['resumed_from']} | {w['kills']} | {w['lost']} | {w['duplicated']} | "
+            f"{'identical' if w['identical'] else 'DIFFERENT'} |"
+        )
+    if "sweep_driver" in figures:
+        d = figures["sweep_driver"]
+        rows.append(
+            f"| sweep driver and its local Ray SIGKILLed {d['kills']} times, `--resume` each time "
+            f"({d['trials']} trials matched by config, every order) | {d['kills']} | {d['lost']} | "
+            f"{d['duplicated']} | {'identical' if d['identical'] else 'DIFFERENT'} |"
+        )
+    return rows
+
+
 def _num(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
@@ -169,30 +296,14 @@ def write_section(path: Path, section: str) -> None:
     write_text_atomic(path, put_section(path.read_text() if path.exists() else "", "faults", section))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs of the run before it may finish (10)")
-    parser.add_argument("--preset", default="smoke", help="run preset (default smoke: the real backbone)")
-    parser.add_argument("--method", default="aimmerging", help="method (default aimmerging)")
-    parser.add_argument("--seed", type=int, default=0, help="run seed; the kill moments use it too (0)")
-    parser.add_argument("--out", default=str(ROOT / "runs" / "faults"), help="scratch folder (emptied first)")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="markdown to update")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the section from <out>/faults.json")
-    args = parser.parse_args(argv)
-    if args.kills < 1:
-        parser.error(f"argument --kills: {args.kills} must be >= 1")
-    out = Path(args.out)
-    if args.report_only:
-        if not (out / "faults.json").is_file():
-            parser.error(f"--report-only: {out / 'faults.json'} does not exist (run without --report-only first)")
-        write_section(Path(args.results), markdown(json.loads((out / "faults.json").read_text()), args))
-        return 0
-    if out.exists():
-        import shutil
+CASE_KEYS = {"run": "same_seed", "ray-worker": "ray_worker", "sweep-driver": "sweep_driver"}  # in faults.json
+CASES = tuple(CASE_KEYS)
 
-        shutil.rmtree(out)  # a scratch folder: every case starts from nothing
-    out.mkdir(parents=True)
+
+def run_case(args: argparse.Namespace, out: Path) -> dict:
+    """Reference, same seed again, the kills, one thread: the figures of the `run` case."""
+    for name in ("reference", "again", "killed", "one-thread"):
+        shutil.rmtree(out / name, ignore_errors=True)
     print(f"[faults] reference run ({args.preset}, {args.method})", flush=True)
     ref_seconds = run_once(command(args, out / "reference", "train.threads=2"))
     print(f"[faults] same seed again ({ref_seconds:.0f} s each)", flush=True)
@@ -205,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     killed_seconds = time.time() - t0
     print("[faults] one thread", flush=True)
     run_once(command(args, out / "one-thread", "train.threads=1"))
-    figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    return {
         "reference_seconds": ref_seconds,
         "same_seed": compare(out / "reference", out / "again"),
         "kills": {
@@ -218,12 +327,52 @@ def main(argv: list[str] | None = None) -> int:
         },
         "threads": differences(out / "reference", out / "one-thread"),
     }
-    (out / "faults.json").write_text(json.dumps(figures, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)} (all)")
+    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs of the run before it may finish (10)")
+    parser.add_argument("--preset", default="smoke", help="run preset (default smoke: the real backbone)")
+    parser.add_argument("--method", default="aimmerging", help="method (default aimmerging)")
+    parser.add_argument("--seed", type=int, default=0, help="run seed; the kill moments use it too (0)")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "faults"), help="scratch folder")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="markdown to update")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the section from <out>/faults.json")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
+    args = parser.parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in CASES for c in cases):
+        parser.error(f"argument --cases: {args.cases!r}; valid: {', '.join(CASES)}")
+    if args.kills < 1:
+        parser.error(f"argument --kills: {args.kills} must be >= 1")
+    out = Path(args.out)
+    saved = out / "faults.json"
+    figures = json.loads(saved.read_text()) if saved.is_file() else {}
+    if args.report_only:
+        if "same_seed" not in figures:
+            parser.error(f"--report-only: {saved} holds no `run` case (run without --report-only first)")
+        write_section(Path(args.results), markdown(figures, args))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    if "run" in cases or not (out / "reference" / "matrix.json").is_file():
+        figures.update(run_case(args, out))
+    if "ray-worker" in cases:
+        print("[faults] Ray Train worker killed mid-task", flush=True)
+        shutil.rmtree(out / "ray-worker", ignore_errors=True)
+        figures["ray_worker"] = ray_worker_case(args, out)
+    if "sweep-driver" in cases:
+        print("[faults] sweep driver killed 5 times", flush=True)
+        for name in ("sweep-reference", "sweep-killed"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        figures["sweep_driver"] = sweep_driver_case(args, out)
+    figures.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"})
+    saved.write_text(json.dumps(figures, indent=1, default=str))
     section = markdown(figures, args)
     write_section(Path(args.results), section)
     print(section)
-    ok = figures["same_seed"]["identical"] and figures["kills"]["identical"]
-    return 0 if ok else 1
+    checks = [figures["same_seed"], figures["kills"], figures.get("ray_worker"), figures.get("sweep_driver")]
+    return 0 if all(c["identical"] for c in checks if c) else 1
 
 
 if __name__ == "__main__":

@@ -200,6 +200,12 @@ def harness(cfg, out: Path) -> dict:
     return {"end_to_end": total, **costs_of(out)}
 
 
+def resolved(out: Path) -> str:
+    """The precision a run used (model.autocast resolved, by the probe where "auto"): bf16 or fp32."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return "bf16" if manifest["precision"]["autocast"] == "bf16" else "fp32"
+
+
 def costs_of(out: Path) -> dict:
     import pandas as pd
 
@@ -285,15 +291,22 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bare loop: {bare_rate:.2f} examples/s")
     del bb
 
+    # model.autocast=auto is resolved by a probe cached per thread count: pay it here, not inside a timed row
+    threads = torch.get_num_threads()
+    for n in sorted({threads, max(1, (os.cpu_count() or 1) // 2), max(1, os.cpu_count() or 1)}):
+        torch.set_num_threads(n)
+        probe = load_backbone(replace(cfg.model, autocast="auto")).precision
+        log(f"precision for {n} thread(s): {probe['autocast']} ({probe['source']}) {probe.get('step_seconds', '')}")
+    torch.set_num_threads(threads)
+
     tmp = Path(tempfile.mkdtemp(prefix="aimray-perf-"))
-    bf16 = "bf16" if native_bf16(device) else "fp32"
     modes = [("seqlora", "off"), ("seqlora", "auto"), ("replay", "auto"), ("aimmerging", "auto")]
     results = {}
     for method, autocast in modes:
         c = replace(cfg, method=method, model=replace(cfg.model, autocast=autocast))
         with PeakMemory(device) as mem:
             res = harness(c, tmp / f"{method}-{autocast}")
-        precision = "fp32" if autocast == "off" else bf16
+        precision = resolved(tmp / f"{method}-{autocast}")
         name = f"harness {method}" + (" (autocast off)" if autocast == "off" else "")
         work = per_train * (res["examples"] + res["burst_examples"]) + per_fwd * res["monitor_examples"]
         rows.append(row(name, precision, res, work, peak, mem, bare_rate))
@@ -325,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                 total = time.perf_counter() - t0
             res = {"end_to_end": total, **costs_of(tmp / f"ray{workers}")}
             work = per_train * res["examples"]
-            r = row(f"ray train {workers} worker{'s' * (workers > 1)}", bf16, res, work, peak, mem, bare_rate)
+            name = f"ray train {workers} worker{'s' * (workers > 1)}"
+            r = row(name, resolved(tmp / f"ray{workers}"), res, work, peak, mem, bare_rate)
             r["vs_in_process"] = total / inproc["end_to_end"]
             rows.append(r)
             log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
@@ -346,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 options = [len(encode_answer(bb, label)) for label in spec.labels]
                 work += sum(flops.forward(len(encode(bb, ex)[0]), 1) for ex in examples)
                 work += len(examples) * sum(flops.forward(o, o) for o in options)
-        precision = "fp32" if autocast == "off" else bf16
+        precision = "bf16" if bb.bf16 else "fp32"
         res = {"seconds": seconds, "examples": count}
         rows.append(row("eval (label scoring)", precision, res, work, peak, mem, None))
         log(f"eval ({precision}): {count / seconds:.1f} examples/s")

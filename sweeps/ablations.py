@@ -11,15 +11,14 @@ the methods). `python -m analysis <out>` turns the study into tables and figures
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from aimray.cliargs import error_text, int_list
+from aimray.cliargs import ArgumentParser, check_out_dir, error_text, int_list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
     parser.add_argument("--benchmark", default="offline-standard", help="benchmark (default offline-standard)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
@@ -38,17 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aimray.assets import AssetMissingError
+    from aimray.cli import check_inputs
     from aimray.config import parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_study
     from aimray.tasks import get_benchmark
 
     try:
+        check_out_dir(args.out)
+        if not args.cpus_per_run > 0:
+            raise ValueError(f"--cpus-per-run={args.cpus_per_run} must be > 0")
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
         bench = get_benchmark(args.benchmark)
         orders, seeds = args.orders or list(bench.orders), args.seeds
         cfgs = configs(
             args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides), args.data_dir
         )
+        check_inputs(cfgs)  # the data files and the model, before Ray starts
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

@@ -11,17 +11,16 @@ folder holds trials.parquet, best.md and every run's trajectory. See aimray/laun
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from aimray.cliargs import error_text, int_list
+from aimray.cliargs import ArgumentParser, error_text, int_list
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="key=value: a sweep field (num_samples=8, objective=dev_op_bwt) or a fixed run-config value "
         "for every trial (train.lr=1e-3, data.train=32). Objectives: dev_op (mean OP on dev over orders), "
@@ -51,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aimray.assets import AssetMissingError
-    from aimray.launch.tune import load_sweep, sweep
+    from aimray.cli import check_inputs
+    from aimray.launch.tune import load_sweep, sweep, trial_config
 
     orders = tuple(args.orders) if args.orders else None
     try:
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             orders=orders,
             data_dir=args.data_dir,
         )
+        check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())  # before Ray starts
         table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)

@@ -99,6 +99,8 @@ def test_faults_script_kills_resumes_and_writes_its_section(tiny_causal, tmp_pat
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "faults.py"),
+        "--cases",
+        "run",
         "--kills",
         "2",
         "--preset",

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+import typing
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from aimray.config import RunConfig, deep_merge, make_config, nest, parse_overrides, read_yaml
+from aimray.cliargs import check_out_dir
+from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import preflight, run
 from aimray.methods import get_method
@@ -91,8 +93,11 @@ class SweepSpec:
 
 
 def parse_space(raw: dict) -> tuple[Param, ...]:
-    """{key: {kind: [low, high] | [choices], if: {key: value}}} -> Params, checked against the config."""
-    params = []
+    """{key: {kind: [low, high] | [choices], if: {key: value}}} -> Params. A condition names a choice or int
+    key searched before it, with a value it can take. (load_sweep checks the keys against the run config.)"""
+    if not isinstance(raw or {}, dict):
+        raise ValueError(f"space: expected a mapping of config keys to ranges, got {raw!r}")
+    params: dict[str, Param] = {}
     for key, rule in (raw or {}).items():
         if not isinstance(rule, dict):
             raise ValueError(f"space.{key}: expected a mapping like {{uniform: [1.0, 3.0]}}, got {rule!r}")
@@ -101,13 +106,41 @@ def parse_space(raw: dict) -> tuple[Param, ...]:
         if len(kinds) != 1 or unknown:
             raise ValueError(f"space.{key}: give exactly one of {', '.join(KINDS)} (and optionally 'if'); got {rule}")
         kind = kinds[0]
+        if not isinstance(rule[kind], list):
+            raise ValueError(f"space.{key}: {kind} needs a list, got {rule[kind]!r}")
         values = tuple(rule[kind])
-        if kind != "choice" and (len(values) != 2 or not values[0] < values[1]):
-            raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high, got {list(values)}")
+        if kind != "choice":
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            if len(values) != 2 or not numbers or not values[0] < values[1]:
+                raise ValueError(
+                    f"space.{key}: {kind} needs [low, high], finite numbers with low < high, got {list(values)}"
+                )
+            if kind.startswith("log") and values[0] <= 0:
+                raise ValueError(f"space.{key}: {kind} needs low > 0, got {list(values)}")
         if kind == "choice" and not values:
             raise ValueError(f"space.{key}: choice needs at least one value")
-        params.append(Param(key, kind, values, tuple((rule.get("if") or {}).items())))
-    return tuple(params)
+        when = rule.get("if") or {}
+        if not isinstance(when, dict):
+            raise ValueError(f"space.{key}.if: expected a mapping {{key: value}}, got {when!r}")
+        for other, value in when.items():
+            cond = params.get(other)
+            if cond is None:
+                raise ValueError(
+                    f"space.{key}.if: {other!r} is not a key searched before it (earlier keys: "
+                    f"{', '.join(params) or 'none'})"
+                )
+            if cond.kind in ("uniform", "loguniform"):
+                raise ValueError(f"space.{key}.if: {other!r} is a {cond.kind} range; a condition needs a choice or int")
+            if cond.kind == "choice":
+                takes = value in cond.values
+            else:
+                whole = isinstance(value, int) and not isinstance(value, bool)
+                takes = whole and cond.values[0] <= value <= cond.values[1]
+            if not takes:
+                sampled = f"{cond.kind} {list(cond.values)}"
+                raise ValueError(f"space.{key}.if: {other}={value!r} is never sampled ({sampled})")
+        params[key] = Param(key, kind, values, tuple(when.items()))
+    return tuple(params.values())
 
 
 def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> SweepSpec:
@@ -132,8 +165,21 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     if unknown:
         raise ValueError(f"unknown sweep key(s) {unknown}; valid: {', '.join(sorted(spec_fields))}")
     raw["space"] = parse_space(raw.get("space", {}))
-    raw["orders"] = tuple(raw.get("orders") or ())
+    orders = raw.get("orders") or ()
+    if not isinstance(orders, list | tuple):
+        raise ValueError(f"orders={orders!r} must be a list of order numbers (empty: every order)")
+    raw["orders"] = tuple(_coerce(v, int, "orders") for v in orders)
+    if not isinstance(raw.get("overrides") or {}, dict):
+        raise ValueError(f"overrides={raw['overrides']!r} must be a mapping of run-config keys to values")
+    raw["overrides"] = raw.get("overrides") or {}
+    hints = typing.get_type_hints(SweepSpec)
+    for key in set(raw) - {"orders", "overrides", "space"}:
+        raw[key] = _coerce(raw[key], hints[key], key)
     spec = SweepSpec(**raw)
+    for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_worker"):
+        if getattr(spec, key) < 0:
+            raise ValueError(f"{key}={getattr(spec, key)!r} must be >= 0")
+    check_out_dir(spec.out, "out")
     if spec.objective not in OBJECTIVES:
         raise ValueError(f"objective={spec.objective!r}; valid: {', '.join(OBJECTIVES)}")
     if spec.scheduler not in ("asha", "hyperband", "none"):
@@ -145,9 +191,14 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         )
     if spec.num_samples < 1:
         raise ValueError(f"num_samples={spec.num_samples} must be >= 1")
-    # Validate every order and an example of the search space against the run config now, not in a trial.
+    # Validate every order, and both ends of every range (every choice), against the run config now, not
+    # in a trial.
     for order in spec.all_orders():
         trial_config(spec, order, {p.key: p.values[0] for p in spec.space})
+        trial_config(spec, order, {p.key: p.values[-1] for p in spec.space})
+    for p in spec.space:
+        for value in p.values[1:-1]:
+            trial_config(spec, spec.all_orders()[0], {p.key: value})
     return spec
 
 

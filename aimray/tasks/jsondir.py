@@ -57,12 +57,14 @@ def read_json(path: Path) -> object:
 def read_records(path: Path, text_key: str, target_key: str, id_key: str = "") -> tuple[Record, ...]:
     """A JSON list of objects as (text, target, id) triples, read once per process.
 
-    Raises ValueError naming the file (and the key) when the file is not a list of objects with string values.
+    Raises ValueError naming the file (and the key) when the file is not a list of objects with string values,
+    or when two items have the same id.
     """
     items = read_json(path)
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of objects, got {type(items).__name__}")
     records = []
+    seen: dict[str, int] = {}
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise ValueError(f"{path}: item {i} has type {type(item).__name__}, expected an object")
@@ -71,7 +73,11 @@ def read_records(path: Path, text_key: str, target_key: str, id_key: str = "") -
                 raise ValueError(f"{path}: item {i} has no key {key!r} (keys: {sorted(item)})")
             if not isinstance(item[key], str):
                 raise ValueError(f"{path}: item {i} key {key!r} has type {type(item[key]).__name__}, expected a string")
-        records.append((item[text_key], item[target_key], str(item.get(id_key, "")) if id_key else ""))
+        uid = str(item.get(id_key, "")) if id_key else ""
+        if uid and uid in seen:
+            raise ValueError(f"{path}: items {seen[uid]} and {i} have the same {id_key} {uid!r}")
+        seen[uid] = i
+        records.append((item[text_key], item[target_key], uid))
     return tuple(records)
 
 
@@ -203,17 +209,32 @@ def unknown_targets(data: dict[str, list[Example]], labels: tuple[str, ...]) -> 
 
 
 def make_loader(
-    name: str, files: dict[str, Path], keys: tuple[str, str, str], make: MakeExample, labels: tuple[str, ...]
+    name: str,
+    files: dict[str, Path],
+    keys: tuple[str, str, str],
+    make: MakeExample,
+    labels: tuple[str, ...],
+    labels_file: Path | None = None,
 ) -> Callable[[SplitSizes, int], TaskData]:
-    """A loader that reads the three files (a missing dev file counts as empty) and makes disjoint splits."""
+    """A loader that reads the three files (a missing dev file counts as empty) and makes disjoint splits.
+    With `labels_file` (the options of the task), a target outside `labels` is an error naming the file."""
 
     def load(sizes: SplitSizes, seed: int) -> TaskData:
         if not files["test"].is_file():
             raise FileNotFoundError(f"task {name!r}: test file {files['test']} is missing")
-        data = {
-            split: [make(*r) for r in read_records(path, *keys)] if path.is_file() else []
-            for split, path in files.items()
-        }
+        records = {split: read_records(path, *keys) if path.is_file() else () for split, path in files.items()}
+        for split in ("train", "test"):
+            if files[split].is_file() and not records[split]:
+                raise ValueError(f"{files[split]}: no examples (an empty list); the {split} split needs some")
+        if labels_file is not None:
+            for split, recs in records.items():
+                bad = next(((i, t) for i, (_, t, _) in enumerate(recs) if t not in labels), None)
+                if bad is not None:
+                    raise ValueError(
+                        f"{files[split]}: item {bad[0]} has {keys[1]} {bad[1]!r}, which is not in {labels_file} "
+                        f"({', '.join(labels)})"
+                    )
+        data = {split: [make(*r) for r in recs] for split, recs in records.items()}
         train, dev, test, notes = disjoint_splits(name, data, sizes, seed, balanced=bool(labels))
         if labels:
             notes += unknown_targets({"train": train, "dev": dev, "test": test}, labels)
@@ -258,7 +279,7 @@ def olora_task(name: str, root: Path) -> TaskSpec:
         return Example(name, text, target, prefix, suffix, content_hash(text))
 
     files = {split: folder / f"{split}.json" for split in SPLITS}
-    load = make_loader(name, files, ("sentence", "label", ""), make, labels)
+    load = make_loader(name, files, ("sentence", "label", ""), make, labels, folder / "labels.json")
     return TaskSpec(name, instruction, labels, load, "accuracy", f"O-LoRA layout: {folder}")
 
 

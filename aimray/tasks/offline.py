@@ -12,7 +12,7 @@ import io
 from collections import Counter
 from collections.abc import Callable
 
-from aimray.assets import data_dir
+from aimray.assets import data_dir, home
 from aimray.tasks.spec import SplitSizes, TaskData, TaskSpec
 from aimray.tasks.splits import make_splits
 
@@ -133,11 +133,12 @@ def read_tweets(min_confidence: float = 0.6) -> Pairs:
 def offline_task(
     name: str, instruction: str, labels: tuple[str, ...], read: Callable[[], Pairs], source: str
 ) -> TaskSpec:
-    """A TaskSpec whose loader reads the pairs once per process and splits them (seeded, balanced)."""
-    cached = functools.cache(read)
+    """A TaskSpec whose loader reads the pairs once per process and asset cache, and splits them (seeded,
+    balanced)."""
+    cached = functools.cache(lambda cache_dir: read())  # keyed by $AIMRAY_HOME, which a process may change
 
     def load(sizes: SplitSizes, seed: int) -> TaskData:
-        pairs = cached()
+        pairs = cached(str(home()))
         unknown = Counter(label for _, label in pairs if label not in labels)
         if unknown:
             raise ValueError(f"task {name!r}: labels {dict(unknown)} are not among {labels}")
