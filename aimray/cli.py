@@ -161,38 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
         resources = Resources(args.workers, cpus, args.gpus_per_worker, args.max_failures)
-        check_inputs([cfg])
         result = run_with_ray_train(cfg, args.out, resources, storage=args.storage)
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
     return 0
-
-
-def check_inputs(cfgs) -> None:
-    """What Ray workers would otherwise find only once the run folder and Ray exist: every config's data files
-    (loaded, once per task and size) and its model (the config read), after aimray.loop.preflight's checks.
-    Raises ValueError / FileNotFoundError / AssetMissingError naming the file, field or model."""
-    from transformers import AutoConfig
-
-    from aimray.loop import preflight
-    from aimray.model import resolve_path
-
-    loaded, models = set(), set()
-    for cfg in cfgs:
-        for spec in preflight(cfg):
-            if (spec.name, cfg.data_dir, cfg.data, cfg.seed) not in loaded:
-                spec.load(cfg.data, cfg.seed)
-                loaded.add((spec.name, cfg.data_dir, cfg.data, cfg.seed))
-        name = cfg.model.name_or_path
-        if name not in models:
-            try:
-                AutoConfig.from_pretrained(resolve_path(name))
-            except OSError as err:
-                raise FileNotFoundError(
-                    f"model.name_or_path={name!r}: not a model folder, and not an HF id that can be loaded here "
-                    f"(no hub access?): {err}"
-                ) from None
-            models.add(name)
 
 
 def format_result(result) -> str:

@@ -13,6 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def read_json(path: Path) -> object:
+    """A JSON file's content; ValueError naming the file, and the line and column, when it is not UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write under a temporary name, flush it to disk, then rename: a reader (or a run resumed after a crash)
     never sees half a file."""

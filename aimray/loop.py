@@ -21,7 +21,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,15 @@ from aimray.memory import RehearsalMemory
 from aimray.merging import fusion, signals
 from aimray.merging.controller import NO_MERGE, Decision, make_schedule
 from aimray.methods import SHAPES, Method, Shape, Stage, get_method
-from aimray.model import Backbone, answer_loss, answer_tokens, evaluate, load_backbone, resolve_path
+from aimray.model import (
+    Backbone,
+    answer_loss,
+    answer_tokens,
+    evaluate,
+    load_backbone,
+    read_model_config,
+    resolve_path,
+)
 from aimray.provenance import provenance
 from aimray.results import RunResult, collect, result_json
 from aimray.tasks import TaskData, TaskSpec, benchmark_tasks
@@ -70,6 +78,23 @@ def preflight(cfg: RunConfig) -> list[TaskSpec]:
         raise ValueError(f"controller.weights={cfg.controller.weights!r} is unknown; valid: {valid}")
     resolve_path(cfg.model.name_or_path)
     return specs
+
+
+def check_inputs(cfgs: Iterable[RunConfig]) -> None:
+    """Everything a run would otherwise find only once its folder (or Ray) exists, for every config:
+    `preflight`, then its data files loaded (once per task and size) and its model's config read. Raises
+    ValueError / FileNotFoundError / AssetMissingError naming the file, field or model. The launchers call
+    it before they create a folder or start Ray."""
+    loaded, models = set(), set()
+    for cfg in cfgs:
+        for spec in preflight(cfg):
+            key = (spec.name, cfg.data_dir, cfg.data, cfg.seed)
+            if key not in loaded:
+                spec.load(cfg.data, cfg.seed)
+                loaded.add(key)
+        if cfg.model.name_or_path not in models:
+            read_model_config(cfg.model.name_or_path)
+            models.add(cfg.model.name_or_path)
 
 
 @dataclass

@@ -96,6 +96,17 @@ def resolve_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def read_model_config(name_or_path: str):
+    """The backbone's HF config; FileNotFoundError naming model.name_or_path when it cannot be read here."""
+    try:
+        return AutoConfig.from_pretrained(resolve_path(name_or_path))
+    except OSError as err:
+        raise FileNotFoundError(
+            f"model.name_or_path={name_or_path!r}: not a model folder, and not an HF id that can be loaded here "
+            f"(no hub access?): {err}"
+        ) from None
+
+
 def _default_targets(model: torch.nn.Module) -> list[str]:
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     for pair in (["q_proj", "v_proj"], ["q", "v"], ["query", "value"]):
@@ -108,13 +119,7 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
     """Load the LM (causal or seq2seq, from its config), freeze it, and add a fresh LoRA adapter."""
     cfg = cfg or ModelConfig()
     path = resolve_path(cfg.name_or_path)
-    try:
-        hf_config = AutoConfig.from_pretrained(path)
-    except OSError as err:
-        raise FileNotFoundError(
-            f"model.name_or_path={cfg.name_or_path!r}: not a model folder, and not an HF id that can be "
-            f"loaded here (no hub access?): {err}"
-        ) from err
+    hf_config = read_model_config(cfg.name_or_path)
     is_seq2seq = bool(getattr(hf_config, "is_encoder_decoder", False))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     auto = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM

@@ -10,7 +10,6 @@ never imports torch or ray.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pyarrow.dataset as ds
 
 from aimray import results
 from aimray.events import SCHEMA_VERSION, SCHEMAS
+from aimray.files import read_json
 from aimray.results import run_shape
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
@@ -61,16 +61,6 @@ def run_folders(root: Path) -> list[Path]:
         if events.is_dir() and any(events.glob("*/part-*.parquet")) and not (events.parent / "manifest.json").exists():
             raise ValueError(f"{events.parent}: events/ without manifest.json (an incomplete run folder)")
     return sorted(p.parent for p in Path(root).rglob("manifest.json") if (p.parent / "events").is_dir())
-
-
-def read_json(path: Path) -> object:
-    """A JSON file's content; ValueError naming the file, and the line and column, when it does not parse."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
 def read_parquet(path: Path) -> pd.DataFrame:

@@ -76,21 +76,27 @@ def run_once(cmd: list[str]) -> float:
     return time.time() - t0
 
 
+def killed_after(proc: subprocess.Popen, delay: float, delays: list[float], group: bool = False) -> bool:
+    """SIGKILL `proc` (with group=True its whole process group: a driver and the local Ray it started) if it
+    is still running after `delay` seconds; the delay is appended to `delays` when it was killed."""
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+        proc.wait()
+        delays.append(round(delay, 1))
+        return True
+
+
 def run_with_kills(cmd: list[str], kills: int, span: float, rng: random.Random) -> tuple[int, list[float]]:
     """Start the command, SIGKILL it after a random delay (seeded), restart, until `kills` kills are done or
     the run finished first; then let it finish. Returns (kills done, the delays of the kills)."""
     delays: list[float] = []
     while True:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-        if len(delays) < kills:
-            delay = rng.uniform(4.0, max(6.0, span / 4))
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-                delays.append(round(delay, 1))
-                continue
+        if len(delays) < kills and killed_after(proc, rng.uniform(4.0, max(6.0, span / 4)), delays):
+            continue
         if proc.wait() != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
         return len(delays), delays
@@ -195,15 +201,8 @@ def sweep_driver_case(args: argparse.Namespace, out: Path, kills: int = 5) -> di
     while True:
         cmd = sweep_command(args, killed, resume=(killed / "ray" / "tune").is_dir())
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        if len(delays) < kills:
-            delay = rng.uniform(15.0, max(20.0, span / 5))
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                delays.append(round(delay, 1))
-                continue
+        if len(delays) < kills and killed_after(proc, rng.uniform(15.0, max(20.0, span / 5)), delays, group=True):
+            continue
         _, err = proc.communicate()
         if proc.returncode == 2 and b"no sweep to resume" in err:  # killed before Tune wrote its state
             shutil.rmtree(killed / "ray", ignore_errors=True)

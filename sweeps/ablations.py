@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aimray.assets import AssetMissingError
-    from aimray.cli import check_inputs
     from aimray.config import parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_study
     from aimray.tasks import get_benchmark
@@ -52,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         cfgs = configs(
             args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides), args.data_dir
         )
-        check_inputs(cfgs)  # the data files and the model, before Ray starts
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

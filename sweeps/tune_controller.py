@@ -46,12 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="join a running Ray cluster (RAY_ADDRESS is honoured)")
     parser.add_argument("--storage", help="shared storage for Ray (needed on a multi-node cluster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
+    parser.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1",
+        metavar="HOST",
+        help="start the local Ray's dashboard, on HOST (default 127.0.0.1: this machine only); off by default",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
     from aimray.assets import AssetMissingError
-    from aimray.cli import check_inputs
-    from aimray.launch.tune import load_sweep, sweep, trial_config
+    from aimray.launch.tune import load_sweep, sweep
 
     orders = tuple(args.orders) if args.orders else None
     try:
@@ -70,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             orders=orders,
             data_dir=args.data_dir,
         )
-        check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())  # before Ray starts
-        table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage)
+        table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage, dashboard=args.dashboard)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

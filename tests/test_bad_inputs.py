@@ -581,7 +581,7 @@ CASES = [
     pytest.param(
         "analysis",
         study(lambda root: truncate(root / "seqlora/manifest.json")),
-        ["{tmp}/study/seqlora/manifest.json: not valid JSON: line 1, column 111: Unterminated string"],
+        ["{tmp}/study/seqlora/manifest.json: not valid JSON at line 1, column 111: Unterminated string"],
         id="analysis-truncated-manifest",
     ),
     pytest.param(
@@ -599,7 +599,7 @@ CASES = [
     pytest.param(
         "analysis",
         study(lambda root: (root / "sweep.json").write_text('{"method": "aim')),
-        ["{tmp}/study/sweep.json: not valid JSON: line 1, column 12"],
+        ["{tmp}/study/sweep.json: not valid JSON at line 1, column 12"],
         id="analysis-truncated-sweep-json",
     ),
     pytest.param(

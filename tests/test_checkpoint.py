@@ -131,10 +131,20 @@ def test_bad_input_found_while_loading_leaves_no_run_folder(tiny_causal, tmp_pat
     from tests.test_jsondir import olora_task_dir
 
     root = tmp_path / "data"
+    for kind, name in (("TC", "dbpedia"), ("SC", "amazon"), ("TC", "yahoo")):
+        olora_task_dir(root, kind, name, ["World", "Sports"])
     task = olora_task_dir(root, "TC", "agnews", ["World", "Sports"])
-    (task / "test.json").write_bytes(b"\xff\xfe not json")
+    (task / "test.json").write_bytes(b"\xff\xfe not json")  # the last task of the order: found only by loading
     cfg = tiny_config(tiny_causal, "seqlora")
     cfg = type(cfg)(**{**cfg.__dict__, "benchmark": "standard", "data_dir": str(root)})
-    with pytest.raises(Exception):  # noqa: B017 - the loader's own error; what matters is what is on disk
+    with pytest.raises(ValueError, match="test.json: not UTF-8 text"):
         run(cfg, tmp_path / "run", log=quiet)
     assert not (tmp_path / "run").exists()
+    # The launchers called directly (not through a CLI) check the data before a folder or Ray exists too.
+    import ray
+
+    from aimray.launch.train import run_with_ray_train
+
+    with pytest.raises(ValueError, match="test.json: not UTF-8 text"):
+        run_with_ray_train(cfg, tmp_path / "ray-run")
+    assert not (tmp_path / "ray-run").exists() and not ray.is_initialized()

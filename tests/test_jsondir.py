@@ -255,7 +255,7 @@ def test_standard_benchmark_reads_data_dir(olora_root: Path) -> None:
     ("raw", "message"),
     [
         (b"\xff\xfe[]", r"not UTF-8 text \(byte 0xff at offset 0\)"),
-        (b'[{"input": "a", "output": "b"},\n {"input": ', r"not valid JSON: Expecting value at line 2, column 12"),
+        (b'[{"input": "a", "output": "b"},\n {"input": ', r"not valid JSON at line 2, column 12: Expecting value"),
     ],
 )
 def test_undecodable_or_truncated_files_are_named_with_the_place(tmp_path: Path, raw: bytes, message: str) -> None:

@@ -21,7 +21,7 @@ import ray
 
 from aimray.config import RunConfig, make_config
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import config_hash, preflight, run
+from aimray.loop import check_inputs, config_hash, run
 from analysis import tables as T
 from analysis.load import NotAStudyError, open_study
 
@@ -73,15 +73,15 @@ def configs(
     overrides: dict,
     data_dir: str | None = None,
 ) -> list[RunConfig]:
-    """Every (method, order, seed) config, validated (tasks, data, backbone: `preflight`) before anything runs."""
+    """Every (method, order, seed) config, checked (tasks, data files, backbone: `check_inputs`) before
+    anything runs."""
     cfgs = [
         make_config(preset, overrides, method=m, benchmark=benchmark, order=o, seed=s, data_dir=data_dir)
         for m in methods
         for o in orders
         for s in seeds
     ]
-    for cfg in cfgs:
-        preflight(cfg)
+    check_inputs(cfgs)
     return cfgs
 
 

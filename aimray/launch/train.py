@@ -26,7 +26,7 @@ from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import OnCheckpoint, preflight, run
+from aimray.loop import OnCheckpoint, check_inputs, run
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
 
@@ -134,7 +134,7 @@ def run_with_ray_train(
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
     `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one)."""
     out = Path(out).resolve()
-    preflight(cfg)  # a missing --data-dir or asset: one clear error, not a worker's traceback
+    check_inputs([cfg])  # a missing --data-dir, a broken data file or asset: one clear error, before Ray
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     use_gpu = resources.gpus_per_worker > 0

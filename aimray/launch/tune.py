@@ -36,7 +36,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import preflight, run
+from aimray.loop import check_inputs, run
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ORDER_METRICS, ObjectiveTracker
 from aimray.tasks import get_benchmark
@@ -297,9 +297,14 @@ def run_order(cfg: RunConfig, out: Path, tracker: ObjectiveTracker) -> None:
 
 
 def sweep(
-    spec: SweepSpec, resume: bool = False, address: str | None = None, storage: str | None = None
+    spec: SweepSpec,
+    resume: bool = False,
+    address: str | None = None,
+    storage: str | None = None,
+    dashboard: str | None = None,
 ) -> pd.DataFrame:
-    """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet)."""
+    """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet).
+    `dashboard`: a host for the local Ray's dashboard (started only when given)."""
     out = Path(spec.out).resolve()
     storage_path = storage or str(out / "ray")
     experiment = Path(storage_path) / "tune"
@@ -308,10 +313,10 @@ def sweep(
         raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
     if not resume and restorable:
         raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
-    for order in spec.all_orders():  # a missing --data-dir or asset fails here, before anything is written
-        preflight(trial_config(spec, order, {}))
+    # a missing --data-dir, a broken data file or asset fails here, before anything is written
+    check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())
     out.mkdir(parents=True, exist_ok=True)
-    ensure_ray(address, dashboard=False)
+    ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     if spec.workers == 0:

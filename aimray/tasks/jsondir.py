@@ -13,13 +13,13 @@ removes test texts from dev and train, refills dev from train, and records what 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from aimray.files import read_json
 from aimray.tasks.spec import MAX_CLASSES, Example, SplitSizes, TaskData, TaskSpec, content_hash, format_parts
 from aimray.tasks.splits import balanced_take, check_disjoint
 
@@ -41,16 +41,6 @@ DEV_FROM_TRAIN = 0.1  # dev refill: train's surplus over its requested size, or 
 
 Record = tuple[str, str, str]  # (text, target, id)
 MakeExample = Callable[[str, str, str], Example]
-
-
-def read_json(path: Path) -> object:
-    """A JSON file's content; ValueError naming the file, and the line and column, when it is not UTF-8 JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
 
 
 @functools.cache
