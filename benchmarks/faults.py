@@ -240,9 +240,9 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
         "## Faults: killed runs resume exactly",
         "",
         f"`python benchmarks/faults.py --kills {args.kills} --preset {args.preset} --method {args.method}` "
-        f"(cases: {', '.join(c for c, k in CASE_KEYS.items() if k in figures)}) "
-        f"({figures['date']}, {figures['machine']}): `python -m aimray run --workers 0` on the real backbone, "
-        "checkpoint every 2 steps; timings never compared.",
+        f"(cases: {', '.join(c for c, k in CASE_KEYS.items() if k in figures)}; {figures['date']}, "
+        f"{figures['machine']}): `python -m aimray run --workers 0` on the real backbone, checkpoint every 2 "
+        "steps; timings never compared.",
         "",
         "| case | kills survived | event rows lost | event rows duplicated | matrices and events vs uninterrupted |",
         "|---|---|---|---|---|",
@@ -277,7 +277,8 @@ def case_rows(figures: dict) -> list[str]:
     if "sweep_driver" in figures:
         d = figures["sweep_driver"]
         rows.append(
-            f"| sweep driver and its local Ray SIGKILLed {d['kills']} times, `--resume` each time "
+            f"| sweep driver and its local Ray SIGKILLed {d['kills']} times ({', '.join(map(str, d['delays']))} s "
+            "after each start), `--resume` each time "
             f"({d['trials']} trials matched by config, every order) | {d['kills']} | {d['lost']} | "
             f"{d['duplicated']} | {'identical' if d['identical'] else 'DIFFERENT'} |"
         )
