@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from aimray.files import sha256_file
+from aimray.files import sha256_file, write_text_atomic
 from aimray.memory import RehearsalMemory
 from aimray.merging.controller import Schedule
 
@@ -199,6 +199,10 @@ class CheckpointError(ValueError):
     """A checkpoint folder is incomplete, corrupt, or in a format this version does not load."""
 
 
+def _save_tensors(tensors: Tensors, path: Path) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -226,11 +230,10 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         for group, tensor_dict in tensors.items():
-            flat = {k: v.detach().contiguous().cpu() for k, v in tensor_dict.items()}
-            save_file(flat, str(tmp / f"tensors-{group}.safetensors"))
+            _save_tensors(tensor_dict, tmp / f"tensors-{group}.safetensors")
         optim: Tensors = {}
         skeleton = split_tensors(objects, optim)
-        save_file({k: v.detach().contiguous().cpu() for k, v in optim.items()}, str(tmp / "optim.safetensors"))
+        _save_tensors(optim, tmp / "optim.safetensors")
         (tmp / "optim.json").write_text(json.dumps(skeleton))
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=1))
@@ -241,10 +244,7 @@ class Checkpointer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        pointer = self.root / ".latest.tmp"
-        pointer.write_text(name)
-        _fsync(pointer)
-        os.replace(pointer, self.root / "latest")
+        write_text_atomic(self.root / "latest", name)
         _fsync(self.root)
         self._prune(name)
         return final

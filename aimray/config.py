@@ -37,10 +37,11 @@ class ModelConfig:
     device: str = "auto"  # "auto": the GPU when torch sees one (Ray assigns it), else the CPU
     # bf16 autocast of the forward passes (training, monitoring, scoring; weights, adapter, optimizer and
     # losses stay in `dtype`): "auto" where bf16 matmuls are native (a CPU with AMX or AVX512-BF16, a GPU
-    # with bf16), "bf16" always, "off" never.
+    # with bf16) and a timed training step shows it faster (aimray.model.resolve_precision, cached per
+    # machine), "bf16" always, "off" never.
     autocast: str = "auto"
-    # Attention kernel of causal LMs: "auto" = eager under bf16 autocast on a CPU (its backward is faster
-    # there than SDPA's at these lengths; benchmarks/LOG.md), else sdpa. "sdpa" or "eager" force one.
+    # Attention kernel of causal LMs: "auto" = the faster of eager and SDPA in that probe (under autocast
+    # "auto"), else eager under bf16 on a CPU and SDPA otherwise. "sdpa" or "eager" force one.
     attention: str = "auto"
 
     def __post_init__(self) -> None:

@@ -102,6 +102,7 @@ class Run:
     """What a run holds: the parts fixed at its start, and its typed, checkpointed progress (`state`)."""
 
     cfg: RunConfig
+    out: Path
     method: Method
     shape: Shape
     specs: list[TaskSpec]
@@ -127,7 +128,7 @@ class Run:
 
     def write(self, name: str, obj: object) -> None:
         if self.dist.main:
-            write_json_atomic(self.events.root.parent / name, obj)
+            write_json_atomic(self.out / name, obj)
 
 
 def run(
@@ -213,6 +214,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
     }
     return Run(
         cfg=cfg,
+        out=out,
         method=method,
         shape=shape,
         specs=specs,
@@ -242,7 +244,7 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     """Resume from the checkpoint at `path` (of this same config); returns the task in progress, if any."""
     run_state, adapter, task, memory = checkpoint.load(path)
     if run_state["run_id"] != r.state.run_id or run_identity(run_state["config"]) != run_identity(r.cfg.to_dict()):
-        out = r.events.root.parent
+        out = r.out
         raise ValueError(f"{out} holds a checkpoint of a different run or config; use another --out or delete {out}")
     r.state.load_state_dict(run_state)
     r.manifest["started_at"] = r.state.started_at
@@ -268,7 +270,7 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
     test = ", ".join(f"{t} {100 * v:.1f}" for (t, split), v in scores.items() if split == "test")
     r.log(f"[run] after task {stage.index + 1}/{len(r.stages)} ({stage.name}): test {test}")
     r.state.stage, r.state.task = stage.index + 1, None
-    save_checkpoint(r)
+    path = save_checkpoint(r)
     r.dist.sum(0.0)  # barrier: rank 0 has written the checkpoint and the events
     return {
         "stage": stage.index + 1,
@@ -276,20 +278,20 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
         "seen": [r.specs[i].name for i in stage.seen],
         "scores": scores,
         "costs": vars(task.costs),
-        "checkpoint": r.ckpt.latest() if r.dist.main else None,
+        "checkpoint": path,
     }
 
 
-def save_checkpoint(r: Run) -> None:
+def save_checkpoint(r: Run) -> Path | None:
     """Flush the events, then write one checkpoint that records how many event parts it covers (rank 0
-    writes; every rank keeps the same counters)."""
+    writes and gets its folder; every rank keeps the same counters)."""
     r.state.event_parts = r.events.flush()
     if r.state.task is not None:
         r.state.task.lap()
-    if r.dist.main:
-        checkpoint.save(r.ckpt, r.state, r.params, r.memory)
+    path = checkpoint.save(r.ckpt, r.state, r.params, r.memory) if r.dist.main else None
     if r.on_checkpoint is not None:
         r.on_checkpoint(r.state.stage, r.state.task.step if r.state.task is not None else 0)
+    return path
 
 
 def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
@@ -304,12 +306,11 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
     outer = None
     if merging and cfg.controller.outer_lr is not None:
         outer = torch.optim.AdamW(params, lr=cfg.controller.outer_lr, weight_decay=cfg.train.weight_decay)
-    optimizers = {"optimizer": optimizer, "scheduler": linear_schedule(optimizer, cfg.train.warmup_steps, total)}
-    optimizers["outer"] = outer
+    scheduler = linear_schedule(optimizer, cfg.train.warmup_steps, total)
+    optimizers = {"optimizer": optimizer, "scheduler": scheduler, "outer": outer}
     task = TaskState(schedule, random.Random(f"{cfg.seed}/memory/{stage.index}"), optimizers)
     if saved is not None:
         task.load_state_dict(saved.tensors, saved.objects, saved.state, r.bb.device)
-        task.t_start = time.time()
     else:
         if r.shape.fresh_adapter:
             assign(r.params, r.initial)
@@ -323,7 +324,7 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         batch = batch_for_step(examples, step, cfg.train.batch_size, f"{cfg.seed}/{stage.name}")
         lr = optimizer.param_groups[0]["lr"]
         loss = optimize(r, batch, optimizer, task.imp_in if track else None)
-        optimizers["scheduler"].step()
+        scheduler.step()
         c = task.costs
         c.steps += 1
         c.train_examples += len(batch)

@@ -21,7 +21,7 @@ from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from aimray.checkpoint import Checkpointer
+from aimray.checkpoint import checkpoint_name
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
@@ -92,8 +92,8 @@ def train_worker(config: dict) -> None:
         task's start (task-end checkpoints ride on the per-task report). Not inside a Tune trial: Tune would
         take the report for a result, and the sweep's metrics come once per task."""
         if step > 0 and tracker is None:
-            path = Checkpointer(out / "checkpoints", warn=log).latest() if dist.main else None
-            checkpoint = Checkpoint.from_directory(str(path)) if path is not None else None
+            path = out / "checkpoints" / checkpoint_name(stage, step)  # the one the loop has just written
+            checkpoint = Checkpoint.from_directory(str(path)) if dist.main else None
             ray.train.report({"stage": stage, "step": step}, checkpoint=checkpoint)
         if fault is not None:
             fault(stage, step)
