@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,15 +25,20 @@ def read_json(path: Path) -> object:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, flush it to disk, then rename: a reader (or a run resumed after a crash)
-    never sees half a file."""
+    """Write under a temporary name of this writer's own, flush it to disk, then rename: a reader (or a run
+    resumed after a crash) never sees half a file, and two processes writing the same file at once leave
+    one whole version, never a mix."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, obj: object, sort_keys: bool = False) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-import json
 import platform
 import time
 import warnings
@@ -26,7 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from aimray import assets
 from aimray.config import DEFAULT_BACKBONE, ModelConfig
-from aimray.files import write_json_atomic
+from aimray.files import read_json, write_json_atomic
 from aimray.tasks.spec import Example
 
 # Quiet, library-internal noise: peft calls a transformers property that v5 renamed, and the weight-loading
@@ -83,7 +82,8 @@ def use_bf16(autocast: str, device: torch.device) -> bool:
 
 
 def attention_kernel(cfg: ModelConfig, device: torch.device) -> str:
-    """model.attention resolved: "auto" is eager under bf16 autocast on a CPU, sdpa otherwise."""
+    """The kernel a model is loaded with: model.attention, or for "auto" eager under bf16 autocast on a CPU
+    and sdpa otherwise (with model.autocast="auto", resolve_precision then keeps the faster kernel)."""
     if cfg.attention != "auto":
         return cfg.attention
     return "eager" if device.type == "cpu" and use_bf16(cfg.autocast, device) else "sdpa"
@@ -204,7 +204,10 @@ def resolve_precision(bb: Backbone) -> dict:
     kernels = ("sdpa", "eager") if switch and bb.device.type == "cpu" else ("sdpa",) if switch else (None,)
     candidates = [("off", "sdpa" if switch else None)] + [("bf16", k) for k in kernels]
     path = assets.home() / "precision.json"
-    cache = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        cache = read_json(path) if path.exists() else {}
+    except ValueError:  # an unreadable cache is measured again, not trusted
+        cache = {}
     key = probe_key(bb)
     if key in cache:
         choice = {**cache[key], "source": f"cached probe ({path})"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from aimray.files import get_section, now, put_section, sha256_file, write_json_atomic
 
@@ -22,3 +23,25 @@ def test_atomic_json_leaves_no_temporary_file(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
     assert len(sha256_file(tmp_path / "a.json")) == 64
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", now())
+
+
+def _write_many(target: str, writer: int) -> None:
+    for _ in range(40):
+        write_json_atomic(Path(target), {"writer": writer, "data": [writer] * 50000})
+
+
+def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path) -> None:
+    """Two processes writing one file at once (trials sharing a cache file) never interleave their bytes:
+    each writes its own temporary file."""
+    import json
+    import multiprocessing
+
+    target = tmp_path / "cache.json"
+    procs = [multiprocessing.get_context("fork").Process(target=_write_many, args=(str(target), w)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    assert json.loads(target.read_text())["writer"] in (0, 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]

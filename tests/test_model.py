@@ -195,6 +195,8 @@ def test_auto_precision_is_measured_once_and_cached(tiny_causal, tmp_path, monke
     assert probed.bf16 == (probed.precision["autocast"] == "bf16")
     assert probed.model.config._attn_implementation == probed.precision["attention"]
     assert probed.precision["source"] == "probe" and (tmp_path / "precision.json").exists()
+    (tmp_path / "precision.json").write_text('{"torn": ')  # an unreadable cache is measured again
+    assert load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto")).precision["source"] == "probe"
     again = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto"))
     assert (
         again.precision["source"].startswith("cached probe")
