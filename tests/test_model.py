@@ -196,11 +196,14 @@ def test_auto_precision_is_measured_once_and_cached(tiny_causal, tmp_path, monke
     assert probed.model.config._attn_implementation == probed.precision["attention"]
     assert probed.precision["source"] == "probe" and (tmp_path / "precision.json").exists()
     (tmp_path / "precision.json").write_text('{"torn": ')  # an unreadable cache is measured again
-    assert load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto")).precision["source"] == "probe"
+    reprobed = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto"))
+    assert reprobed.precision["source"] == "probe"
+    # the cache holds the latest measurement (two probes may rank close precisions differently: timing noise)
     again = load_backbone(ModelConfig(name_or_path=tiny_causal, autocast="auto"))
-    assert (
-        again.precision["source"].startswith("cached probe")
-        and again.precision["autocast"] == probed.precision["autocast"]
+    assert again.precision["source"].startswith("cached probe")
+    assert (again.precision["autocast"], again.precision["attention"]) == (
+        reprobed.precision["autocast"],
+        reprobed.precision["attention"],
     )
     for k, v in probed.lora_state().items():
         assert torch.equal(v, plain.lora_state()[k]) and v.grad is None
