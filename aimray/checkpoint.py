@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -68,6 +69,7 @@ class TaskState:
     best_score: float = -math.inf
     costs: Costs = field(default_factory=Costs)
     t_start: float = field(default_factory=time.time)
+    cache_key: str | None = None  # set while the task is one the stage cache shares (not checkpointed)
 
     def lap(self) -> None:
         """Add the wall time since the last lap to the costs."""
@@ -211,6 +213,34 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def write_folder(final: Path, tensors: dict[str, Tensors], objects: dict, state: dict) -> None:
+    """Write a folder of safetensors + JSON (state.json lists every other file's sha256) under a temporary
+    name of this writer's own, fsync it and rename it to `final`. Raises FileExistsError, leaving nothing
+    behind, when `final` appeared meanwhile (another writer won)."""
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        for group, tensor_dict in tensors.items():
+            _save_tensors(tensor_dict, tmp / f"tensors-{group}.safetensors")
+        optim: Tensors = {}
+        skeleton = split_tensors(objects, optim)
+        _save_tensors(optim, tmp / "optim.safetensors")
+        (tmp / "optim.json").write_text(json.dumps(skeleton))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=1))
+        for p in tmp.iterdir():
+            _fsync(p)
+        _fsync(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError as err:
+            if final.exists():
+                raise FileExistsError(f"{final} was written by another writer meanwhile") from err
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class Checkpointer:
     """Checkpoint folders under `root`, the newest named by `root/latest`; the last `keep` are kept.
 
@@ -226,24 +256,12 @@ class Checkpointer:
 
     def save(self, name: str, tensors: dict[str, Tensors], objects: dict, state: dict) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for group, tensor_dict in tensors.items():
-            _save_tensors(tensor_dict, tmp / f"tensors-{group}.safetensors")
-        optim: Tensors = {}
-        skeleton = split_tensors(objects, optim)
-        _save_tensors(optim, tmp / "optim.safetensors")
-        (tmp / "optim.json").write_text(json.dumps(skeleton))
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=1))
-        for p in tmp.iterdir():
-            _fsync(p)
-        _fsync(tmp)
+        for stale in self.root.glob(".*.tmp"):  # a writer killed mid-save (one writer per run folder: a lock)
+            shutil.rmtree(stale, ignore_errors=True)
         final = self.root / name
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_folder(final, tensors, objects, state)
         write_text_atomic(self.root / "latest", name)
         _fsync(self.root)
         self._prune(name)

@@ -22,12 +22,12 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from aimray import checkpoint
+from aimray import checkpoint, stagecache
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
 from aimray.config import RunConfig
 from aimray.distributed import LOCAL, Dist
@@ -119,6 +119,7 @@ class Run:
     log: Callable[[str], None]
     dist: Dist
     on_checkpoint: OnCheckpoint | None
+    cache: dict = field(default_factory=dict)  # what came from the stage cache (the manifest's "cache")
 
     def reseed(self, phase: int) -> None:
         """Seed torch (dropout) from (seed, global step, phase, rank): a resumed run and every data-parallel
@@ -164,7 +165,7 @@ def run(
         try:
             if latest is None and cfg.eval.base and r.shape.base_eval:
                 r.log(f"[run] {r.state.run_id}: evaluating the base model on {len(r.specs)} tasks")
-                evaluate_tasks(r, 0, "", list(range(len(r.specs))), Costs())
+                evaluate_tasks(r, 0, "", list(range(len(r.specs))), Costs(), shared="base_evals")
             for stage in r.stages[r.state.stage :]:
                 task = train_stage(r, stage, saved)
                 saved = None
@@ -209,6 +210,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         "config": cfg.to_dict(),
         "provenance": provenance(),
         "precision": bb.precision,  # model.autocast resolved (by a cached probe where "auto")
+        "cache": manifest_cache(),  # what came from the stage cache (aimray.stagecache), filled in as it goes
         "status": "running",
         "started_at": now(),
     }
@@ -231,6 +233,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         log=log if dist.main else _silent,
         dist=dist,
         on_checkpoint=on_checkpoint,
+        cache=manifest["cache"],
     )
 
 
@@ -253,6 +256,9 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     r.events.truncate(r.state.event_parts)
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
     r.manifest["resumed_from"] = name  # the folder may be a copy under another name (Ray Train's)
+    if r.cache and (r.out / "manifest.json").exists():  # what earlier attempts took from the cache
+        earlier = json.loads((r.out / "manifest.json").read_text()).get("cache") or {}
+        r.cache.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
 
@@ -262,7 +268,8 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
     task, checkpoint; returns the report row."""
     if r.cfg.checkpoint.keep == "best_dev" and task.best:
         assign(r.params, task.best)
-    scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs)
+    shared = "evals" if task.cache_key is not None else None
+    scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs, shared)
     task.lap()
     r.events.add("costs", task_index=stage.index, task=stage.name, **vars(task.costs))
     if r.method.remembers and stage.index < len(r.stages) - 1:
@@ -319,6 +326,14 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
     track = merging and fusion.get_fusion(cfg.controller.weights).needs_importance
     replayed = len(examples) > len(stage.train)  # memory examples mixed in: count them
     r.log(f"[run] task {stage.index + 1} ({stage.name}): {total} steps, {len(examples)} examples, memory {len(memory)}")
+    if stage.index == 0 and saved is None and not merging and r.cache:  # plain LoRA training: shareable
+        task.cache_key = shared_stage_key(r, stage, examples)
+        cached = stagecache.load_stage(task.cache_key, r.bb.device)
+        if r.dist.sum(float(cached is not None)) == r.dist.world:  # every rank has it, or every rank trains
+            r.cache["stage"] = {"key": task.cache_key[:16], "hit": True, "seconds_saved": round(cached.seconds, 1)}
+            r.log(f"[run] task 1 ({stage.name}): from the stage cache ({cached.seconds:.0f} s saved)")
+            return replay_stage(r, stage, task, cached)
+    t0, losses = time.time(), []
     for step in range(task.step, total):
         r.bb.model.train()
         batch = batch_for_step(examples, step, cfg.train.batch_size, f"{cfg.seed}/{stage.name}")
@@ -334,6 +349,7 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         memory_loss = forgetting_signal(r, task) if merging and schedule.needs_memory_loss else None
         decision = schedule.step(memory_loss) if merging else NO_MERGE
         log_step(r, stage, step, "inner", loss, lr, memory_loss)
+        losses.append((loss, lr))
         if decision.merge:
             merge(r, stage, task, step, decision, outer or optimizer, track)
         task.step = step + 1
@@ -346,7 +362,46 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         merge(r, stage, task, total - 1, decision, outer or optimizer, track)
     if cfg.checkpoint.keep == "best_dev":
         track_best(r, stage, task)
+    if task.cache_key is not None:
+        counts = {k: v for k, v in asdict(task.costs).items() if not k.endswith("seconds")}
+        entry = stagecache.StageEntry(snapshot(r.params), losses, counts, time.time() - t0, task.best, task.best_score)
+        if r.dist.main:
+            stagecache.store_stage(task.cache_key, entry)
+        r.cache["stage"] = {"key": task.cache_key[:16], "hit": False, "seconds_saved": 0.0}
     return task
+
+
+def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:
+    """The stage cache's key of a first stage: everything its training reads (aimray.stagecache)."""
+    cfg = r.cfg
+    train = {k: v for k, v in asdict(cfg.train).items() if k != "threads"}
+    settings = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
+    if cfg.checkpoint.keep == "best_dev":  # tracking the best dev state reads the seen tasks' dev data
+        n = cfg.checkpoint.best_dev_examples
+        dev = [stagecache.examples_digest(r.data[i].dev[:n]) + str(r.specs[i].labels) for i in stage.seen]
+        settings["best_dev"] = [cfg.checkpoint.best_dev_every, n, cfg.eval.mode, dev]
+    return stagecache.stage_key(stagecache.backbone_identity(r.bb, r.dist.world), settings, r.params, examples)
+
+
+def replay_stage(r: Run, stage: Stage, task: TaskState, entry: stagecache.StageEntry) -> TaskState:
+    """A cached first stage: its adapter, its best-dev state and counters, and its step rows logged through
+    this run's own schedule (so the events equal those of the run that computed it)."""
+    assign(r.params, entry.adapter)
+    task.best, task.best_score = entry.best, entry.best_score
+    for step, (loss, lr) in enumerate(entry.steps):
+        log_step(r, stage, step, "inner", loss, lr)
+    task.step = len(entry.steps)
+    task.costs = Costs(**entry.costs)  # the seconds are this run's own
+    return task
+
+
+def manifest_cache() -> dict:
+    """The manifest's record of the stage cache: its folder, then what the run took from it."""
+    base = stagecache.root()
+    if base is None:
+        return {}
+    counts = {"hits": 0, "misses": 0, "seconds_saved": 0.0}
+    return {"dir": str(base), "base_evals": dict(counts), "evals": dict(counts)}
 
 
 def log_step(
@@ -479,14 +534,25 @@ def track_best(r: Run, stage: Stage, task: TaskState) -> None:
         task.best_score, task.best = score, snapshot(r.params)
 
 
-def evaluate_tasks(r: Run, after_index: int, after_task: str, which: list[int], costs: Costs) -> dict:
-    """Evaluate tasks on the configured splits; one evals row each. Returns {(task, split): value}."""
+def evaluate_tasks(
+    r: Run, after_index: int, after_task: str, which: list[int], costs: Costs, shared: str | None = None
+) -> dict:
+    """Evaluate tasks on the configured splits; one evals row each. Returns {(task, split): value}.
+    `shared`: the adapter is one other runs evaluate too (untrained, or after a shared first stage): look
+    each score up in the stage cache first, counting hits under r.cache[shared]."""
     scores = {}
     t0 = time.time()
+    shared = shared if r.cache else None
+    if shared:
+        identity, adapter = stagecache.backbone_identity(r.bb, r.dist.world), stagecache.adapter_id(r.params)
     for i in which:
         spec = r.specs[i]
         for split in r.cfg.eval.splits:
-            value, n, metric = score_task(r, i, r.data[i].split(split))
+            examples = r.data[i].split(split)
+            if shared:
+                value, n, metric = shared_score(r, i, examples, identity, adapter, r.cache[shared])
+            else:
+                value, n, metric = score_task(r, i, examples)
             costs.eval_examples += n
             r.events.add(
                 "evals",
@@ -502,6 +568,26 @@ def evaluate_tasks(r: Run, after_index: int, after_task: str, which: list[int], 
             scores[(spec.name, split)] = value
     costs.eval_seconds += time.time() - t0
     return scores
+
+
+def shared_score(
+    r: Run, i: int, examples: list[Example], identity: dict, adapter: str, counts: dict
+) -> tuple[float, int, str]:
+    """score_task through the stage cache's eval entries (every rank hits, or every rank scores)."""
+    spec = r.specs[i]
+    mode = r.cfg.eval.mode if spec.labels else "generate"
+    key = stagecache.eval_key(identity, adapter, examples, spec.labels, mode, r.cfg.train.eval_batch_size)
+    entry = stagecache.load_eval(key)
+    if r.dist.sum(float(entry is not None)) == r.dist.world:
+        counts["hits"] += 1
+        counts["seconds_saved"] = round(counts["seconds_saved"] + entry["seconds"], 1)
+        return entry["value"], entry["n"], entry["metric"]
+    t0 = time.time()
+    value, n, metric = score_task(r, i, examples)
+    if r.dist.main:
+        stagecache.store_eval(key, {"value": value, "n": n, "metric": metric, "seconds": time.time() - t0})
+    counts["misses"] += 1
+    return value, n, metric
 
 
 def score_task(r: Run, i: int, examples: list[Example]) -> tuple[float, int, str]:

@@ -148,13 +148,18 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
 PROBE_BATCH, PROBE_WORDS, PROBE_STEPS = 4, 64, 2  # about 10 s for SmolLM2 on one CPU core, once
 
 
-def probe_key(bb: Backbone) -> str:
-    """What a measured precision choice holds for: this machine and device, the model, dtype and threads."""
-    cpu = ""
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo ("" where there is none)."""
     with contextlib.suppress(OSError):
         names = [ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
-        cpu = names[0].split(":", 1)[1].strip() if names else ""
-    device = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else cpu
+        return names[0].split(":", 1)[1].strip() if names else ""
+    return ""
+
+
+def probe_key(bb: Backbone) -> str:
+    """What a measured precision choice holds for: this machine and device, the model, dtype and threads."""
+    device = torch.cuda.get_device_name(bb.device) if bb.device.type == "cuda" else cpu_name()
     parts = [platform.node(), device, torch.__version__, bb.config.name_or_path, bb.config.dtype]
     return "|".join([*parts, f"threads={torch.get_num_threads()}", f"attention={bb.config.attention}"])
 

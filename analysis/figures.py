@@ -133,6 +133,37 @@ def accuracy_heatmaps(study: Study, paths: list[str] | None = None, split: str =
     return fig
 
 
+def interval_trajectories(study: Study) -> Figure:
+    """The interval S (top) and the learning signal Lambda (bottom) at each merge, against the step within
+    the task: one column per merging method, one line per (run, task) from the second task on."""
+    runs = study.runs[study.runs.status == "success"]
+    merges = study.merges[study.merges.path.isin(runs.path)] if len(study.merges) else pd.DataFrame()
+    methods = [
+        m for m in method_order(runs.method) if len(merges) and (merges.path.isin(runs.path[runs.method == m])).any()
+    ]
+    fig, axes = plt.subplots(
+        2, max(1, len(methods)), figsize=(3.2 * max(1, len(methods)), 5), sharex=True, squeeze=False
+    )
+    if not methods:
+        axes[0, 0].text(0.5, 0.5, "no merges recorded", ha="center", transform=axes[0, 0].transAxes)
+        return fig
+    for col, method in enumerate(methods):
+        mine = merges[merges.path.isin(runs.path[runs.method == method])]
+        for (_, index), task in mine.groupby(["path", "task_index"]):
+            colour = plt.cm.viridis(index / max(1, mine.task_index.max()))
+            axes[0, col].step(task.step, task.interval, where="post", lw=0.8, alpha=0.6, color=colour)
+            axes[1, col].plot(task.step, task.lam, "o-", ms=2, lw=0.6, alpha=0.6, color=colour)
+        axes[0, col].set_title(method, fontsize=9)
+        axes[1, col].set_xlabel("step within the task")
+        if (mine.lam > 0).all():
+            axes[1, col].set_yscale("log")
+    axes[0, 0].set_ylabel("interval S at the merge")
+    axes[1, 0].set_ylabel("learning signal Λ")
+    fig.suptitle("The merge controller at work (colour: task position in the order)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def forgetting_curves(study: Study, split: str = "test") -> Figure:
     """Accuracy on the first task of the order after each task of the sequence, one line per method
     (mean over the study's orders and seeds, band = min..max)."""

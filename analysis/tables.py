@@ -513,6 +513,63 @@ def best_markdown(
 # ---------------------------------------------------------------------------------------------- render
 
 
+# ----------------------------------------------------------------------------- the controller at work
+
+
+def controller_activity(study: Study) -> pd.DataFrame:
+    """Per merging method (finished runs): how the merge schedule acted in the tasks that have a memory
+    (the second task on): merges per task (mean, min, max), the share of those tasks in which the
+    interval S took more than one value, the range of S over all merges, and the triggers' counts."""
+    runs = study.runs[study.runs.status == "success"]
+    merges = study.merges[study.merges.path.isin(runs.path)] if len(study.merges) else pd.DataFrame()
+    if merges.empty:
+        return pd.DataFrame()
+    rows = []
+    for method, group in runs.groupby("method", sort=False):
+        mine = merges[merges.path.isin(group.path)]
+        if mine.empty:
+            continue
+        per_task, changed = [], []
+        for run in group.itertuples():
+            for index in range(1, len(run.tasks)):
+                task = mine[(mine.path == run.path) & (mine.task_index == index)]
+                per_task.append(len(task))
+                changed.append(task.interval.nunique() > 1)
+        triggers = Counter(mine.trigger)
+        rows.append(
+            {
+                "method": method,
+                "runs": len(group),
+                "tasks": len(per_task),
+                "merges_per_task": float(np.mean(per_task)),
+                "min_merges": int(min(per_task)),
+                "max_merges": int(max(per_task)),
+                "s_changed": float(np.mean(changed)),
+                "s_min": int(mine.interval.min()),
+                "s_max": int(mine.interval.max()),
+                "triggers": ", ".join(f"{t} {n}" for t, n in triggers.most_common()),
+            }
+        )
+    table = pd.DataFrame(rows)
+    return table.set_index("method").loc[method_order(table.method)].reset_index()
+
+
+def controller_cells(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "method": table.method,
+            "tasks with a memory": table.tasks,
+            "merges per task": [
+                f"{m:.1f} ({lo}-{hi})"
+                for m, lo, hi in zip(table.merges_per_task, table.min_merges, table.max_merges, strict=True)
+            ],
+            "tasks where S changed": [f"{100 * v:.0f}%" for v in table.s_changed],
+            "S range": [f"{lo}-{hi}" for lo, hi in zip(table.s_min, table.s_max, strict=True)],
+            "triggers": table.triggers,
+        }
+    )
+
+
 def markdown(cells: pd.DataFrame) -> str:
     """A DataFrame of display cells as a GitHub markdown table."""
     lines = ["| " + " | ".join(map(str, cells.columns)) + " |", "|" + "---|" * len(cells.columns)]

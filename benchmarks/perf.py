@@ -224,6 +224,7 @@ def costs_of(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ["AIMRAY_STAGE_CACHE"] = "off"  # every row computes task 1 itself (a cache hit is no timing)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="backbone: smollm2 (offline default), HF id or folder")
     ap.add_argument("--batch", type=positive_int, default=8, help="training batch size (default 8)")

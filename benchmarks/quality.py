@@ -4,6 +4,14 @@ offline-standard, orders 1-3, through Ray, written up as benchmarks/RESULTS.md.
     python benchmarks/quality.py [--preset bench] [--orders 1,2,3] [--seeds 0] [--methods m1,m2]
                                  [--cpus-per-run 1] [--out benchmarks/results/quality]
                                  [--results benchmarks/RESULTS.md] [--report-only] [key=value ...]
+    python benchmarks/quality.py --preset study   (the study: benchmarks/RESULTS-study.md)
+
+`--preset study` is the comparison at a scale where the controller acts (aimray/presets/study.yaml): 7
+methods (AimMerging, its no-LS and no-FS ablations, fixed_interval, replay, seqlora, single_task for FWT)
+x orders 1-3 x seeds 0 and 1, written to benchmarks/results/study/ and benchmarks/RESULTS-study.md. Runs go
+in priority order: seed 0 of every method, then seed 1 of aimmerging, fixed_interval, replay and
+aimmerging_no_ls, then the rest; the first runs of each (seed, first task) go first, so that the others
+take task 1 from the stage cache.
 
 Every run is a `python -m aimray run` folder under <out>/runs/<method>/o<order>-s<seed>-<config hash>/:
 a finished run of the same config is skipped, an interrupted one resumes from its checkpoint, so the
@@ -32,6 +40,21 @@ from aimray.cliargs import error_text, int_list
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+STUDY = {  # --preset study: its own methods, seeds, folder and write-up
+    "methods": [
+        "aimmerging",
+        "aimmerging_no_ls",
+        "aimmerging_no_fs",
+        "fixed_interval",
+        "replay",
+        "seqlora",
+        "single_task",
+    ],
+    "seeds": [0, 1],
+    "first": ["aimmerging", "fixed_interval", "replay", "aimmerging_no_ls"],  # seed 1 of these before the rest
+    "out": ROOT / "benchmarks" / "results" / "study",
+    "results": ROOT / "benchmarks" / "RESULTS-study.md",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--orders", type=int_list, default=[1, 2, 3], help="comma-separated orders of offline-standard (default 1,2,3)"
     )
-    parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--seeds", type=int_list, help="comma-separated seeds (default 0; study: 0,1)")
     parser.add_argument(
         "--methods",
         help="comma-separated method names (default: AimMerging, its 4 ablations, "
-        "6 baselines; `python -m aimray run --help` lists them)",
+        "6 baselines; study: its 7; `python -m aimray run --help` lists them)",
     )
     parser.add_argument(
         "--cpus-per-run",
@@ -55,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--out",
-        default=str(DEFAULT_OUT),
-        help="the study folder (runs are cached here; default benchmarks/results/quality)",
+        help="the study folder (runs are cached here; default benchmarks/results/quality, "
+        "study: benchmarks/results/study)",
     )
     parser.add_argument(
         "--results",
         help="the markdown write-up (default: benchmarks/RESULTS.md for the "
-        "default --out, else <out>/RESULTS.md: a scratch study never replaces the "
-        "committed one)",
+        "default --out, benchmarks/RESULTS-study.md for the study's, else <out>/RESULTS.md: a "
+        "scratch study never replaces the committed one)",
     )
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
@@ -71,25 +94,29 @@ def main(argv: list[str] | None = None) -> int:
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.files import get_section, put_section, write_text_atomic
-    from aimray.launch.ablations import DEFAULT_METHODS, configs, run_dir, run_study
+    from aimray.launch.ablations import DEFAULT_METHODS, configs, priority_order, run_dir, run_study
 
+    study = args.preset == "study"
+    default_methods = STUDY["methods"] if study else list(DEFAULT_METHODS)
     try:
-        methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
-        cfgs = configs(
-            args.preset, methods, "offline-standard", args.orders, args.seeds, parse_overrides(args.overrides)
-        )
+        methods = args.methods.split(",") if args.methods else default_methods
+        seeds = args.seeds or (STUDY["seeds"] if study else [0])
+        cfgs = configs(args.preset, methods, "offline-standard", args.orders, seeds, parse_overrides(args.overrides))
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
-    out = Path(args.out).resolve()
+    cfgs = priority_order(cfgs, STUDY["first"] if study else methods)
+    default_out = STUDY["out"] if study else DEFAULT_OUT
+    out = Path(args.out or default_out).resolve()
     if args.results is None:
-        args.results = str(DEFAULT_RESULTS if out == DEFAULT_OUT.resolve() else out / "RESULTS.md")
+        default_results = STUDY["results"] if study else DEFAULT_RESULTS
+        args.results = str(default_results if out == default_out.resolve() else out / "RESULTS.md")
     t0 = time.time()
     if not args.report_only:
         run_study(cfgs, out, args.cpus_per_run)
     paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
     command = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
-    text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test)
+    text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test, Path(args.results))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     for name in ("faults",):  # sections other scripts keep in the same file (benchmarks/faults.py)
@@ -101,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def results_markdown(out: Path, paths: list[str], command: str, seconds: float, preset: str, test_per_task: int) -> str:
-    """RESULTS.md from the runs at `paths` under the study folder `out` (unfinished ones listed)."""
+def results_markdown(
+    out: Path, paths: list[str], command: str, seconds: float, preset: str, test_per_task: int, results: Path
+) -> str:
+    """RESULTS.md (at `results`) from the runs at `paths` under the study folder `out` (unfinished ones
+    listed); the controller figure goes to <out>/figures/."""
     from aimray.provenance import provenance
     from analysis import tables as T
     from analysis.load import NotAStudyError, open_study
@@ -144,8 +174,98 @@ def results_markdown(out: Path, paths: list[str], command: str, seconds: float, 
         "",
         T.markdown(cells),
         *reading(runs, table, test_per_task),
+        *claims(table),
+        *controller_section(study, out, results),
+        *cache_section(out, list(done.path)),
     ]
     return "\n".join([*head, *body]) + "\n"
+
+
+def controller_section(study, out: Path, results: Path) -> list[str]:
+    """How the merge schedules acted (analysis.tables.controller_activity) and the figure of S and Lambda."""
+    import os
+
+    from analysis import figures
+    from analysis import tables as T
+
+    table = T.controller_activity(study)
+    if table.empty:
+        return []
+    png = figures.save(figures.interval_trajectories(study), out / "figures", "intervals")[0]
+    link = os.path.relpath(png, results.parent)
+    return [
+        "",
+        "## The merge controller at work",
+        "",
+        "Tasks with a memory (the second task on; task 1 has nothing to rehearse), finished runs. S: the "
+        "interval in force at each merge; a task counts as changed when its merges ran at more than one S.",
+        "",
+        T.markdown(T.controller_cells(table)),
+        "",
+        f"![S and Λ at each merge]({link})",
+    ]
+
+
+def claims(table) -> list[str]:
+    """The paper's claims (+1.9 OP and +5.5 BWT over the best baseline, fewer merges than a fixed interval)
+    against this table, in plain words; baselines are the methods that are not AimMerging's ablations or
+    the single-task / joint references."""
+    rows = table.set_index("method")
+    if "aimmerging" not in rows.index:
+        return []
+    baselines = [m for m in rows.index if not m.startswith("aimmerging") and m not in ("single_task", "mtl")]
+    lines = ["", "## Against the paper's claims", ""]
+    aim = rows.loc["aimmerging"]
+    for metric, name, paper in (("op", "OP", 1.9), ("bwt", "BWT", 5.5)):
+        have = rows.loc[baselines, f"{metric}/mean"].dropna()
+        if have.empty:
+            continue
+        best = have.idxmax()
+        diff = 100 * (aim[f"{metric}/mean"] - have.max())
+        verdict = "AimMerging ahead" if diff > 0 else "AimMerging behind" if diff < 0 else "a tie"
+        lines.append(
+            f"- {name}: AimMerging {100 * aim[f'{metric}/mean']:.2f}, the best baseline ({best}) "
+            f"{100 * have.max():.2f}: {diff:+.2f} points ({verdict}; the paper: +{paper} on its benchmarks)."
+        )
+    if "fixed_interval" in rows.index:
+        a, f = aim.merges_per_task, rows.loc["fixed_interval"].merges_per_task
+        lines.append(
+            f"- Merges: AimMerging {a:.1f} per task (task 1 included), fixed_interval {f:.1f} "
+            f"({'fewer' if a < f else 'not fewer'}, {a / f:.2f}x; the paper: fewer merges than a fixed interval)."
+        )
+    return lines
+
+
+def cache_section(out: Path, paths: list[str]) -> list[str]:
+    """What the stage cache saved: compute with / without it, from every finished run's manifest (its
+    record of what came from the cache) and its costs (the task counters' wall seconds)."""
+    import json
+
+    import pandas as pd
+
+    spent = saved = 0.0
+    hits = runs = 0
+    for path in paths:
+        manifest = json.loads((out / path / "manifest.json").read_text())
+        cache = manifest.get("cache") or {}
+        parts = sorted((out / path / "events" / "costs").glob("part-*.parquet"))
+        spent += float(sum(pd.read_parquet(p).wall_seconds.sum() for p in parts))
+        if not cache:
+            continue
+        runs += 1
+        hits += bool(cache.get("stage", {}).get("hit"))
+        saved += cache.get("stage", {}).get("seconds_saved", 0.0) + cache.get("evals", {}).get("seconds_saved", 0.0)
+    if not runs:
+        return []
+    return [
+        "",
+        "## Compute and the stage cache",
+        "",
+        f"{hits} of {runs} runs took task 1 (and its evaluation) from the stage cache. Task compute spent "
+        f"{spent / 3600:.2f} h; without the cache it would have been {(spent + saved) / 3600:.2f} h: "
+        f"with / without = {spent / (spent + saved):.2f}. (The untrained model's evaluation, row 0, is outside "
+        "the task counters in both figures.)",
+    ]
 
 
 def reading(runs, table, test_per_task: int) -> list[str]:

@@ -3,11 +3,24 @@ the real SmolLM2 tokenizer from the offline assets, so `make test` fetches the a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from aimray import assets
+
+# The stage cache shares task 1 across runs; tests that kill, resume or time a run at task 1 must compute it.
+# Tests of the cache itself point it at their own folder (the `stage_cache` fixture).
+os.environ["AIMRAY_STAGE_CACHE"] = "off"
+
+
+@pytest.fixture
+def stage_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty stage cache for this test."""
+    folder = tmp_path / "stage-cache"
+    monkeypatch.setenv("AIMRAY_STAGE_CACHE", str(folder))
+    return folder
 
 
 def real_tokenizer():

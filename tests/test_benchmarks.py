@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +80,13 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
         str(results),
         *tiny_overrides(tiny_causal),
     ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "AIMRAY_STAGE_CACHE": str(tmp_path / "stage-cache")}  # shared through Ray's tasks
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    caches = [json.loads(m.read_text())["cache"] for m in sorted(out.glob("runs/*/*/manifest.json"))]
+    assert len({c["stage"]["key"] for c in caches}) == 1  # one task 1 for all three methods
+    hits = sum(c["stage"]["hit"] for c in caches)  # the runs that started after another's task 1 ended
+    assert hits >= 3 - (os.cpu_count() or 1) and len(list((tmp_path / "stage-cache" / "stages").iterdir())) == 1
     text = results.read_text()
     assert "3 of 3 runs finished." in text and "| aimmerging | 1 |" in text and "FWT (paper) mean ± std" in text
     row = next(line for line in text.splitlines() if line.startswith("| aimmerging |"))

@@ -22,6 +22,7 @@ import ray
 from aimray.config import RunConfig, make_config
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, config_hash, run
+from aimray.tasks import benchmark_tasks
 from analysis import tables as T
 from analysis.load import NotAStudyError, open_study
 
@@ -83,6 +84,27 @@ def configs(
     ]
     check_inputs(cfgs)
     return cfgs
+
+
+def priority_order(cfgs: list[RunConfig], first: Sequence[str]) -> list[RunConfig]:
+    """The order runs start in: every method at the first seed, then the `first` methods at the other seeds,
+    then the rest; within that, one run of each distinct (seed, first task) before the others, so that the
+    runs after them take task 1 from the stage cache instead of computing it side by side."""
+    seeds = sorted({c.seed for c in cfgs})
+    methods = list(dict.fromkeys(c.method for c in cfgs))
+
+    def group(c: RunConfig) -> int:
+        return 0 if c.seed == seeds[0] else 1 if c.method in first else 2
+
+    ranked = sorted(cfgs, key=lambda c: (group(c), c.seed, methods.index(c.method), c.order))
+    leaders, seen = [], set()
+    for c in ranked:
+        start = (group(c), c.seed, benchmark_tasks(c.benchmark, c.order, c.data_dir)[0].name)
+        if start not in seen:
+            seen.add(start)
+            leaders.append(c)
+    rest = [c for c in ranked if not any(c is leader for leader in leaders)]
+    return sorted(leaders + rest, key=lambda c: (group(c), c.seed, not any(c is x for x in leaders)))
 
 
 def run_study(
