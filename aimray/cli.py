@@ -144,9 +144,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from aimray.loop import run
 
     check_out_dir(args.out)
+    overrides = parse_overrides(args.overrides)
+    if args.model is not None:  # --model is model.name_or_path (an override of the same key wins)
+        overrides = {**overrides, "model": {"name_or_path": args.model, **overrides.get("model", {})}}
     cfg = make_config(
         args.preset,
-        parse_overrides(args.overrides),
+        overrides,
         method=args.method,
         benchmark=args.benchmark,
         order=args.order,
@@ -245,8 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", type=int, default=1, help="task order of the benchmark (default 1)")
     p.add_argument(
         "--preset",
-        help="smoke (about 2 min here), demo, bench, sweep, or paper (the paper's sizes); none: the built-in "
-        "defaults, which are the paper's sizes too (1000/200/500 examples per task, batch 32)",
+        help="smoke (about 2 min here), demo, bench, sweep, study, paper (the paper's sizes) or reference "
+        "(the paper's sizes run as the released code runs them); none: the built-in defaults, which are the "
+        "paper's sizes too (1000/200/500 examples per task, batch 32)",
+    )
+    p.add_argument(
+        "--model",
+        help="the backbone: 'smollm2' (the offline default, SmolLM2-135M-Instruct), a model folder or an HF id "
+        "(the paper used t5-large, which no registry package ships: pass its folder); = model.name_or_path",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of data splits, adapter and batches (default 0)")
     p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")

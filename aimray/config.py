@@ -8,6 +8,7 @@ fails with a message naming the field and the value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -85,6 +86,9 @@ class MemoryConfig:
     fraction: float | None = 0.02
     per_task: int | None = None
     batch_size: int = 32  # memory batch for the forgetting signal and the rehearsal burst
+    # "capped": over 50 distinct outputs (a generation task) a plain random sample; "literal": the released
+    # sampler, max(1, n // C) per distinct output with no cap (nearly the whole training set on SuperNI)
+    class_rule: str = "capped"
 
     def __post_init__(self) -> None:
         _check(
@@ -100,6 +104,7 @@ class MemoryConfig:
             ok = _is_number(self.per_task, int) and self.per_task >= 1
             _check(ok, "memory.per_task", self.per_task, "must be a positive integer")
         _check(self.batch_size >= 1, "memory.batch_size", self.batch_size, "must be >= 1")
+        _one_of("memory.class_rule", self.class_rule, ("capped", "literal"))
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,12 @@ class ControllerConfig:
     fixed_w_out: float = 0.5
     outer_lr: float | None = None  # None: the burst uses the inner optimizer (released code)
     fs_mode: str = "train"  # forgetting-signal forward in "train" (dropout on, released code) or "eval" mode
+    # memory losses that set the threshold: "spec", floor(2S/3) of them, monitoring from the next step;
+    # "code", the released code's floor(2S/3) + 1, monitoring one step later
+    warmup_count: str = "spec"
+    # the burst's loss multiplied by this before its backward pass: the released code's burst goes through
+    # the trainer's step, which divides by the gradient-accumulation factor (32 / 8: 0.25); the method: 1
+    burst_loss_scale: float = 1.0
     # Fixed-interval baseline (Recurrent-KIF style) and importance-mask fusion
     fixed_s: int = 8
     fixed_m: int = 4
@@ -150,6 +161,9 @@ class ControllerConfig:
         _check(self.trend in ("last", "window"), "controller.trend", self.trend, "must be last or window")
         _check(self.trend_window >= 1, "controller.trend_window", self.trend_window, "must be >= 1")
         _check(self.fs_mode in ("train", "eval"), "controller.fs_mode", self.fs_mode, "must be train or eval")
+        _one_of("controller.warmup_count", self.warmup_count, ("spec", "code"))
+        ok = _is_number(self.burst_loss_scale, (int, float)) and 0 < self.burst_loss_scale <= 1e6
+        _check(ok, "controller.burst_loss_scale", self.burst_loss_scale, "must be a number > 0")
         if self.outer_lr is not None:
             _check(self.outer_lr > 0, "controller.outer_lr", self.outer_lr, "must be > 0 or null")
         _check(
@@ -171,9 +185,14 @@ class EvalConfig:
     mode: str = "score"  # "score" (label-word likelihood) or "generate" (exact match / ROUGE-L)
     splits: tuple[str, ...] = ("test", "dev")
     base: bool = True  # evaluate the untrained adapter first (row 0: the base model, for FWT vs base)
+    # generated tokens: 0 = the longest option + 2 (32 + 2 for a task without options); the released code: 128
+    max_new_tokens: int = 0
+    rouge_stemmer: bool = False  # ROUGE-L with the Porter stemmer (rouge-score, extra [reference]): released code
 
     def __post_init__(self) -> None:
         _check(self.mode in ("score", "generate"), "eval.mode", self.mode, "must be score or generate")
+        ok = _is_number(self.max_new_tokens, int) and 0 <= self.max_new_tokens <= 4096
+        _check(ok, "eval.max_new_tokens", self.max_new_tokens, "must be an integer in [0, 4096]")
         bad = [s for s in self.splits if s not in ("train", "dev", "test")]
         _check(
             not bad and self.splits,
@@ -186,13 +205,15 @@ class EvalConfig:
 @dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 0  # also checkpoint every N optimizer steps inside a task (0 = task ends only)
-    keep: str = "last"  # per task: keep the "last" state or the "best_dev" one (reads past-task dev data)
-    best_dev_every: int = 40  # best_dev: evaluate every N steps ...
+    # per task: keep the "last" state, the "best_dev" one (highest dev score) or "best_dev_loss" (lowest dev
+    # loss: the released code); both read past-task dev data
+    keep: str = "last"
+    best_dev_every: int = 40  # best_dev(_loss): evaluate every N steps ...
     best_dev_examples: int = 25  # ... on this many dev examples of each seen task
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
-        _check(self.keep in ("last", "best_dev"), "checkpoint.keep", self.keep, "must be last or best_dev")
+        _one_of("checkpoint.keep", self.keep, ("last", "best_dev", "best_dev_loss"))
         _check(self.best_dev_every >= 1, "checkpoint.best_dev_every", self.best_dev_every, "must be >= 1")
         _check(self.best_dev_examples >= 1, "checkpoint.best_dev_examples", self.best_dev_examples, "must be >= 1")
 
@@ -234,6 +255,28 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Fields added after runs were committed: a run's identity (aimray.loop.config_hash, the resume check)
+# leaves each out while it holds its default, so that runs made before it existed keep their hashes.
+ADDED_LATER = (
+    "memory.class_rule",
+    "controller.warmup_count",
+    "controller.burst_loss_scale",
+    "eval.max_new_tokens",
+    "eval.rouge_stemmer",
+)
+
+
+def identity_dict(config: dict) -> dict:
+    """A config dict (RunConfig.to_dict(), or a manifest's) less the ADDED_LATER fields at their defaults."""
+    defaults = RunConfig().to_dict()
+    out = json.loads(json.dumps(config))
+    for name in ADDED_LATER:
+        section, key = name.split(".")
+        if key in out.get(section, {}) and out[section][key] == defaults[section][key]:
+            del out[section][key]
+    return out
 
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from aimray import checkpoint, stagecache
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
-from aimray.config import RunConfig
+from aimray.config import RunConfig, identity_dict
 from aimray.distributed import LOCAL, Dist
 from aimray.events import SCHEMA_VERSION, EventWriter
 from aimray.files import locked, now, write_json_atomic
@@ -57,8 +57,9 @@ OnCheckpoint = Callable[[int, int], None]  # (stage, step) right after each chec
 
 
 def run_identity(config: dict) -> str:
-    """What must match for a checkpoint to be resumed: the config less execution-only fields (threads)."""
-    config = json.loads(json.dumps(config))
+    """What must match for a checkpoint to be resumed: the config less execution-only fields (threads) and
+    less the fields added later while at their defaults (config.ADDED_LATER: old runs keep their hashes)."""
+    config = identity_dict(config)
     config["train"].pop("threads", None)
     return json.dumps(config, sort_keys=True)
 
@@ -225,7 +226,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         bb=bb,
         params=params,
         initial=snapshot(params),
-        memory=RehearsalMemory(cfg.memory.fraction, cfg.memory.per_task, cfg.seed),
+        memory=RehearsalMemory(cfg.memory.fraction, cfg.memory.per_task, cfg.seed, cfg.memory.class_rule),
         events=EventWriter(out, run_id, enabled=dist.main),
         ckpt=Checkpointer(out / "checkpoints", warn=log),
         manifest=manifest,
@@ -266,7 +267,7 @@ def restore(r: Run, path: Path) -> SavedTask | None:
 def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
     """After a stage's training: keep the best-dev state if asked, evaluate, log the costs, remember the
     task, checkpoint; returns the report row."""
-    if r.cfg.checkpoint.keep == "best_dev" and task.best:
+    if r.cfg.checkpoint.keep != "last" and task.best:
         assign(r.params, task.best)
     shared = "evals" if task.cache_key is not None else None
     scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs, shared)
@@ -353,14 +354,14 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         if decision.merge:
             merge(r, stage, task, step, decision, outer or optimizer, track)
         task.step = step + 1
-        if cfg.checkpoint.keep == "best_dev" and task.step % cfg.checkpoint.best_dev_every == 0:
+        if cfg.checkpoint.keep != "last" and task.step % cfg.checkpoint.best_dev_every == 0:
             track_best(r, stage, task)
         if cfg.checkpoint.every_steps and task.step % cfg.checkpoint.every_steps == 0 and task.step < total:
             save_checkpoint(r)
     decision = schedule.at_task_end(total) if merging else NO_MERGE
     if decision.merge:
         merge(r, stage, task, total - 1, decision, outer or optimizer, track)
-    if cfg.checkpoint.keep == "best_dev":
+    if cfg.checkpoint.keep != "last":
         track_best(r, stage, task)
     if task.cache_key is not None:
         counts = {k: v for k, v in asdict(task.costs).items() if not k.endswith("seconds")}
@@ -376,10 +377,11 @@ def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:
     cfg = r.cfg
     train = {k: v for k, v in asdict(cfg.train).items() if k != "threads"}
     settings = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
-    if cfg.checkpoint.keep == "best_dev":  # tracking the best dev state reads the seen tasks' dev data
+    if cfg.checkpoint.keep != "last":  # tracking the best dev state reads the seen tasks' dev data
         n = cfg.checkpoint.best_dev_examples
         dev = [stagecache.examples_digest(r.data[i].dev[:n]) + str(r.specs[i].labels) for i in stage.seen]
-        settings["best_dev"] = [cfg.checkpoint.best_dev_every, n, cfg.eval.mode, dev]
+        evaluation = [cfg.eval.mode, cfg.eval.max_new_tokens, cfg.eval.rouge_stemmer]
+        settings["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, evaluation, dev]
     return stagecache.stage_key(stagecache.backbone_identity(r.bb, r.dist.world), settings, r.params, examples)
 
 
@@ -434,8 +436,12 @@ def log_step(
     )
 
 
-def optimize(r: Run, batch: list[Example], optimizer: torch.optim.Optimizer, importance: Tensors | None) -> float:
-    """One optimizer step on the mean answer loss of `batch` (gradient clipping; importance EMA if asked).
+def optimize(
+    r: Run, batch: list[Example], optimizer: torch.optim.Optimizer, importance: Tensors | None, scale: float = 1.0
+) -> float:
+    """One optimizer step on the mean answer loss of `batch` (gradient clipping; importance EMA if asked);
+    `scale` multiplies the loss before its backward pass (controller.burst_loss_scale); the unscaled loss
+    is returned.
 
     Each rank takes its shard and divides its summed loss by the batch's global answer-token count, so the
     gradients summed over ranks are those of the whole batch on one rank.
@@ -449,7 +455,7 @@ def optimize(r: Run, batch: list[Example], optimizer: torch.optim.Optimizer, imp
     local = 0.0
     if shard:
         loss = answer_loss(r.bb, shard, reduction="sum") / tokens
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         local = loss.item()
     r.dist.sum_grads(params)
     torch.nn.utils.clip_grad_norm_(params, r.cfg.train.grad_clip)
@@ -487,7 +493,7 @@ def merge(
     for _ in range(decision.burst):
         batch = r.memory.sample_batch(cfg.memory.batch_size, task.mem_rng)
         lr = optimizer.param_groups[0]["lr"]
-        loss = optimize(r, batch, optimizer, task.imp_out if track else None)
+        loss = optimize(r, batch, optimizer, task.imp_out if track else None, cfg.controller.burst_loss_scale)
         task.costs.burst_examples += len(batch)
         task.costs.forward_passes += 1
         task.costs.backward_passes += 1
@@ -522,11 +528,15 @@ def merge(
 
 
 def track_best(r: Run, stage: Stage, task: TaskState) -> None:
-    """checkpoint.keep=best_dev: score the adapter on a few dev examples of every seen task (as the
-    released code does; this reads past-task dev data beyond the memory) and keep the best state."""
+    """checkpoint.keep=best_dev(_loss): score the adapter on a few dev examples of every seen task (this
+    reads past-task dev data beyond the memory) and keep the best state: the highest mean score, or for
+    best_dev_loss (the released code) the lowest mean answer loss."""
     n = r.cfg.checkpoint.best_dev_examples
     t0 = time.time()
-    values = [score_task(r, i, r.data[i].dev[:n])[0] for i in stage.seen]
+    if r.cfg.checkpoint.keep == "best_dev_loss":
+        values = [-dev_loss(r, r.data[i].dev[:n]) for i in stage.seen]
+    else:
+        values = [score_task(r, i, r.data[i].dev[:n])[0] for i in stage.seen]
     task.costs.eval_examples += n * len(stage.seen)
     task.costs.eval_seconds += time.time() - t0
     score = sum(values) / len(values)
@@ -576,7 +586,8 @@ def shared_score(
     """score_task through the stage cache's eval entries (every rank hits, or every rank scores)."""
     spec = r.specs[i]
     mode = r.cfg.eval.mode if spec.labels else "generate"
-    key = stagecache.eval_key(identity, adapter, examples, spec.labels, mode, r.cfg.train.eval_batch_size)
+    settings = [mode, r.cfg.train.eval_batch_size, r.cfg.eval.max_new_tokens, r.cfg.eval.rouge_stemmer]
+    key = stagecache.eval_key(identity, adapter, examples, spec.labels, settings)
     entry = stagecache.load_eval(key)
     if r.dist.sum(float(entry is not None)) == r.dist.world:
         counts["hits"] += 1
@@ -590,11 +601,32 @@ def shared_score(
     return value, n, metric
 
 
+@torch.no_grad()
+def dev_loss(r: Run, examples: list[Example]) -> float:
+    """Mean answer loss per token over `examples` in eval mode, in batches (ranks sum their shards)."""
+    r.bb.model.eval()
+    shard, total = r.dist.shard(examples), 0.0
+    size = r.cfg.train.eval_batch_size
+    for s in range(0, len(shard), size):
+        total += answer_loss(r.bb, shard[s : s + size], reduction="sum").item()
+    r.bb.model.train()
+    return r.dist.sum(total) / max(1, r.dist.sum(answer_tokens(r.bb, shard)))
+
+
 def score_task(r: Run, i: int, examples: list[Example]) -> tuple[float, int, str]:
     """(value, n, metric) of task i on `examples`; each rank scores its shard and the sums are combined."""
     spec = r.specs[i]
     mode = r.cfg.eval.mode if spec.labels else "generate"
-    res = evaluate(r.bb, r.dist.shard(examples), spec.labels, mode, r.cfg.train.eval_batch_size)
+    ev = r.cfg.eval
+    res = evaluate(
+        r.bb,
+        r.dist.shard(examples),
+        spec.labels,
+        mode,
+        r.cfg.train.eval_batch_size,
+        ev.max_new_tokens,
+        ev.rouge_stemmer,
+    )
     n = r.dist.sum(res.n)
     return r.dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric
 

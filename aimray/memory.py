@@ -28,15 +28,17 @@ def sample_size(num_train: int, fraction: float | None, per_task: int | None) ->
     return max(1, min(n, num_train))
 
 
-def select_indices(targets: list[str], n: int, rng: random.Random) -> list[int]:
+def select_indices(targets: list[str], n: int, rng: random.Random, class_rule: str = "capped") -> list[int]:
     """Class-balanced sample: max(1, n // C) per class (C classes), topped up at random to n; sorted indices.
 
-    With more than MAX_CLASSES distinct targets (a generation task) a plain random sample of n.
+    class_rule "capped": with more than MAX_CLASSES distinct targets (a generation task) a plain random sample
+    of n. "literal" (the released sampler): the per-class rule whatever C, so a task with C > n distinct
+    outputs keeps one example of each (C examples, not n).
     """
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, target in enumerate(targets):
         by_class[target].append(i)
-    if len(by_class) > MAX_CLASSES:
+    if len(by_class) > MAX_CLASSES and class_rule == "capped":
         return sorted(rng.sample(range(len(targets)), n))
     quota = max(1, n // len(by_class))
     chosen = [i for label in sorted(by_class) for i in rng.sample(by_class[label], min(quota, len(by_class[label])))]
@@ -59,11 +61,14 @@ class RehearsalMemory:
     tasks were added. The memory stores indices into each task's training set; `state_dict` holds those.
     """
 
-    def __init__(self, fraction: float | None = None, per_task: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, fraction: float | None = None, per_task: int | None = None, seed: int = 0, class_rule: str = "capped"
+    ) -> None:
         if fraction is None and per_task is None:
             fraction = DEFAULT_FRACTION
         check_config(fraction, per_task, seed)
-        self.fraction, self.per_task, self.seed = fraction, per_task, seed
+        MemoryConfig(fraction=fraction, per_task=per_task, class_rule=class_rule)
+        self.fraction, self.per_task, self.seed, self.class_rule = fraction, per_task, seed, class_rule
         self._indices: dict[str, list[int]] = {}
         self._examples: dict[str, list[Example]] = {}
         self._train_sizes: dict[str, int] = {}
@@ -83,7 +88,8 @@ class RehearsalMemory:
         if not train:
             raise ValueError(f"task {task!r}: empty training set, nothing to remember")
         n = sample_size(len(train), self.fraction, self.per_task)
-        indices = select_indices([e.target for e in train], n, random.Random(f"memory/{self.seed}/{task}"))
+        rng = random.Random(f"memory/{self.seed}/{task}")
+        indices = select_indices([e.target for e in train], n, rng, self.class_rule)
         self._indices[task] = indices
         self._examples[task] = [train[i] for i in indices]
         self._train_sizes[task] = len(train)

@@ -48,12 +48,14 @@ def forward_transfer_base(a, base) -> float:
 
 
 def forgetting(a) -> float:
-    """Forgetting = mean over i < T-1 of (max over j < T-1 of a[j][i]) - a[T-1][i]."""
+    """Forgetting (Chaudhry et al. 2018; Mammoth) = mean over i < T-1 of (max over i <= j < T-1 of a[j][i])
+    - a[T-1][i]: the best score task i had from the row it was learned in, not before (the harness also
+    scores unseen tasks; a score from before the task was learned is transfer, not knowledge to forget)."""
     a = _matrix(a)
     t = a.shape[0]
     if t < 2:
         return float("nan")
-    return float(np.mean([np.max(a[: t - 1, i]) - a[-1, i] for i in range(t - 1)]))
+    return float(np.mean([np.max(a[i : t - 1, i]) - a[-1, i] for i in range(t - 1)]))
 
 
 def summary(a, base=None, single_task=None) -> dict[str, float]:

@@ -13,7 +13,7 @@ import inspect
 import platform
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -416,6 +416,16 @@ def generate_answers(bb: Backbone, batch: Sequence[Example], max_new_tokens: int
     return [t.strip() for t in bb.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
+def stemmed_rouge_l() -> Callable[[str, str], float]:
+    """ROUGE-L F1 as the released evaluation computes it: rouge-score's tokenizer and Porter stemmer."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ImportError("eval.rouge_stemmer=true needs rouge-score: pip install 'aimray[reference]'") from None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return lambda prediction, reference: scorer.score(reference, prediction)["rougeL"].fmeasure
+
+
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F1 over lower-cased whitespace tokens (longest common subsequence)."""
     p, r = prediction.lower().split(), reference.lower().split()
@@ -448,6 +458,8 @@ def evaluate(
     options: Sequence[str] = (),
     mode: str = "score",
     batch_size: int = 16,
+    max_new_tokens: int = 0,
+    rouge_stemmer: bool = False,
 ) -> EvalResult:
     """Score a list of examples of one task.
 
@@ -463,7 +475,7 @@ def evaluate(
     bb.model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(encode(bb, examples[i])[0]))
     preds: list[str] = [""] * len(examples)
-    max_new = max((len(encode_answer(bb, o)) for o in options), default=32) + 2
+    max_new = max_new_tokens or max((len(encode_answer(bb, o)) for o in options), default=32) + 2
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = [examples[i] for i in idx]
@@ -479,6 +491,7 @@ def evaluate(
         hits = [p.strip().lower() == ex.target.strip().lower() for p, ex in zip(preds, examples, strict=True)]
         value, metric = sum(hits) / max(len(hits), 1), "accuracy"
     else:
-        scores = [rouge_l(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
+        score = stemmed_rouge_l() if rouge_stemmer else rouge_l
+        scores = [score(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
         value, metric = sum(scores) / max(len(scores), 1), "rouge_l"
     return EvalResult(metric, value, len(examples), preds)

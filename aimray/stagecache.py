@@ -11,7 +11,8 @@ $AIMRAY_HOME/stage-cache; "off" turns the cache off), keyed by a sha256 of every
            settings, the seed, the stage's name and first global step, the adapter it starts from and the
            training examples themselves
     eval   the same backbone facts, the adapter ("untrained" while every lora_B is zero: then the adapter
-           adds exactly nothing, whatever its seed), the examples, the options, the eval mode and batch size
+           adds exactly nothing, whatever its seed), the examples, the options, the eval mode, batch size,
+           generation length and ROUGE stemming
 
 A stage entry is a folder like a checkpoint (safetensors + JSON, every file's sha256 checked before use):
 the trained adapter, the best-dev adapter if one is kept, each step's loss and learning rate, and the
@@ -163,18 +164,10 @@ def store_stage(key: str, entry: StageEntry) -> None:
 # ---------------------------------------------------------------------------------------------- evals
 
 
-def eval_key(identity: dict, adapter: str, examples: list[Example], options, mode: str, batch_size: int) -> str:
-    return digest(
-        {
-            "kind": "eval",
-            "backbone": identity,
-            "adapter": adapter,
-            "examples": examples_digest(examples),
-            "options": list(options),
-            "mode": mode,
-            "batch_size": batch_size,
-        }
-    )
+def eval_key(identity: dict, adapter: str, examples: list[Example], options, settings: list) -> str:
+    """`settings`: the eval mode, batch size, generation length and ROUGE stemming."""
+    fields = {"backbone": identity, "adapter": adapter, "options": list(options), "settings": settings}
+    return digest({"kind": "eval", **fields, "examples": examples_digest(examples)})
 
 
 def load_eval(key: str) -> dict | None:

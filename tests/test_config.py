@@ -19,10 +19,10 @@ from aimray.methods import METHODS
 
 
 def test_preset_names():
-    assert {"smoke", "demo", "paper", "sweep", "bench"} <= set(preset_names())
+    assert {"smoke", "demo", "paper", "sweep", "bench", "study", "reference"} <= set(preset_names())
 
 
-@pytest.mark.parametrize("preset", ["smoke", "demo", "paper", "sweep", "bench"])
+@pytest.mark.parametrize("preset", ["smoke", "demo", "paper", "sweep", "bench", "study", "reference"])
 def test_presets_validate(preset):
     cfg = make_config(preset)
     assert isinstance(cfg, RunConfig)

@@ -403,3 +403,19 @@ def test_no_burst_ablation_decides_zero_burst_steps():
     ctl = MergeController(ControllerConfig(s0=2, m0=2), forgetting_signal=False, burst=False)
     assert [ctl.step(), ctl.step()] == [Decision(False), Decision(True, "normal", 2, 0)]
     assert ctl.state.burst == 2  # the schedule's M is unchanged; only the decision skips the burst
+
+
+@pytest.mark.parametrize(
+    ("count", "delta", "merges"), [("spec", 2.0, [(6, "normal")]), ("code", 2.0 * 9 / 5, [(12, "forced")])]
+)
+def test_warmup_count_spec_or_released_code(count, delta, merges):
+    """controller.warmup_count at S = 6: the spec averages floor(2S/3) = 4 memory losses and monitors from
+    step 5; the released code averages 5 and monitors from step 6. Losses 1, 1, 1, 1, 5, then 1s: under
+    the spec the 5 is an activation (delta 2) and the merge comes at S (step 6); under the code count the
+    5 is averaged in (delta 3.6), nothing activates and the merge is forced at 2S (step 12)."""
+    ctl = MergeController(ControllerConfig(s0=6, warmup_count=count))
+    decisions = run_steps(ctl, [1.0, 1.0, 1.0, 1.0, 5.0, 1.0])
+    assert ctl.state.threshold == pytest.approx(delta)
+    if not decisions[-1].merge:
+        decisions += run_steps(ctl, [1.0] * 6)
+    assert [(i + 1, d.trigger) for i, d in enumerate(decisions) if d.merge] == merges

@@ -143,3 +143,11 @@ def test_run_shape_comes_from_the_manifest_not_the_method_name():
     assert run_shape({"shape": "independent", "method": "renamed_since"}) == "independent"
     assert run_shape({"method": "mtl"}) == "joint" and run_shape({"method": "single_task"}) == "independent"
     assert run_shape({"method": "gone"}) == "sequential"
+
+
+def test_forgetting_starts_at_the_row_a_task_was_learned_in():
+    """Positive transfer: task 1 scores 0.8 before it is trained (row 0) and 0.6 once learned (row 1); the
+    standard definition (Chaudhry et al.; Mammoth) measures forgetting from 0.6, not from 0.8."""
+    a = [[0.5, 0.8, 0.1], [0.6, 0.6, 0.2], [0.4, 0.5, 0.7]]
+    # task 0: max(0.5, 0.6) - 0.4 = 0.2; task 1: max(a[1][1]) - a[2][1] = 0.6 - 0.5 = 0.1 (not 0.8 - 0.5)
+    assert metrics.forgetting(a) == pytest.approx((0.2 + 0.1) / 2)

@@ -123,7 +123,7 @@ class MergeController(Schedule):
             return self._merge("normal") if st.since >= st.interval else NO_MERGE
         if memory_loss is None:
             raise ValueError("the forgetting signal needs the memory loss of every step")
-        warm = signals.monitor_steps(st.interval)
+        warm = signals.monitor_steps(st.interval) + (cfg.warmup_count == "code")  # released: one more
         if st.since <= warm:
             st.losses.append(memory_loss)
             if st.since == warm:
