@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ class RunResult:
     base_test: list[float] | None
     metrics: dict[str, float]
     merges: dict[str, int]
+    costs: dict[str, float] = field(default_factory=dict)  # the costs rows summed over tasks (aimray.checkpoint.Costs)
 
 
 def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, list[float] | None]:
@@ -49,7 +50,12 @@ def collect(out: Path) -> RunResult:
     merges: dict[str, int] = {}
     for r in read_events(out, "merges").to_pylist():
         merges[r["trigger"]] = merges.get(r["trigger"], 0) + 1
-    return RunResult(out, manifest["tasks"], test, dev, base, summary, merges)
+    costs: dict[str, float] = {}
+    for row in read_events(out, "costs").to_pylist():
+        for k, v in row.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "task_index":
+                costs[k] = costs.get(k, 0) + v
+    return RunResult(out, manifest["tasks"], test, dev, base, summary, merges, costs)
 
 
 def run_shape(manifest: dict) -> str:

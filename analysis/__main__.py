@@ -127,6 +127,11 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
         _save(F.optimization_history(study), figs, "optimization_history", report)
         if len(imp):
             _save(F.importance_bars(imp), figs, "importances", report)
+        front = T.pareto_front(study)
+        if len(T.objective_columns(study.trials)):
+            (tables / "pareto.md").write_text(T.markdown(T.pareto_cells(front)))
+            report += ["## Pareto front (dev objectives; test for reporting)", "", T.markdown(T.pareto_cells(front))]
+            _save(F.pareto_fronts(study), figs, "pareto", report)
 
     shown = representative_runs(study, runs)
     _save(F.accuracy_heatmaps(study, list(shown.path), split), figs, "accuracy_matrices", report)

@@ -133,6 +133,36 @@ def accuracy_heatmaps(study: Study, paths: list[str] | None = None, split: str =
     return fig
 
 
+def pareto_fronts(study: Study) -> Figure:
+    """A multi-objective sweep: every pair of objectives, completed trials as dots and the Pareto front
+    (trials.parquet's `pareto`) ringed; last panel, the hypervolume of the front over trials."""
+    from itertools import combinations
+
+    from analysis.tables import hypervolume_history, objective_columns
+
+    t = study.trials
+    names = objective_columns(t)
+    pairs = list(combinations(names, 2))
+    fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(4 * (len(pairs) + 1), 3.6), squeeze=False)
+    done = t[t.status == "completed"]
+    for ax, (a, b) in zip(axes[0], pairs, strict=False):
+        ax.scatter(done[f"objective/{a}"], done[f"objective/{b}"], s=14, color="tab:blue", label="completed")
+        front = done[done.pareto]
+        ring = {"s": 60, "facecolors": "none", "edgecolors": "tab:red", "label": "Pareto front"}
+        ax.scatter(front[f"objective/{a}"], front[f"objective/{b}"], **ring)
+        ax.set_xlabel(a)
+        ax.set_ylabel(b)
+    axes[0, 0].legend(fontsize=7)
+    hv = hypervolume_history(study)
+    ax = axes[0, -1]
+    ax.plot(hv.trials, hv.hypervolume, "o-", ms=3)
+    ax.set_xlabel("completed trials")
+    ax.set_ylabel(f"hypervolume ({names[0]} x {names[1]})" if len(names) > 1 else "hypervolume")
+    fig.suptitle("Multi-objective search: fronts in 2-D projections", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def interval_trajectories(study: Study) -> Figure:
     """The interval S (top) and the learning signal Lambda (bottom) at each merge, against the step within
     the task: one column per merging method, one line per (run, task) from the second task on."""

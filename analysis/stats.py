@@ -166,3 +166,36 @@ def separation(lo: float, hi: float, margin: float = 0.0, tol: float = 0.0) -> i
     if hi < -margin - tol:
         return -1
     return 0
+
+
+def pareto_mask(values: np.ndarray, senses: list[str]) -> np.ndarray:
+    """Which rows of `values` (points x objectives) are Pareto-optimal: no other row is at least as good
+    in every objective and better in one. `senses`: "max" or "min" per column. Rows with a NaN are never
+    on the front (and never dominate)."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2 or v.shape[1] != len(senses):
+        raise ValueError(f"pareto_mask: values of shape {v.shape} against {len(senses)} senses")
+    signed = v * np.array([1.0 if s == "max" else -1.0 for s in senses])  # larger is better everywhere
+    ok = ~np.isnan(signed).any(axis=1)
+    front = np.zeros(len(v), dtype=bool)
+    for i in np.flatnonzero(ok):
+        others = signed[ok]
+        dominated = ((others >= signed[i]).all(axis=1) & (others > signed[i]).any(axis=1)).any()
+        front[i] = not dominated
+    return front
+
+
+def hypervolume_2d(points: np.ndarray, reference: tuple[float, float]) -> float:
+    """The area dominated by `points` (n x 2, both to maximise) above `reference`: the hypervolume of a
+    2-objective front (a minimised objective enters negated)."""
+    p = np.asarray(points, dtype=float)
+    p = p[(p[:, 0] > reference[0]) & (p[:, 1] > reference[1])] if len(p) else p
+    if not len(p):
+        return 0.0
+    p = p[np.argsort(-p[:, 0])]
+    area, best_y = 0.0, reference[1]
+    for x, y in p:
+        if y > best_y:
+            area += (x - reference[0]) * (y - best_y)
+            best_y = y
+    return float(area)

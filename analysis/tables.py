@@ -11,6 +11,7 @@ uses), in points (x100) only when rendered.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -342,7 +343,7 @@ def order_means(trials: pd.DataFrame) -> pd.DataFrame:
     orders' o<k>/<name> columns) and `dev_op_spread`, ... (std over orders, of the same unit) added."""
     t = trials.copy()
     for key in ("dev_op", "dev_bwt", "test_op", "test_bwt"):
-        cols = [c for c in t.columns if c.startswith("o") and c.endswith(f"/{key}")]
+        cols = [c for c in t.columns if re.fullmatch(rf"o\d+/{key}", c)]
         if cols:
             t[key] = t[cols].mean(axis=1)
             t[f"{key}_spread"] = t[cols].std(axis=1, ddof=0)
@@ -478,6 +479,59 @@ def best_trials(study: Study, top: int = 5) -> pd.DataFrame:
     return t[[c for c in cols if c in t] + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
 
 
+def objective_columns(trials: pd.DataFrame) -> list[str]:
+    """The objectives of a multi-objective sweep (trials.parquet's objective/<name> columns; [] if one)."""
+    names = [c.removeprefix("objective/") for c in trials.columns if c.startswith("objective/")]
+    return names if len(names) > 1 else []
+
+
+def pareto_front(study: Study) -> pd.DataFrame:
+    """A multi-objective sweep's Pareto front: the completed trials trials.parquet marks `pareto`, with
+    each objective, test OP / BWT means and the searched knobs; empty for a single-objective sweep."""
+    t = trial_metrics(study)
+    names = objective_columns(t)
+    if not names or "pareto" not in t:
+        return t.iloc[:0]
+    t = t[(t.status == "completed") & t.pareto]
+    cols = ["trial_id", *[f"objective/{n}" for n in names], "test_op", "test_bwt"]
+    return t[cols + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
+
+
+def pareto_cells(front: pd.DataFrame) -> pd.DataFrame:
+    """`pareto_front` as display cells: objectives and test metrics in points (compute in examples)."""
+    cells = pd.DataFrame({"trial": front.trial_id})
+    for c in front.columns:
+        if c.startswith("objective/"):
+            cells[c.removeprefix("objective/")] = [_objective_cell(c, v) for v in front[c]]
+    cells["test OP"] = [points(v) for v in front.test_op]
+    cells["test BWT"] = [points(v) for v in front.test_bwt]
+    for c in front.columns:
+        if c.startswith("config/"):
+            cells[c.removeprefix("config/")] = [_cell(v, missing="") for v in front[c]]
+    return cells
+
+
+def hypervolume_history(study: Study) -> pd.DataFrame:
+    """Per completed trial in the order they finished (trial ids sort in creation order): the hypervolume
+    of the front so far on the first two objectives, against the worst value seen of each (points x
+    points, or points x examples for compute)."""
+    from aimray.objective import SENSES
+
+    t = study.trials
+    names = objective_columns(t)[:2]
+    if len(names) < 2:
+        return pd.DataFrame(columns=["trials", "hypervolume"])
+    done = t[t.status == "completed"].sort_values("trial_id")
+    signs = np.array([1.0 if SENSES.get(n, "max") == "max" else -1.0 for n in names])
+    values = done[[f"objective/{n}" for n in names]].to_numpy(dtype=float) * signs
+    values = values[~np.isnan(values).any(axis=1)]
+    if not len(values):
+        return pd.DataFrame(columns=["trials", "hypervolume"])
+    reference = tuple(values.min(axis=0))
+    rows = [(i, stats.hypervolume_2d(values[:i], reference)) for i in range(1, len(values) + 1)]
+    return pd.DataFrame(rows, columns=["trials", "hypervolume"])
+
+
 def best_markdown(
     trials: pd.DataFrame,
     *,
@@ -487,27 +541,77 @@ def best_markdown(
     objective: str,
     seconds: float,
     top: int = 5,
+    objectives: Sequence[str] | None = None,
+    holdout: pd.DataFrame | None = None,
 ) -> str:
     """A sweep's best.md from its trials table (trials.parquet, best objective first): the trial counts
     by status and the wall time, then the `top` completed trials with their objective (dev), mean test OP
-    and BWT over orders (points) and config values."""
-    done = order_means(trials[trials.status == "completed"].head(top))
+    and BWT over orders (points) and config values; with several `objectives`, the Pareto front instead;
+    with `holdout` (holdout.parquet), the chosen configs on the held-out orders beside the defaults."""
+    completed = trials[trials.status == "completed"]
+    done = order_means(completed[completed.pareto] if objectives else completed.head(top))
     config_cols = [c for c in trials.columns if c.startswith("config/")]
+    what = f"objectives {', '.join(objectives)}" if objectives else f"objective {objective}"
     lines = [
-        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, objective {objective} (dev)",
+        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, {what} (dev)",
         "",
         f"{len(trials)} trials ({(trials.status == 'completed').sum()} completed, "
         f"{(trials.status == 'stopped').sum()} stopped early, {(trials.status == 'error').sum()} errors) "
         f"in {seconds / 60:.1f} min.",
         "",
     ]
-    header = ["trial", "objective", "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
+    scored = [f"objective/{k}" for k in objectives] if objectives else ["objective"]
+    if objectives:
+        lines += [
+            f"The Pareto front: {len(done)} of {len(completed)} completed trials that no other trial beats "
+            "on every objective.",
+            "",
+        ]
+    names = [c.removeprefix("objective/") for c in scored] if objectives else ["objective"]
+    header = ["trial", *names, "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in done.iterrows():
-        cells = [r.trial_id, f"{100 * r.objective:.2f}", f"{100 * r.test_op:.2f}", f"{100 * r.test_bwt:.2f}"]
+        cells = [r.trial_id, *[_objective_cell(c, r[c]) for c in scored]]
+        cells += [f"{100 * r.test_op:.2f}", f"{100 * r.test_bwt:.2f}"]
         cells += [_cell(r[c], missing="") for c in config_cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if holdout is not None and len(holdout):
+        lines += ["", *holdout_lines(holdout)]
     return "\n".join(lines) + "\n"
+
+
+def _objective_cell(column: str, value: float) -> str:
+    """compute in examples (a count), every other objective in points."""
+    if column.endswith("compute"):
+        return f"{value:.0f}"
+    return f"{100 * value:.2f}"
+
+
+def holdout_lines(holdout: pd.DataFrame) -> list[str]:
+    """The held-out orders: per config, mean dev and test OP / BWT over those orders and its compute, and
+    its difference from the defaults (the test of whether tuned values carry over to an unseen order)."""
+    orders = sorted(holdout.order.unique())
+    ok = holdout[holdout.status == "success"]
+    means = ok.groupby("config", sort=False)[["dev_op", "dev_bwt", "test_op", "test_bwt", "compute"]].mean()
+    lines = [
+        f"## On the held-out orders {', '.join(map(str, orders))} (not seen by the search)",
+        "",
+        "| config | dev OP | dev BWT | test OP | test BWT | compute | test OP vs default |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = means.loc["default", "test_op"] if "default" in means.index else math.nan
+    for name, r in means.iterrows():
+        diff = "" if name == "default" else f"{100 * (r.test_op - base):+.2f}"
+        cells = [points(r.dev_op), points(r.dev_bwt), points(r.test_op), points(r.test_bwt), f"{r.compute:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} |")
+    failed = holdout[holdout.status != "success"]
+    if len(failed):
+        lines += [
+            "",
+            f"{len(failed)} held-out run(s) failed: "
+            + "; ".join(f"{r.config} order {r.order}: {r.error}" for r in failed.itertuples()),
+        ]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------- render

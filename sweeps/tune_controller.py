@@ -2,11 +2,17 @@
 
     python sweeps/tune_controller.py [--config sweeps/configs/controller.yaml] [--out runs/sweep]
         [--preset P] [--num-samples N] [--concurrency C] [--workers W] [--objective dev_op]
+        [--objectives dev_op,dev_bwt,compute] [--holdout-orders 3]
         [--address ADDR] [--storage URI] [--resume] [key=value ...]
 
 Each trial runs one sampled config over every order of the benchmark (Ray Train workers with --workers,
 else one process per trial) and is scored on dev data only; test metrics are recorded beside. The output
 folder holds trials.parquet, best.md and every run's trajectory. See aimray/launch/tune.py.
+
+--objectives searches several objectives at once (Optuna's multi-objective TPE; ASHA stops trials on the
+first): trials.parquet marks the Pareto front (`pareto`) and best.md lists it. --holdout-orders leaves
+orders out of the search and then runs the best config (or the whole front) and the defaults on them:
+holdout.parquet and a section of best.md, the test of whether tuned values carry over to an unseen order.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         epilog="key=value: a sweep field (num_samples=8, objective=dev_op_bwt) or a fixed run-config value "
         "for every trial (train.lr=1e-3, data.train=32). Objectives: dev_op (mean OP on dev over orders), "
-        "dev_op_bwt (OP + BWT on dev), worst_dev_op (worst order).",
+        "dev_bwt (mean BWT on dev), dev_op_bwt (OP + BWT on dev), worst_dev_op (worst order), compute "
+        "(minimised: rehearsal + monitoring examples per order, in examples).",
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep spec YAML (search space etc.)")
     parser.add_argument("--out", help="output folder (default runs/sweep)")
@@ -39,7 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         help="CPUs per trial (in-process) or per Train worker (default 1)",
     )
     parser.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker", help="GPUs per worker")
-    parser.add_argument("--objective", help="dev_op (default), dev_op_bwt or worst_dev_op")
+    parser.add_argument("--objective", help="dev_op (default), dev_bwt, dev_op_bwt, worst_dev_op or compute")
+    parser.add_argument(
+        "--objectives",
+        help="comma-separated objectives for a multi-objective search, e.g. dev_op,dev_bwt,compute "
+        "(the first is the one ASHA stops trials on)",
+    )
+    parser.add_argument(
+        "--holdout-orders",
+        type=int_list,
+        dest="holdout_orders",
+        help="comma-separated orders left out of the search; the best config(s) and the defaults run on them after",
+    )
     parser.add_argument("--scheduler", help="asha (default), hyperband or none")
     parser.add_argument("--orders", type=int_list, help="comma-separated orders (default: all of the benchmark)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
@@ -72,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_worker=args.gpus_per_worker,
             objective=args.objective,
+            objectives=args.objectives,
+            holdout_orders=tuple(args.holdout_orders) if args.holdout_orders else None,
             scheduler=args.scheduler,
             orders=orders,
             data_dir=args.data_dir,

@@ -237,3 +237,33 @@ def test_interval_cells() -> None:
     assert T.interval(0.015, -0.005, 0.03) == "+1.50 [-0.50, +3.00]"
     assert T.interval(-0.00001, -0.00002, 0.0, signed=False) == "0.00 [0.00, 0.00]"  # never "-0.00"
     assert T.interval(0.015, math.nan, math.nan) == "+1.50 [–]" and T.interval(math.nan, 0.0, 0.1) == "–"
+
+
+def test_pareto_mask_against_brute_force() -> None:
+    """Random points, mixed senses, ties and NaN: the mask equals a brute-force dominance check."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        values = rng.integers(0, 4, size=(12, 3)).astype(float)  # small ints: plenty of ties
+        if trial % 3 == 0:
+            values[rng.integers(0, 12), rng.integers(0, 3)] = np.nan
+        senses = ["max", "min", "max"]
+        signed = values * np.array([1, -1, 1])
+        expected = []
+        for i in range(len(values)):
+            if np.isnan(signed[i]).any():
+                expected.append(False)
+                continue
+            rivals = [j for j in range(len(values)) if not np.isnan(signed[j]).any()]
+            expected.append(not any((signed[j] >= signed[i]).all() and (signed[j] > signed[i]).any() for j in rivals))
+        assert S.pareto_mask(values, senses).tolist() == expected
+    with pytest.raises(ValueError, match="senses"):
+        S.pareto_mask(np.zeros((3, 2)), ["max"])
+
+
+def test_hypervolume_of_a_two_objective_front_by_hand() -> None:
+    # points (3, 1), (2, 2), (1, 3) over reference (0, 0): 3x1 + 2x1 + 1x1 = 6; a dominated point adds 0
+    front = np.array([[3.0, 1.0], [2.0, 2.0], [1.0, 3.0]])
+    assert S.hypervolume_2d(front, (0.0, 0.0)) == pytest.approx(6.0)
+    assert S.hypervolume_2d(np.vstack([front, [[1.5, 1.5]]]), (0.0, 0.0)) == pytest.approx(6.0)
+    assert S.hypervolume_2d(front, (1.0, 1.0)) == pytest.approx(1.0)  # only (2, 2) lies above (1, 1)
+    assert S.hypervolume_2d(np.zeros((0, 2)), (0.0, 0.0)) == 0.0

@@ -130,6 +130,38 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert (out / "sweep.json").read_text() == record
 
 
+def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> None:
+    """--objectives dev_op,dev_bwt,compute tunes on orders 1-2 (order 3 held out), marks the Pareto front,
+    then runs the front and the defaults on order 3; best.md shows both, and the analysis draws the front."""
+    out = tmp_path / "sweep"
+    extra = ["--objectives", "dev_op,dev_bwt,compute", "--holdout-orders", "3", "scheduler=none"]
+    proc = sweep_cli(out, tiny_causal, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-4000:]
+    table = pd.read_parquet(out / "trials.parquet")
+    assert (table.status == "completed").all() and (table.tasks_done == 8).all()  # 2 orders x 4 tasks
+    assert not any(c.startswith("o3/") for c in table.columns)  # the held-out order is never tuned on
+    for name in ("dev_op", "dev_bwt", "compute"):
+        per_order = table[[f"o1/{name}", f"o2/{name}"]].mean(axis=1)
+        assert np.allclose(table[f"objective/{name}"], per_order), name
+    assert np.allclose(table.objective, table["objective/dev_op"]) and (table["objective/compute"] > 0).all()
+    values = table[["objective/dev_op", "objective/dev_bwt", "objective/compute"]].to_numpy()
+    signed = values * np.array([1, 1, -1])
+    for i, on_front in enumerate(table.pareto):  # brute force: not dominated by any other trial
+        dominated = any((signed[j] >= signed[i]).all() and (signed[j] > signed[i]).any() for j in range(len(table)))
+        assert on_front == (not dominated)
+    holdout = pd.read_parquet(out / "holdout.parquet")
+    front = table[table.pareto]
+    is_default = front["config/controller.threshold_factor"].round(6) == 2.0  # the preset's point, run as default
+    assert set(holdout.config) == {"default", *front.trial_id[~is_default]} and set(holdout.order) == {3}
+    assert (holdout.status == "success").all() and holdout.test_op.notna().all() and holdout.dev_op.notna().all()
+    best = (out / "best.md").read_text()
+    assert "objectives dev_op, dev_bwt, compute" in best and "The Pareto front:" in best
+    assert "## On the held-out orders 3" in best and "| default |" in best
+    figures = analyse(out, "Best trials (objective on dev")
+    assert "pareto.png" in figures and (out / "analysis" / "tables" / "pareto.md").exists()
+
+
 def analyse(study: Path, headline: str) -> set[str]:
     """Run `python -m analysis` on a study; check the headline; return the figure files written."""
     proc = subprocess.run([sys.executable, "-m", "analysis", str(study)], cwd=ROOT, capture_output=True, text=True)

@@ -21,7 +21,7 @@ import os
 import time
 import typing
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, par
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, run
 from aimray.methods import get_method
-from aimray.objective import OBJECTIVES, ORDER_METRICS, ObjectiveTracker
+from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker
 from aimray.tasks import get_benchmark
+from analysis import stats
 from analysis import tables as T
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
@@ -75,6 +76,11 @@ class SweepSpec:
     overrides: dict = field(default_factory=dict)  # fixed config values (nested)
     space: tuple[Param, ...] = ()
     objective: str = "dev_op"
+    # multi-objective search (Optuna's multi-objective TPE): e.g. (dev_op, dev_bwt, compute); the first is
+    # also `objective`, the scalar ASHA / HyperBand stop trials on. Empty: single-objective on `objective`.
+    objectives: tuple[str, ...] = ()
+    # orders left out of the search: the best config(s) and the defaults run on them after it (transfer)
+    holdout_orders: tuple[int, ...] = ()
     scheduler: str = "asha"  # asha, hyperband or none
     num_samples: int = 8
     concurrency: int = 0  # 0: sized to the cluster
@@ -87,6 +93,14 @@ class SweepSpec:
     def all_orders(self) -> tuple[int, ...]:
         bench = get_benchmark(self.benchmark)
         return self.orders or tuple(bench.orders)
+
+    def tune_orders(self) -> tuple[int, ...]:
+        """The orders trials run on: every order but the held-out ones."""
+        return tuple(o for o in self.all_orders() if o not in self.holdout_orders)
+
+    def kinds(self) -> list[str]:
+        """Every objective searched: `objectives`, or [objective]."""
+        return list(self.objectives) or [self.objective]
 
     def num_tasks(self) -> int:
         return len(get_benchmark(self.benchmark).order(self.all_orders()[0]))
@@ -165,23 +179,43 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     if unknown:
         raise ValueError(f"unknown sweep key(s) {unknown}; valid: {', '.join(sorted(spec_fields))}")
     raw["space"] = parse_space(raw.get("space", {}))
-    orders = raw.get("orders") or ()
-    if not isinstance(orders, list | tuple):
-        raise ValueError(f"orders={orders!r} must be a list of order numbers (empty: every order)")
-    raw["orders"] = tuple(_coerce(v, int, "orders") for v in orders)
+    for key in ("orders", "holdout_orders"):
+        orders = raw.get(key) or ()
+        if isinstance(orders, int) and not isinstance(orders, bool):
+            orders = [orders]
+        if not isinstance(orders, list | tuple):
+            raise ValueError(f"{key}={orders!r} must be a list of order numbers")
+        raw[key] = tuple(_coerce(v, int, key) for v in orders)
+    objectives = raw.get("objectives") or ()
+    if isinstance(objectives, str):
+        objectives = [o.strip() for o in objectives.split(",") if o.strip()]
+    if not isinstance(objectives, list | tuple):
+        raise ValueError(f"objectives={objectives!r} must be a list of objective names")
+    raw["objectives"] = tuple(str(o) for o in objectives)
     if not isinstance(raw.get("overrides") or {}, dict):
         raise ValueError(f"overrides={raw['overrides']!r} must be a mapping of run-config keys to values")
     raw["overrides"] = raw.get("overrides") or {}
     hints = typing.get_type_hints(SweepSpec)
-    for key in set(raw) - {"orders", "overrides", "space"}:
+    for key in set(raw) - {"orders", "holdout_orders", "objectives", "overrides", "space"}:
         raw[key] = _coerce(raw[key], hints[key], key)
     spec = SweepSpec(**raw)
     for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_worker"):
         if getattr(spec, key) < 0:
             raise ValueError(f"{key}={getattr(spec, key)!r} must be >= 0")
     check_out_dir(spec.out, "out")
-    if spec.objective not in OBJECTIVES:
-        raise ValueError(f"objective={spec.objective!r}; valid: {', '.join(OBJECTIVES)}")
+    for name in spec.kinds():
+        if name not in OBJECTIVES:
+            field_name = "objectives" if spec.objectives else "objective"
+            raise ValueError(f"{field_name}: {name!r} is unknown; valid: {', '.join(OBJECTIVES)}")
+    if len(set(spec.kinds())) != len(spec.kinds()):
+        raise ValueError(f"objectives={list(spec.objectives)} names one objective twice")
+    if spec.objectives:
+        spec = replace(spec, objective=spec.objectives[0])
+    bad = [o for o in spec.holdout_orders if o not in spec.all_orders()]
+    if bad:
+        raise ValueError(f"holdout_orders={list(spec.holdout_orders)}: {bad} not among the orders {spec.all_orders()}")
+    if spec.holdout_orders and not spec.tune_orders():
+        raise ValueError(f"holdout_orders={list(spec.holdout_orders)} leaves no order to tune on")
     if spec.scheduler not in ("asha", "hyperband", "none"):
         raise ValueError(f"scheduler={spec.scheduler!r}; valid: asha, hyperband, none")
     method = get_method(spec.method)
@@ -259,10 +293,10 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 
 def run_trial(config: dict, spec: SweepSpec) -> None:
     """One Tune trial: the sampled config over every order; reports after every task."""
-    orders = spec.all_orders()
+    orders = spec.tune_orders()
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(spec.out).resolve() / "runs" / trial_id
-    tracker = ObjectiveTracker(spec.objective, list(orders), spec.num_tasks())
+    tracker = ObjectiveTracker(spec.objective, list(orders), spec.num_tasks(), kinds=spec.kinds())
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     if spec.workers == 0:  # one thread per CPU given to the trial, or trials fight for cores
         sampled["train.threads"] = max(1, int(spec.cpus_per_trial))
@@ -339,43 +373,109 @@ def sweep(
     t0 = time.time()
     grid = tuner.fit()
     table = trials_table(grid, spec)
-    table.to_parquet(out / "trials.parquet.tmp", index=False)
-    os.replace(out / "trials.parquet.tmp", out / "trials.parquet")
+    write_parquet(table, out / "trials.parquet")
+    holdout = run_holdout(spec, table) if spec.holdout_orders else None
+    if holdout is not None:
+        write_parquet(holdout, out / "holdout.parquet")
     best = T.best_markdown(
         table,
         method=spec.method,
         benchmark=spec.benchmark,
-        orders=spec.all_orders(),
+        orders=spec.tune_orders(),
         objective=spec.objective,
         seconds=time.time() - t0,
+        objectives=spec.kinds() if spec.objectives else None,
+        holdout=holdout,
     )
     (out / "best.md").write_text(best)
     return table
 
 
+def write_parquet(table: pd.DataFrame, path: Path) -> None:
+    table.to_parquet(path.with_suffix(".parquet.tmp"), index=False)
+    os.replace(path.with_suffix(".parquet.tmp"), path)
+
+
+def holdout_configs(spec: SweepSpec, table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """What runs on the held-out orders: the default point (the preset's values), and the best completed
+    trial, or with several objectives every completed trial on the Pareto front (a trial that sampled the
+    default point is the default's run); name -> sampled values."""
+    done = table[table.status == "completed"]
+    chosen = done[done.pareto] if spec.objectives else done.head(1)
+    configs: dict[str, dict[str, Any]] = {"default": default_point(spec)}
+    for _, row in chosen.iterrows():
+        sampled = {c.removeprefix("config/"): row[c] for c in table.columns if c.startswith("config/")}
+        sampled = {k: _native(v) for k, v in sampled.items() if not _missing(v)}
+        if sampled not in configs.values():
+            configs[row.trial_id] = sampled
+    return configs
+
+
+def run_holdout(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
+    """Run each of `holdout_configs` on every held-out order (Ray tasks, one per run, spec.cpus_per_trial
+    CPUs each; a finished run folder is reused) under <out>/holdout/<name>/order<k>; returns holdout.parquet:
+    one row per (config, order) with its dev and test metrics and compute."""
+    from aimray.launch.ablations import _run_remote
+    from aimray.objective import order_summary
+    from aimray.results import collect
+
+    out = Path(spec.out)
+    jobs = {}
+    for name, sampled in holdout_configs(spec, table).items():
+        for order in spec.holdout_orders:
+            cfg = trial_config(spec, order, sampled)
+            folder = out / "holdout" / name / f"order{order}"
+            task = _run_remote.options(num_cpus=spec.cpus_per_trial or 1).remote(
+                cfg.to_dict(), str(folder), max(1, int(spec.cpus_per_trial or 1))
+            )
+            jobs[task] = (name, order, folder)
+    rows = []
+    for task, (name, order, folder) in jobs.items():
+        res = ray.get(task)
+        row = {"config": name, "order": order, "status": res["status"], "error": res["error"]}
+        if res["status"] == "success":
+            result = collect(folder)
+            row.update(order_summary(result.metrics, result.costs))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _native(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
 def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
-    max_t = len(spec.all_orders()) * spec.num_tasks()
+    """TPE (multi-objective TPE for several objectives) with the preset's values first; ASHA / HyperBand
+    stop trials on `objective`, the first objective, in its sense."""
+    max_t = len(spec.tune_orders()) * spec.num_tasks()
     points = [default_point(spec)] if spec.include_defaults and spec.space else []
     points = [p for p in points if p]
     sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    kinds = spec.kinds()
+    multi = len(kinds) > 1
     searcher = OptunaSearch(
         space=define_by_run(spec.space),
-        metric="objective",
-        mode="max",
+        metric=[f"objective/{k}" for k in kinds] if multi else "objective",
+        mode=[SENSES[k] for k in kinds] if multi else SENSES[spec.objective],
         sampler=sampler,
         points_to_evaluate=points or None,
     )
+    mode = SENSES[spec.objective]
     if spec.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="tasks_done",
             metric="objective",
-            mode="max",
+            mode=mode,
             max_t=max_t,
             grace_period=spec.num_tasks(),
             reduction_factor=2,
         )
     elif spec.scheduler == "hyperband":
-        scheduler = HyperBandScheduler(time_attr="tasks_done", metric="objective", mode="max", max_t=max_t)
+        scheduler = HyperBandScheduler(time_attr="tasks_done", metric="objective", mode=mode, max_t=max_t)
     else:
         scheduler = None
     return tune.TuneConfig(
@@ -387,9 +487,11 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
 
 def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
     """trials.parquet: what Tune reports, one row per trial (best objective first): trial_id, status
-    (completed, stopped or error), tasks_done, objective, wall_seconds, config/<key>, o<order>/<name> of
-    every order (aimray.objective.ORDER_METRICS), error. Every other summary is analysis.tables'."""
-    max_t = len(spec.all_orders()) * spec.num_tasks()
+    (completed, stopped or error), tasks_done, objective, objective/<name> of every objective, pareto
+    (completed trials not dominated on the objectives; every completed trial is on the front of one
+    objective's maximum), wall_seconds, config/<key>, o<order>/<name> of every tuned order
+    (aimray.objective.ORDER_METRICS), error. Every other summary is analysis.tables'."""
+    max_t = len(spec.tune_orders()) * spec.num_tasks()
     rows = []
     for result in grid:
         m = result.metrics or {}
@@ -401,15 +503,24 @@ def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
             "status": status,
             "tasks_done": done,
             "objective": m.get("objective", math.nan),
+            **{f"objective/{k}": m.get(f"objective/{k}", m.get("objective", math.nan)) for k in spec.kinds()},
             "wall_seconds": m.get("time_total_s", math.nan),
         }
         row.update({f"config/{k}": v for k, v in config.items()})
-        for order in spec.all_orders():
+        for order in spec.tune_orders():
             for key in ORDER_METRICS.values():
                 row[f"o{order}/{key}"] = m.get(f"o{order}/{key}", math.nan)
         row["error"] = repr(result.error)[:500] if result.error else None
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("objective", ascending=False, na_position="last").reset_index(drop=True)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    kinds = spec.kinds()
+    values = table[[f"objective/{k}" for k in kinds]].to_numpy(dtype=float, copy=True)
+    values[(table.status != "completed").to_numpy()] = math.nan  # a stopped trial's values are partial
+    table.insert(4 + len(kinds), "pareto", stats.pareto_mask(values, [SENSES[k] for k in kinds]))
+    ascending = SENSES[spec.objective] == "min"
+    return table.sort_values("objective", ascending=ascending, na_position="last").reset_index(drop=True)
 
 
 __all__ = ["SweepSpec", "load_sweep", "sweep", "trials_table"]
