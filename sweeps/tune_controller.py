@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         dest="cpus_per_trial",
         help="CPUs per trial (in-process) or per Train worker (default 1)",
     )
-    parser.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker", help="GPUs per worker")
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        dest="gpus_per_trial",
+        help="GPUs per in-process trial, fractional to share a GPU (e.g. 0.25: four small-model trials per GPU)",
+    )
+    parser.add_argument("--gpus-per-worker", type=float, dest="gpus_per_worker", help="GPUs per Ray Train worker")
     parser.add_argument("--objective", help="dev_op (default), dev_bwt, dev_op_bwt, worst_dev_op or compute")
     parser.add_argument(
         "--objectives",
@@ -71,6 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HOST",
         help="start the local Ray's dashboard, on HOST (default 127.0.0.1: this machine only); off by default",
     )
+    parser.add_argument(
+        "--callbacks",
+        help="experiment trackers fed with every report: comma-separated tensorboard, mlflow, wandb "
+        "(mlflow and wandb: pip install 'aimray[tracking]'; wandb runs offline without WANDB_API_KEY)",
+    )
+    parser.add_argument(
+        "--mlflow-uri",
+        dest="mlflow_uri",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--optuna-storage",
+        dest="optuna_storage",
+        help="where the searcher's Optuna study lives while the sweep runs (default <out>/optuna.journal, a "
+        "journal file; or an RDB URL): `optuna-dashboard <it>` shows the sweep live",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
 
@@ -88,16 +110,20 @@ def main(argv: list[str] | None = None) -> int:
             concurrency=args.concurrency,
             workers=args.workers,
             cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial,
             gpus_per_worker=args.gpus_per_worker,
             objective=args.objective,
             objectives=args.objectives,
             holdout_orders=tuple(args.holdout_orders) if args.holdout_orders else None,
+            callbacks=args.callbacks,
+            mlflow_uri=args.mlflow_uri,
+            optuna_storage=args.optuna_storage,
             scheduler=args.scheduler,
             orders=orders,
             data_dir=args.data_dir,
         )
         table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage, dashboard=args.dashboard)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError) as err:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError, ImportError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     out = Path(spec.out)

@@ -134,7 +134,8 @@ def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> N
     """--objectives dev_op,dev_bwt,compute tunes on orders 1-2 (order 3 held out), marks the Pareto front,
     then runs the front and the defaults on order 3; best.md shows both, and the analysis draws the front."""
     out = tmp_path / "sweep"
-    extra = ["--objectives", "dev_op,dev_bwt,compute", "--holdout-orders", "3", "scheduler=none"]
+    extra = ["--objectives", "dev_op,dev_bwt,compute", "--holdout-orders", "3", "--callbacks", "mlflow,tensorboard"]
+    extra += ["scheduler=none"]  # key=value arguments after the flags
     proc = sweep_cli(out, tiny_causal, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-4000:]
@@ -160,6 +161,22 @@ def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> N
     assert "## On the held-out orders 3" in best and "| default |" in best
     figures = analyse(out, "Best trials (objective on dev")
     assert "pareto.png" in figures and (out / "analysis" / "tables" / "pareto.md").exists()
+    # The live Optuna study (a journal file) holds every trial with its three values; MLflow (a real sqlite
+    # store) holds one run per trial with the reported metrics; TensorBoard files are in each trial's folder.
+    import mlflow
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    study = optuna.load_study(study_name="aimray-sweep", storage=storage)
+    assert len(study.trials) == 2 and all(len(t.values) == 3 for t in study.trials)
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{out}/mlflow.db")
+    experiment = client.get_experiment_by_name("aimray-sweep")
+    tracked = client.search_runs([experiment.experiment_id])
+    assert len(tracked) == 2 and all(
+        {"objective", "tasks_done", "objective/compute"} <= set(r.data.metrics) for r in tracked
+    )
+    assert len(list((out / "ray" / "tune").glob("*/events.out.tfevents.*"))) == 2
 
 
 def analyse(study: Path, headline: str) -> set[str]:
@@ -247,7 +264,17 @@ def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_n
     assert resumed.returncode == 0, stdout[-4000:]
     # Finished runs were not run again (their results were not rewritten).
     assert finished and all(p.stat().st_mtime_ns == t for p, t in finished.items())
-    check_sweep(out)
+    table = check_sweep(out)
+    # The searcher's Optuna study (<out>/optuna.journal) came through the kill: every trial is in it, complete,
+    # with the objective Tune recorded (TPE's history survives Tuner.restore).
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
+    trials = optuna.load_study(study_name="aimray-sweep", storage=storage).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2, [(t.number, t.state, t.value) for t in trials]
+    assert sorted(round(t.value, 9) for t in complete) == sorted(round(v, 9) for v in table.objective)
 
 
 def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
@@ -279,3 +306,13 @@ def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
     # A rerun skips the finished runs.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "6 runs, 6 already finished, 0 to run" in again.stdout
+
+
+def test_a_sweep_asking_for_gpus_the_cluster_lacks_fails_at_once(tiny_causal, tmp_path) -> None:
+    """Resources are checked against the cluster before the sweep starts: one error line naming the flag,
+    exit 2, nothing written under --out."""
+    out = tmp_path / "sweep"
+    proc = sweep_cli(out, tiny_causal, "--gpus-per-trial", "0.5", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "error: --gpus-per-trial=0.5, but the cluster has 0 GPUs" in stdout, stdout[-2000:]
+    assert not out.exists()

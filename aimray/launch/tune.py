@@ -44,6 +44,7 @@ from analysis import stats
 from analysis import tables as T
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,19 @@ class SweepSpec:
     objectives: tuple[str, ...] = ()
     # orders left out of the search: the best config(s) and the defaults run on them after it (transfer)
     holdout_orders: tuple[int, ...] = ()
+    # experiment trackers fed by Ray Tune's callbacks with every report: tensorboard, mlflow, wandb
+    callbacks: tuple[str, ...] = ()
+    mlflow_uri: str = ""  # "": sqlite:///<out>/mlflow.db (or $MLFLOW_TRACKING_URI)
+    # the searcher's Optuna study, live while the sweep runs (optuna-dashboard <it>): "" = a journal file
+    # <out>/optuna.journal; an RDB URL (sqlite:///..., postgresql://...) also works
+    optuna_storage: str = ""
     scheduler: str = "asha"  # asha, hyperband or none
     num_samples: int = 8
     concurrency: int = 0  # 0: sized to the cluster
     workers: int = 0  # 0: each trial runs the loop in its own process; N: a TorchTrainer with N workers
     cpus_per_trial: float = 0.0  # 0: all CPUs / concurrency (in-process) or 1 per worker
-    gpus_per_worker: float = 0.0
+    gpus_per_trial: float = 0.0  # GPUs per in-process trial (fractional: small-model trials share a GPU)
+    gpus_per_worker: float = 0.0  # GPUs per Ray Train worker (with workers > 0)
     out: str = "runs/sweep"
     include_defaults: bool = True  # the first trial evaluates the preset's values of the searched keys
 
@@ -186,20 +194,21 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         if not isinstance(orders, list | tuple):
             raise ValueError(f"{key}={orders!r} must be a list of order numbers")
         raw[key] = tuple(_coerce(v, int, key) for v in orders)
-    objectives = raw.get("objectives") or ()
-    if isinstance(objectives, str):
-        objectives = [o.strip() for o in objectives.split(",") if o.strip()]
-    if not isinstance(objectives, list | tuple):
-        raise ValueError(f"objectives={objectives!r} must be a list of objective names")
-    raw["objectives"] = tuple(str(o) for o in objectives)
+    for key in ("objectives", "callbacks"):
+        names = raw.get(key) or ()
+        if isinstance(names, str):
+            names = [o.strip() for o in names.split(",") if o.strip()]
+        if not isinstance(names, list | tuple):
+            raise ValueError(f"{key}={names!r} must be a list of names")
+        raw[key] = tuple(str(o) for o in names)
     if not isinstance(raw.get("overrides") or {}, dict):
         raise ValueError(f"overrides={raw['overrides']!r} must be a mapping of run-config keys to values")
     raw["overrides"] = raw.get("overrides") or {}
     hints = typing.get_type_hints(SweepSpec)
-    for key in set(raw) - {"orders", "holdout_orders", "objectives", "overrides", "space"}:
+    for key in set(raw) - {"orders", "holdout_orders", "objectives", "callbacks", "overrides", "space"}:
         raw[key] = _coerce(raw[key], hints[key], key)
     spec = SweepSpec(**raw)
-    for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_worker"):
+    for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_trial", "gpus_per_worker"):
         if getattr(spec, key) < 0:
             raise ValueError(f"{key}={getattr(spec, key)!r} must be >= 0")
     check_out_dir(spec.out, "out")
@@ -211,6 +220,10 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         raise ValueError(f"objectives={list(spec.objectives)} names one objective twice")
     if spec.objectives:
         spec = replace(spec, objective=spec.objectives[0])
+    unknown = [c for c in spec.callbacks if c not in TRACKERS]
+    if unknown:
+        raise ValueError(f"callbacks: {', '.join(unknown)} unknown; valid: {', '.join(TRACKERS)}")
+    tracker_callbacks(spec)  # a tracker whose package is missing fails now, naming the extra
     bad = [o for o in spec.holdout_orders if o not in spec.all_orders()]
     if bad:
         raise ValueError(f"holdout_orders={list(spec.holdout_orders)}: {bad} not among the orders {spec.all_orders()}")
@@ -349,13 +362,14 @@ def sweep(
         raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
     # a missing --data-dir, a broken data file or asset fails here, before anything is written
     check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())
-    out.mkdir(parents=True, exist_ok=True)
     ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
+    check_resources(spec, ray.cluster_resources())  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     if spec.workers == 0:
         concurrency = spec.concurrency or max(1, int(cluster_cpus // per_trial))
-        resources = {"cpu": per_trial, "gpu": spec.gpus_per_worker}
+        resources = {"cpu": per_trial, "gpu": spec.gpus_per_trial}
     else:  # the trial only drives a TorchTrainer whose workers hold the CPUs (0 is rejected)
         concurrency = spec.concurrency or max(1, int(cluster_cpus // (spec.workers * per_trial)))
         resources = {"cpu": 0.1}
@@ -368,7 +382,7 @@ def sweep(
         tuner = tune.Tuner(
             trainable,
             tune_config=tune_config(spec, concurrency),
-            run_config=tune.RunConfig(name="tune", storage_path=storage_path),
+            run_config=tune.RunConfig(name="tune", storage_path=storage_path, callbacks=tracker_callbacks(spec)),
         )
     t0 = time.time()
     grid = tuner.fit()
@@ -389,6 +403,29 @@ def sweep(
     )
     (out / "best.md").write_text(best)
     return table
+
+
+def check_resources(spec: SweepSpec, cluster: dict) -> None:
+    """ValueError naming the flag when one trial asks for more than the whole cluster has (GPUs above all)."""
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+    if spec.workers == 0 and spec.gpus_per_worker:
+        raise ValueError(
+            "--gpus-per-worker is for Ray Train workers (--workers N); in-process trials: --gpus-per-trial"
+        )
+    if spec.workers and spec.gpus_per_trial:
+        raise ValueError("--gpus-per-trial is for in-process trials (--workers 0); Train workers: --gpus-per-worker")
+    if spec.gpus_per_trial > gpus:
+        raise ValueError(f"--gpus-per-trial={spec.gpus_per_trial:g}, but the cluster has {gpus:g} GPUs")
+    if spec.workers * spec.gpus_per_worker > gpus:
+        raise ValueError(
+            f"--gpus-per-worker={spec.gpus_per_worker:g} x --workers={spec.workers}, but the cluster has {gpus:g} GPUs"
+        )
+    need = (spec.cpus_per_trial or 1.0) * max(1, spec.workers)
+    if need > cpus:
+        raise ValueError(
+            f"--cpus-per-trial={spec.cpus_per_trial or 1.0:g} per trial or worker: one trial needs {need:g} CPUs, "
+            f"the cluster has {cpus:g}"
+        )
 
 
 def write_parquet(table: pd.DataFrame, path: Path) -> None:
@@ -448,6 +485,47 @@ def _native(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def tracker_callbacks(spec: SweepSpec) -> list:
+    """Ray Tune's logger callbacks for spec.callbacks: TBXLoggerCallback (TensorBoard files in each trial's
+    folder under <out>/ray/tune), MLflowLoggerCallback (one MLflow run per trial, experiment
+    "aimray-sweep", in spec.mlflow_uri), WandbLoggerCallback (offline unless WANDB_API_KEY is set).
+    ImportError naming the pip extra when a tracker's package is missing."""
+    callbacks = []
+    for name in spec.callbacks:
+        try:
+            if name == "tensorboard":
+                from ray.tune.logger import TBXLoggerCallback
+
+                callbacks.append(TBXLoggerCallback())
+            elif name == "mlflow":
+                import mlflow  # noqa: F401  (MLflowLoggerCallback imports it only later, in a trial)
+                from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+                uri = spec.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{spec.out}/mlflow.db"
+                callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name="aimray-sweep"))
+            elif name == "wandb":
+                import wandb  # noqa: F401
+                from ray.air.integrations.wandb import WandbLoggerCallback
+
+                mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+                callbacks.append(WandbLoggerCallback(project="aimray", mode=mode, dir=str(spec.out)))
+        except ImportError as err:
+            raise ImportError(
+                f"--callbacks {name}: {err.name} is not installed; pip install 'aimray[tracking]'"
+            ) from None
+    return callbacks
+
+
+def optuna_storage(spec: SweepSpec):
+    """The searcher's study storage: a JournalFileBackend file (default <out>/optuna.journal) or an RDB URL."""
+    target = spec.optuna_storage or str(Path(spec.out) / "optuna.journal")
+    if "://" in target:
+        return optuna.storages.RDBStorage(target)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(target))
+
+
 def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
     """TPE (multi-objective TPE for several objectives) with the preset's values first; ASHA / HyperBand
     stop trials on `objective`, the first objective, in its sense."""
@@ -463,6 +541,8 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
         mode=[SENSES[k] for k in kinds] if multi else SENSES[spec.objective],
         sampler=sampler,
         points_to_evaluate=points or None,
+        storage=optuna_storage(spec),
+        study_name="aimray-sweep",
     )
     mode = SENSES[spec.objective]
     if spec.scheduler == "asha":
