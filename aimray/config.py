@@ -210,12 +210,17 @@ class CheckpointConfig:
     keep: str = "last"
     best_dev_every: int = 40  # best_dev(_loss): evaluate every N steps ...
     best_dev_examples: int = 25  # ... on this many dev examples of each seen task
+    # > 0: hold this fraction of each task's training set out of training and select the best state on it
+    # instead of dev (the released single-task runs: 0.1)
+    holdout_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
         _one_of("checkpoint.keep", self.keep, ("last", "best_dev", "best_dev_loss"))
         _check(self.best_dev_every >= 1, "checkpoint.best_dev_every", self.best_dev_every, "must be >= 1")
         _check(self.best_dev_examples >= 1, "checkpoint.best_dev_examples", self.best_dev_examples, "must be >= 1")
+        ok = _is_number(self.holdout_fraction, (int, float)) and 0 <= self.holdout_fraction < 1
+        _check(ok, "checkpoint.holdout_fraction", self.holdout_fraction, "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,8 @@ class RunConfig:
 # Fields added after runs were committed: a run's identity (aimray.loop.config_hash, the resume check)
 # leaves each out while it holds its default, so that runs made before it existed keep their hashes.
 ADDED_LATER = (
+    "data.release_split",
+    "checkpoint.holdout_fraction",
     "memory.class_rule",
     "controller.warmup_count",
     "controller.burst_loss_scale",
@@ -448,10 +455,16 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def make_config(preset: str | None = None, overrides: dict | None = None, **top: Any) -> RunConfig:
-    """Preset YAML, then top-level values (method, benchmark, ...), the method's defaults, then nested overrides."""
+    """Preset YAML, then top-level values (method, benchmark, ...), the method's defaults, the preset's own
+    section for that method (`methods: {single_task: {...}}`), then nested overrides."""
     values = load_preset(preset) if preset else {}
+    per_method = values.pop("methods", None) or {}
+    if not isinstance(per_method, dict) or not all(isinstance(v, dict) for v in per_method.values()):
+        raise ValueError(f"preset {preset!r}: methods must map method names to config sections")
     values = deep_merge(values, {k: v for k, v in top.items() if v is not None})
-    values = deep_merge(values, method_defaults(deep_merge(values, overrides or {}).get("method")))
+    method = deep_merge(values, overrides or {}).get("method", RunConfig.method)
+    values = deep_merge(values, method_defaults(method))
+    values = deep_merge(values, per_method.get(method, {}))
     values = deep_merge(values, overrides or {})
     return _build(RunConfig, values, "")
 

@@ -121,6 +121,7 @@ class Run:
     dist: Dist
     on_checkpoint: OnCheckpoint | None
     cache: dict = field(default_factory=dict)  # what came from the stage cache (the manifest's "cache")
+    validation: list[list[Example]] = field(default_factory=list)  # per task: where best states are chosen
 
     def reseed(self, phase: int) -> None:
         """Seed torch (dropout) from (seed, global step, phase, rank): a resumed run and every data-parallel
@@ -193,6 +194,9 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
     method = get_method(cfg.method)
     shape = SHAPES[method.shape]
     data = [spec.load(cfg.data, cfg.seed) for spec in specs]
+    for note in (n for d in data for n in d.notes if "release_split" in n):
+        log(f"[run] warning: {note}")
+    data, validation = hold_out(data, cfg.checkpoint.holdout_fraction, cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
@@ -235,6 +239,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         dist=dist,
         on_checkpoint=on_checkpoint,
         cache=manifest["cache"],
+        validation=validation,
     )
 
 
@@ -379,7 +384,7 @@ def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:
     settings = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
     if cfg.checkpoint.keep != "last":  # tracking the best dev state reads the seen tasks' dev data
         n = cfg.checkpoint.best_dev_examples
-        dev = [stagecache.examples_digest(r.data[i].dev[:n]) + str(r.specs[i].labels) for i in stage.seen]
+        dev = [stagecache.examples_digest(r.validation[i][:n]) + str(r.specs[i].labels) for i in stage.seen]
         evaluation = [cfg.eval.mode, cfg.eval.max_new_tokens, cfg.eval.rouge_stemmer]
         settings["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, evaluation, dev]
     return stagecache.stage_key(stagecache.backbone_identity(r.bb, r.dist.world), settings, r.params, examples)
@@ -534,9 +539,9 @@ def track_best(r: Run, stage: Stage, task: TaskState) -> None:
     n = r.cfg.checkpoint.best_dev_examples
     t0 = time.time()
     if r.cfg.checkpoint.keep == "best_dev_loss":
-        values = [-dev_loss(r, r.data[i].dev[:n]) for i in stage.seen]
+        values = [-dev_loss(r, r.validation[i][:n]) for i in stage.seen]
     else:
-        values = [score_task(r, i, r.data[i].dev[:n])[0] for i in stage.seen]
+        values = [score_task(r, i, r.validation[i][:n])[0] for i in stage.seen]
     task.costs.eval_examples += n * len(stage.seen)
     task.costs.eval_seconds += time.time() - t0
     score = sum(values) / len(values)
@@ -632,6 +637,23 @@ def score_task(r: Run, i: int, examples: list[Example]) -> tuple[float, int, str
 
 
 # ------------------------------------------------------------------------------------------------ small parts
+
+
+def hold_out(data: list[TaskData], fraction: float, seed: int) -> tuple[list[TaskData], list[list[Example]]]:
+    """checkpoint.holdout_fraction: a seeded fraction (at least one example) of each task's training set
+    taken out of training to choose the best state on (the released single-task runs: 10%); without it
+    the best state is chosen on dev. Returns (the data, per task the examples states are chosen on)."""
+    if not fraction:
+        return data, [d.dev for d in data]
+    out, validation = [], []
+    for d in data:
+        k = max(1, math.floor(fraction * len(d.train)))
+        held = set(random.Random(f"{seed}/holdout/{d.name}").sample(range(len(d.train)), k))
+        note = f"checkpoint.holdout_fraction: {k} of {len(d.train)} training examples held out for validation"
+        train = [ex for i, ex in enumerate(d.train) if i not in held]
+        out.append(TaskData(d.name, train, d.dev, d.test, (*d.notes, note)))
+        validation.append([ex for i, ex in enumerate(d.train) if i in held])
+    return out, validation
 
 
 def check_shared(out: Path, dist: Dist) -> None:

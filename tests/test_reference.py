@@ -35,6 +35,8 @@ def test_runs_made_before_the_reference_options_keep_their_config_hashes() -> No
         assert m.parent.name.endswith(config_hash(cfg)), m
     base = make_config("smoke")
     changes = {
+        "data.release_split": {"data": {"release_split": True}},
+        "checkpoint.holdout_fraction": {"checkpoint": {"holdout_fraction": 0.1}},
         "memory.class_rule": {"memory": {"class_rule": "literal"}},
         "controller.warmup_count": {"controller": {"warmup_count": "code"}},
         "controller.burst_loss_scale": {"controller": {"burst_loss_scale": 0.25}},
@@ -166,3 +168,50 @@ def test_reference_preset_runs_end_to_end_on_a_paper_layout_folder(tiny_causal, 
     assert (cfg.memory.class_rule, cfg.checkpoint.keep, cfg.eval.rouge_stemmer) == ("literal", "best_dev_loss", True)
     assert cfg.model.autocast == "off" and cfg.model.max_prompt_tokens == 48  # the override over the preset
     assert cfg.eval.mode == "generate" and cfg.eval.max_new_tokens == 4
+
+
+def test_the_reference_preset_sets_the_released_single_task_runs() -> None:
+    """A preset's `methods:` section applies to one method, over the method's defaults and under overrides:
+    the reference single_task (FWT's reference) trains at batch 64 and keeps its lowest-loss state on 10% of
+    the training set held out; every other method keeps the preset's batch 32."""
+    single = make_config("reference", method="single_task")
+    assert single.train.batch_size == 64 and single.checkpoint.holdout_fraction == 0.1
+    assert single.checkpoint.keep == "best_dev_loss"
+    assert make_config("reference", method="aimmerging").train.batch_size == 32
+    assert make_config("reference", {"train": {"batch_size": 8}}, method="single_task").train.batch_size == 8
+
+
+def test_holdout_fraction_takes_validation_out_of_training(tiny_causal, tmp_path) -> None:
+    cfg = tiny_config(tiny_causal, "single_task", checkpoint={"keep": "best_dev_loss", "holdout_fraction": 0.25})
+    r = set_up(cfg, tmp_path, quiet, LOCAL, None)
+    plain = set_up(tiny_config(tiny_causal, "single_task"), tmp_path, quiet, LOCAL, None)
+    for d, full, held in zip(r.data, plain.data, r.validation, strict=True):
+        assert len(held) == 4 and len(d.train) == 12 and len(full.train) == 16  # 25% of 16
+        assert sorted(map(str, d.train + held)) == sorted(map(str, full.train))  # a split of the same examples
+        assert any("held out for validation" in n for n in d.notes)
+    assert [d.dev for d in plain.data] == plain.validation  # without it, best states are chosen on dev
+    again = set_up(cfg, tmp_path, quiet, LOCAL, None)
+    assert again.validation == r.validation  # seeded
+
+
+def test_release_split_keeps_the_overlapping_dev_and_a_sweep_refuses_it(tmp_path) -> None:
+    """The public copies' dev equals test for CB: by default dev is rebuilt from train (disjoint from test);
+    data.release_split keeps the released dev, says that its scores are test scores, and no sweep takes it."""
+    from aimray.launch.tune import load_sweep
+    from aimray.tasks.jsondir import json_task
+    from aimray.tasks.spec import SplitSizes
+
+    root = tmp_path / "aim"
+    test = [(cls_input(x), y) for x, y in texts("cb", "test", ["a", "b", "c"], 5)]
+    aim_file(root, "train", "cb", [(cls_input(x), y) for x, y in texts("cb", "train", ["a", "b", "c"], 20)])
+    aim_file(root, "dev", "cb", test)
+    aim_file(root, "test", "cb", test)
+    spec = json_task("cb", root)
+    ours = spec.load(SplitSizes(40, 10, 15), 0)
+    released = spec.load(SplitSizes(40, 10, 15, release_split=True), 0)
+    tests = {ex.text for ex in ours.test}
+    assert not tests & {ex.text for ex in ours.dev}
+    assert {ex.text for ex in released.dev} <= tests and len(released.dev) == 10
+    assert any("dev scores are test scores" in n for n in released.notes)
+    with pytest.raises(ValueError, match="release_split=true: that dev overlaps test"):
+        load_sweep(ROOT / "sweeps" / "configs" / "smoke.yaml", ["data.release_split=true"], out=str(tmp_path / "s"))

@@ -189,10 +189,10 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     raw["space"] = parse_space(raw.get("space", {}))
     for key in ("orders", "holdout_orders"):
         orders = raw.get(key) or ()
-        if isinstance(orders, int) and not isinstance(orders, bool):
-            orders = [orders]
         if not isinstance(orders, list | tuple):
-            raise ValueError(f"{key}={orders!r} must be a list of order numbers")
+            raise ValueError(
+                f"{key}={orders!r} must be a list of order numbers" + " (empty: every order)" * (key == "orders")
+            )
         raw[key] = tuple(_coerce(v, int, key) for v in orders)
     for key in ("objectives", "callbacks"):
         names = raw.get(key) or ()
@@ -214,8 +214,8 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     check_out_dir(spec.out, "out")
     for name in spec.kinds():
         if name not in OBJECTIVES:
-            field_name = "objectives" if spec.objectives else "objective"
-            raise ValueError(f"{field_name}: {name!r} is unknown; valid: {', '.join(OBJECTIVES)}")
+            where = f"objectives: {name!r}" if spec.objectives else f"objective={name!r}"
+            raise ValueError(f"{where} is unknown; valid: {', '.join(OBJECTIVES)}")
     if len(set(spec.kinds())) != len(spec.kinds()):
         raise ValueError(f"objectives={list(spec.objectives)} names one objective twice")
     if spec.objectives:
@@ -227,6 +227,11 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     bad = [o for o in spec.holdout_orders if o not in spec.all_orders()]
     if bad:
         raise ValueError(f"holdout_orders={list(spec.holdout_orders)}: {bad} not among the orders {spec.all_orders()}")
+    if trial_config(spec, spec.all_orders()[0], {}).data.release_split:
+        raise ValueError(
+            "data.release_split=true: that dev overlaps test, so a sweep tuning on dev would tune on test; "
+            "it is for reproducing the released code's numbers with fixed configs only"
+        )
     if spec.holdout_orders and not spec.tune_orders():
         raise ValueError(f"holdout_orders={list(spec.holdout_orders)} leaves no order to tune on")
     if spec.scheduler not in ("asha", "hyperband", "none"):
