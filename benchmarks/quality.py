@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test, Path(args.results))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    for name in ("faults",):  # sections other scripts keep in the same file (benchmarks/faults.py)
+    for name in ("faults", "sweep_efficiency"):  # sections other scripts keep in the same file
         kept = get_section(results.read_text(), name) if results.exists() else None
         text = put_section(text, name, kept) if kept else text
     write_text_atomic(results, text)  # never half a write-up
