@@ -40,7 +40,7 @@ from tests.test_jsondir import aim_file, olora_task_dir, texts, write
 ROOT = Path(__file__).resolve().parent.parent
 STANDARD = {"dbpedia": ("TC", ["Company", "Artist"]), "amazon": ("SC", ["negative", "positive"])}
 STANDARD |= {"yahoo": ("TC", ["Health", "Sports"]), "agnews": ("TC", ["World", "Sports"])}
-TINY = ["data.train=8", "data.dev=4", "data.test=4"]
+TINY = ["data.train=8", "data.dev=4", "data.test=4", "controller.s0=2"]  # 4 steps a task: S0 <= 2 merges
 
 
 def _script(name: str) -> Callable[[list[str]], int]:
@@ -461,6 +461,12 @@ CASES = [
         sweep(SMOKE_SPEC, "--resume", *TINY),
         ["no sweep to resume in {tmp}/sweep/ray/tune"],
         id="sweep-resume-nothing",
+    ),
+    pytest.param(
+        "tune_controller",
+        sweep(SMOKE_SPEC, "controller.s0=5"),
+        ["controller.s0 up to 5 with forced_multiple 2 puts the first merge at 10 steps, but a task has 8"],
+        id="sweep-never-merges",
     ),
     pytest.param(
         "ablations", fixed("--cpus-per-run", "0", "--out", "{tmp}/abl"), ["--cpus-per-run=0.0"], id="ablations-cpus"

@@ -251,7 +251,41 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     for p in spec.space:
         for value in p.values[1:-1]:
             trial_config(spec, spec.all_orders()[0], {p.key: value})
+    check_expressible(spec)
     return spec
+
+
+def check_expressible(spec: SweepSpec) -> None:
+    """ValueError when some trials' merge schedule cannot act within a task: a trial that never merges
+    measures SeqLoRA, not a controller. Without an activation AimMerging's first merge comes at
+    forced_multiple x S0 steps and fixed_interval's at fixed_s; both must fit in a task's steps (at the
+    largest values the space can draw, against the requested training-set size)."""
+    method = get_method(spec.method)
+    if method.schedule not in ("adaptive", "fixed"):
+        return
+    cfg = trial_config(spec, spec.all_orders()[0], {})
+    steps = math.ceil(cfg.data.train * cfg.train.epochs / cfg.train.batch_size)
+    space = {p.key: p for p in spec.space}
+
+    def largest(key: str, value: float) -> float:
+        p = space.get(key)
+        return value if p is None else max(p.values) if p.kind == "choice" else p.values[1]
+
+    if method.schedule == "adaptive":
+        s0, multiple = (
+            largest("controller.s0", cfg.controller.s0),
+            largest("controller.forced_multiple", cfg.controller.forced_multiple),
+        )
+        if s0 * multiple > steps:
+            fit = max(1, int(steps // multiple))
+            raise ValueError(
+                f"space: controller.s0 up to {s0:g} with forced_multiple {multiple:g} puts the first merge at "
+                f"{s0 * multiple:g} steps, but a task has {steps} ({cfg.data.train} examples x {cfg.train.epochs:g} "
+                f"epochs / batch {cfg.train.batch_size}): such trials may never merge; keep controller.s0 <= {fit} "
+                "(or forced_multiple lower, or more steps per task)"
+            )
+    elif largest("controller.fixed_s", cfg.controller.fixed_s) > steps:
+        raise ValueError(f"space: controller.fixed_s can exceed a task's {steps} steps: such trials never merge")
 
 
 def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
