@@ -6,16 +6,24 @@ under runs/<trial>/order<k>/, an ablation study (sweeps/ablations.py) runs.parqu
 runs/<method>/o<order>-s<seed>/. Runs are found anywhere below the folder, so one run folder
 (`python -m aimray run --out`) is a study too. Reads Parquet and JSON only (the schema from aimray.events):
 never imports torch or ray.
+
+A study can also be opened from a URI (`s3://bucket/prefix/sweep`, `gs://...`, anything pyarrow's
+filesystem layer knows; an S3-compatible server by `?endpoint_override=HOST:PORT&scheme=http` or
+AWS_ENDPOINT_URL): the files the analysis reads (manifests, events, tables; never checkpoints or Ray's own
+state) are mirrored into a local folder, copying only what is new or changed, and opened from there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from aimray import results
 from aimray.events import SCHEMA_VERSION, SCHEMAS
@@ -81,9 +89,59 @@ def read_parts(paths: list[Path]) -> pd.DataFrame:
         raise ValueError(f"{paths[0].parent}: Parquet parts that do not read together ({err})") from None
 
 
+SKIPPED = ("checkpoints", "ray", "analysis")  # folders a mirror leaves out: state, not results
+
+
+def is_uri(root: str | Path) -> bool:
+    return "://" in str(root) and not str(root).startswith("file://")
+
+
+def mirror(uri: str, local: Path | None = None) -> Path:
+    """Copy the study at `uri` (what the analysis reads) into `local` (default a folder under
+    $AIMRAY_HOME/studies named by the URI's hash), copying only files whose size or modification time
+    changed; returns the local folder. NotAStudyError when the URI names nothing."""
+    try:
+        fs, base = pafs.FileSystem.from_uri(uri)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise NotAStudyError(f"{uri}: cannot be listed ({err})") from None
+    if local is None:
+        home = Path(os.environ.get("AIMRAY_HOME") or Path.home() / ".cache" / "aimray").expanduser()
+        local = home / "studies" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    wanted = set()
+    for info in files:
+        rel = info.path[len(base.rstrip("/")) + 1 :]
+        if any(part in SKIPPED for part in Path(rel).parts[:-1]):
+            continue
+        wanted.add(rel)
+        target = local / rel
+        stamp = f"{info.size}:{info.mtime_ns}"
+        marker = target.with_name(f".{target.name}.stamp")
+        if target.exists() and marker.exists() and marker.read_text() == stamp:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src:
+            data = src.read()
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+        marker.write_text(stamp)
+    if not wanted:
+        raise NotAStudyError(f"{uri}: no files there")
+    for path in [p for p in local.rglob("*") if p.is_file()]:  # gone from the source: gone here too
+        rel = str(path.relative_to(local))
+        original = path.with_name(path.name[1:].removesuffix(".stamp")) if path.name.endswith(".stamp") else path
+        if str(original.relative_to(local)) not in wanted and not rel.startswith("analysis"):
+            path.unlink()
+    return local
+
+
 def open_study(root: str | Path) -> Study:
-    """Load every run below `root`; raises NotAStudyError naming the folder when there is none, and
-    ValueError when a run was written with another event schema version."""
+    """Load every run below `root` (a folder, or a URI: `mirror`); raises NotAStudyError naming the folder
+    when there is none, and ValueError when a run was written with another event schema version."""
+    if is_uri(root):
+        root = mirror(str(root))
     root = Path(root)
     if not root.is_dir():
         raise NotAStudyError(f"{root} is not a folder")
