@@ -102,12 +102,21 @@ def mirror(uri: str, local: Path | None = None) -> Path:
     changed; returns the local folder. NotAStudyError when the URI names nothing."""
     try:
         fs, base = pafs.FileSystem.from_uri(uri)
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except (OSError, ValueError, pa.ArrowException) as err:
-        raise NotAStudyError(f"{uri}: cannot be listed ({err})") from None
+        raise NotAStudyError(f"{uri}: cannot be opened ({err})") from None
     if local is None:
         home = Path(os.environ.get("AIMRAY_HOME") or Path.home() / ".cache" / "aimray").expanduser()
         local = home / "studies" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return mirror_from(fs, base, local, name=uri)
+
+
+def mirror_from(fs: pafs.FileSystem, base: str, local: Path, name: str = "") -> Path:
+    """`mirror` from a pyarrow filesystem and a path on it."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise NotAStudyError(f"{name or base}: cannot be listed ({err})") from None
+    uri = name or base
     files = [i for i in infos if i.type == pafs.FileType.File]
     wanted = set()
     for info in files:
@@ -130,9 +139,13 @@ def mirror(uri: str, local: Path | None = None) -> Path:
     if not wanted:
         raise NotAStudyError(f"{uri}: no files there")
     for path in [p for p in local.rglob("*") if p.is_file()]:  # gone from the source: gone here too
-        rel = str(path.relative_to(local))
+        parts = path.relative_to(local).parts
+        if any(part in SKIPPED for part in parts[:-1]) or (
+            path.name.startswith(".") and not path.name.endswith(".stamp")
+        ):
+            continue  # never mirrored (state, outputs, lock files): left alone
         original = path.with_name(path.name[1:].removesuffix(".stamp")) if path.name.endswith(".stamp") else path
-        if str(original.relative_to(local)) not in wanted and not rel.startswith("analysis"):
+        if str(original.relative_to(local)) not in wanted:
             path.unlink()
     return local
 

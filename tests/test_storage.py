@@ -82,3 +82,38 @@ def test_a_study_in_an_s3_bucket_gives_the_tables_of_its_local_copy(s3, tmp_path
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "aimmerging" in (tmp_path / "out" / "tables" / "methods.md").read_text()
+
+
+def test_a_sweep_whose_storage_is_an_s3_bucket_keeps_the_whole_study_there(s3, tiny_causal, tmp_path) -> None:
+    """--storage s3://...: Tune's state and every run folder go to the bucket (manifest last, after every
+    task); at the end --out mirrors the trajectories and the bucket holds the sweep's tables, so the analysis
+    of the bucket and of --out agree."""
+    import json
+    import subprocess as sp
+
+    import pandas as pd
+
+    from tests.test_tune import sweep_cli
+
+    fs, query = s3
+    uri = f"s3://studies/sweep{query}"
+    out = tmp_path / "sweep"
+    proc = sweep_cli(out, tiny_causal, "--orders", "1,2", "--storage", uri, stdout=sp.PIPE, stderr=sp.STDOUT)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-4000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and (trials.status == "completed").all()
+    for trial in trials.trial_id:
+        for order in (1, 2):
+            with fs.open_input_stream(f"studies/sweep/runs/{trial}/order{order}/manifest.json") as f:
+                assert json.loads(f.read())["status"] == "success"
+    assert fs.get_file_info("studies/sweep/trials.parquet").type == pafs.FileType.File
+    assert fs.get_file_info("studies/sweep/tune").type == pafs.FileType.Directory  # Tune's own state
+    env = {**os.environ, **CREDENTIALS, "AIMRAY_HOME": str(tmp_path / "home")}
+    tables = {}
+    for name, study in (("bucket", uri), ("local", str(out))):
+        cmd = [sys.executable, "-m", "analysis", study, "--out", str(tmp_path / name)]
+        res = sp.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        tables[name] = (tmp_path / name / "tables" / "methods.md").read_text()
+    assert tables["bucket"] == tables["local"] and "| " in tables["local"]

@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
+from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, run
 from aimray.methods import get_method
@@ -42,6 +43,7 @@ from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker
 from aimray.tasks import get_benchmark
 from analysis import stats
 from analysis import tables as T
+from analysis.load import mirror_from
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -88,6 +90,7 @@ class SweepSpec:
     # the searcher's Optuna study, live while the sweep runs (optuna-dashboard <it>): "" = a journal file
     # <out>/optuna.journal; an RDB URL (sqlite:///..., postgresql://...) also works
     optuna_storage: str = ""
+    storage: str = ""  # Ray's storage (--storage): a URI makes it the study's home (aimray.launch.storage)
     scheduler: str = "asha"  # asha, hyperband or none
     num_samples: int = 8
     concurrency: int = 0  # 0: sized to the cluster
@@ -352,11 +355,15 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
     if spec.workers == 0:  # one thread per CPU given to the trial, or trials fight for cores
         sampled["train.threads"] = max(1, int(spec.cpus_per_trial))
+    fs, base = storage_lib.location(spec.storage, Path(spec.out))
     for order in orders:
         cfg = trial_config(spec, order, sampled)
         out = trial_dir / f"order{order}"
+        remote = storage_lib.RemoteFolder(fs, f"{base}/runs/{trial_id}/order{order}") if fs is not None else None
+        if remote is not None and not (out / "manifest.json").exists():
+            remote.download(out)  # a trial retried on another node carries on from its last copy
         if spec.workers == 0:
-            run_order(cfg, out, tracker)
+            run_order(cfg, out, tracker, remote)
         else:  # the workers report every task; the driver's tracker records the run they return
             from aimray.launch.train import Resources, run_with_ray_train
 
@@ -365,19 +372,27 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     tune.report(tracker.final_metrics())
 
 
-def run_order(cfg: RunConfig, out: Path, tracker: ObjectiveTracker) -> None:
+def run_order(
+    cfg: RunConfig, out: Path, tracker: ObjectiveTracker, remote: storage_lib.RemoteFolder | None = None
+) -> None:
     """Run one order in this process, reporting to Tune after every task; the last task's report carries
     the order's summary from the result `run` returns. A run that had finished before (a restored trial)
-    reports nothing and is recorded all the same."""
+    reports nothing and is recorded all the same. With `remote`, the run folder is copied to the sweep's
+    storage after every task and at the end."""
     last: list[dict] = []
 
     def report(row: dict) -> None:
+        if remote is not None:
+            remote.upload(out)
         if tracker.is_last(row):
             last.append(row)
         else:
             tune.report(tracker.update(row))
 
-    metrics = tracker.finish(run(cfg, out, report=report, log=lambda _: None))
+    result = run(cfg, out, report=report, log=lambda _: None)
+    if remote is not None:
+        remote.upload(out)
+    metrics = tracker.finish(result)
     if last:
         tune.report(metrics)
 
@@ -392,9 +407,9 @@ def sweep(
     """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet).
     `dashboard`: a host for the local Ray's dashboard (started only when given)."""
     out = Path(spec.out).resolve()
-    storage_path = storage or str(out / "ray")
-    experiment = Path(storage_path) / "tune"
-    restorable = tune.Tuner.can_restore(str(experiment))
+    fs, storage_path = storage_lib.location(storage, out / "ray")
+    experiment = f"{storage_path}/tune"
+    restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
     if resume and not restorable:
         raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
     if not resume and restorable:
@@ -412,19 +427,27 @@ def sweep(
     else:  # the trial only drives a TorchTrainer whose workers hold the CPUs (0 is rejected)
         concurrency = spec.concurrency or max(1, int(cluster_cpus // (spec.workers * per_trial)))
         resources = {"cpu": 0.1}
-    spec = SweepSpec(**{**asdict(spec), "space": spec.space, "cpus_per_trial": per_trial, "out": str(out)})
+    spec = SweepSpec(
+        **{**asdict(spec), "space": spec.space, "cpus_per_trial": per_trial, "out": str(out), "storage": storage or ""}
+    )
     (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
     if resume:
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
     else:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune_config(spec, concurrency),
-            run_config=tune.RunConfig(name="tune", storage_path=storage_path, callbacks=tracker_callbacks(spec)),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage_path, storage_filesystem=fs, callbacks=tracker_callbacks(spec)
+            ),
         )
     t0 = time.time()
     grid = tuner.fit()
+    if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
+        mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
     table = trials_table(grid, spec)
     write_parquet(table, out / "trials.parquet")
     holdout = run_holdout(spec, table) if spec.holdout_orders else None
@@ -441,6 +464,9 @@ def sweep(
         holdout=holdout,
     )
     (out / "best.md").write_text(best)
+    if fs is not None:  # the storage holds the whole study: `python -m analysis <storage>` reads it
+        names = ("sweep.json", "trials.parquet", "holdout.parquet", "best.md")
+        storage_lib.upload_files(fs, storage_path, [out / n for n in names])
     return table
 
 
