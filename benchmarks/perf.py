@@ -414,7 +414,9 @@ def row(name: str, precision: str, res: dict, work: float, peak: dict, mem: Peak
 
 
 def targets(rows: list[dict]) -> dict:
-    """The issue's targets, measured: seqlora >= 1.8x bare, aimmerging <= 1.25x replay, Ray 1 worker <= 1.10x."""
+    """The targets, measured: seqlora >= 2.0x bare; aimmerging's step overhead over seqlora only its extra
+    forward and burst steps (here: aimmerging <= 1.25x replay's training time); Ray 1 worker <= 1.25x
+    in-process (the target is for a 5-minute run; this row's run is short, so Ray's fixed start-up weighs more)."""
     named = {r["row"]: r for r in rows}
     seq, aim, rep = named["harness seqlora"], named["harness aimmerging"], named["harness replay"]
     out = {
@@ -454,11 +456,12 @@ def markdown(rep: dict) -> str:
     lines += [
         "",
         "Targets: harness seqlora vs the bare fp32 loop "
-        f"{t['seqlora_vs_bare']:.2f}x examples/s (target >= 1.8x); aimmerging vs replay training time "
+        f"{t['seqlora_vs_bare']:.2f}x examples/s (target >= 2.0x); aimmerging vs replay training time "
         f"{t['aimmerging_vs_replay_train_time']:.2f}x, end to end {t['aimmerging_vs_replay_end_to_end']:.2f}x "
         "(target <= 1.25x)"
         + (
-            f"; Ray Train 1 worker vs in-process end to end {t['ray1_vs_in_process']:.2f}x (target <= 1.10x)"
+            f"; Ray Train 1 worker vs in-process end to end {t['ray1_vs_in_process']:.2f}x (target <= 1.25x on "
+            "a 5-minute run; this run is shorter, so Ray's fixed start-up weighs more)"
             if "ray1_vs_in_process" in t
             else ""
         )
