@@ -33,6 +33,7 @@ import argparse
 import platform
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from aimray.cliargs import error_text, int_list
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         run_study(cfgs, out, args.cpus_per_run)
     paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
-    command = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # what makes the runs
+    command = " ".join(["python", "benchmarks/quality.py", *shown])
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test, Path(args.results))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,9 @@ def results_markdown(
     prov = provenance()
     hw = prov.get("hardware", {})
     head = [
-        "# Quality: AimMerging against its ablations and baselines",
+        "# Study: AimMerging where the controller acts (study preset)"
+        if preset == "study"
+        else "# Quality: AimMerging against its ablations and baselines",
         "",
         f"`{command}` (preset `{preset}`), offline-standard (wordnet, amazon, trec, bbc in the order's sequence), "
         f"real SmolLM2-135M-Instruct. Written {time.strftime('%Y-%m-%d')} on {platform.machine()} "
@@ -155,8 +159,13 @@ def results_markdown(
         return "\n".join([*head, f"0 of {len(paths)} runs finished.", ""])
     study = study.select(paths)
     done = study.runs[study.runs.status == "success"]
-    missing = sorted(set(paths) - set(done.path))
-    finished = f"{len(done)} of {len(paths)} runs finished" + (f"; not yet: {', '.join(missing)}" if missing else "")
+    missing = [p for p in paths if p not in set(done.path)]
+    if len(missing) > 12:  # a long queue: counted per method, in the order the runs start
+        queued = Counter(p.split("/")[1] for p in missing)
+        later = "; not yet (queued, in priority order): " + ", ".join(f"{m} {n}" for m, n in queued.items())
+    else:
+        later = f"; not yet: {', '.join(missing)}" if missing else ""
+    finished = f"{len(done)} of {len(paths)} runs finished" + later
     if done.empty:
         return "\n".join([*head, finished + ".", ""])
     runs = T.run_metrics(study)
@@ -214,6 +223,8 @@ def claims(table) -> list[str]:
     if "aimmerging" not in rows.index:
         return []
     baselines = [m for m in rows.index if not m.startswith("aimmerging") and m not in ("single_task", "mtl")]
+    if not baselines:
+        return []
     lines = ["", "## Against the paper's claims", ""]
     aim = rows.loc["aimmerging"]
     for metric, name, paper in (("op", "OP", 1.9), ("bwt", "BWT", 5.5)):
