@@ -3,8 +3,10 @@ S3 protocol over HTTP, as Ray's own storage tests use), holding the committed qu
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -117,3 +119,100 @@ def test_a_sweep_whose_storage_is_an_s3_bucket_keeps_the_whole_study_there(s3, t
         assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
         tables[name] = (tmp_path / name / "tables" / "methods.md").read_text()
     assert tables["bucket"] == tables["local"] and "| " in tables["local"]
+
+
+@pytest.fixture
+def split_cluster(tmp_path):
+    """A head node and a worker node that does NOT see the head's --out: the worker's Ray runs in its own
+    mount namespace with a private tmpfs over `tmp_path/sweep`, as on a second machine. Yields (address,
+    the sweep's --out); stops the processes of this cluster only (by its temp dir and port)."""
+    from tests.test_tune import free_port as port_of
+
+    out = tmp_path / "sweep"
+    out.mkdir()
+    temp = Path("/tmp") / f"aimray-split-{os.getpid()}-{port_of()}"
+    port = port_of()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).parent / "ray")
+    head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}"]
+    head += ["--include-dashboard=false", "--disable-usage-stats"]
+    join = f"{ray} start --address=127.0.0.1:{port} --num-cpus=1 --disable-usage-stats"
+    worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {out} && {join}"]
+    try:
+        for cmd in (head, worker):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        yield f"127.0.0.1:{port}", out
+    finally:
+        for pattern in (str(temp), f"127.0.0.1:{port}", f"gcs-address=[^ ]*:{port}"):
+            subprocess.run(["pkill", "-9", "-f", pattern], check=False)
+        time.sleep(1)
+
+
+def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket(s3, split_cluster, tiny_causal):
+    """Two trials at once on a two-node cluster whose worker node cannot see --out (its own tmpfs there):
+    the trial that ran on the worker wrote its runs where the driver cannot read them, and yet --out holds
+    every trajectory at the end, brought home from the S3 bucket."""
+    import subprocess as sp
+
+    import pandas as pd
+
+    from tests.test_tune import sweep_cli
+
+    fs, query = s3
+    address, out = split_cluster
+    uri = f"s3://studies/split{query}"
+    extra = ["--address", address, "--concurrency", "2", "--orders", "1,2", "--storage", uri]
+    env = {"RAY_AUTH_MODE": "token"}
+    log = open(out.parent / "driver.log", "w")  # noqa: SIM115
+    proc = sweep_cli(out, tiny_causal, *extra, env=env, stdout=log, stderr=sp.STDOUT, start_new_session=True)
+    # SIGKILL the driver (and its process group) once a first run has reached the bucket, then resume
+    deadline = time.time() + 600
+    while time.time() < deadline and not committed(fs, "studies/split/runs"):
+        assert proc.poll() is None, (out.parent / "driver.log").read_text()[-4000:]
+        time.sleep(0.5)
+    assert committed(fs, "studies/split/runs"), "no run reached the bucket in 10 minutes"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resumed = sweep_cli(out, tiny_causal, *extra, "--resume", env=env, stdout=sp.PIPE, stderr=sp.STDOUT)
+    stdout, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, stdout[-4000:]
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 2 and (trials.status == "completed").all()
+    spans = []
+    for trial in trials.trial_id:
+        for order in (1, 2):
+            manifest = out / "runs" / trial / f"order{order}" / "manifest.json"
+            assert manifest.exists(), f"{trial}'s run of order {order} did not come home"
+        m = json.loads((out / "runs" / trial / "order1" / "manifest.json").read_text())
+        spans.append((m["started_at"], m["finished_at"]))
+    # each node has one CPU and each trial takes one: runs that overlapped in time ran on different nodes
+    first, second = sorted(spans)
+    assert second[0] <= first[1], f"the two trials did not run at once ({spans}): nothing ran on the worker node"
+    # the worker node's own copy of --out is invisible here: the runs above came through the bucket
+    listing = fs.get_file_info(pafs.FileSelector("studies/split/runs", recursive=True))
+    assert sum(i.path.endswith("manifest.json") for i in listing) == 4
+    # the searcher's study came through the kill with every trial
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="aimray-sweep",
+        storage=optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal"))),
+    )
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+
+
+def committed(fs, base: str) -> bool:
+    """Whether some run folder under `base` has a manifest saying success (its copy is complete)."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except OSError:
+        return False
+    for info in infos:
+        if info.path.endswith("manifest.json"):
+            with fs.open_input_stream(info.path) as f:
+                if json.loads(f.read()).get("status") == "success":
+                    return True
+    return False
