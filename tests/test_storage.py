@@ -86,41 +86,6 @@ def test_a_study_in_an_s3_bucket_gives_the_tables_of_its_local_copy(s3, tmp_path
     assert "aimmerging" in (tmp_path / "out" / "tables" / "methods.md").read_text()
 
 
-def test_a_sweep_whose_storage_is_an_s3_bucket_keeps_the_whole_study_there(s3, tiny_causal, tmp_path) -> None:
-    """--storage s3://...: Tune's state and every run folder go to the bucket (manifest last, after every
-    task); at the end --out mirrors the trajectories and the bucket holds the sweep's tables, so the analysis
-    of the bucket and of --out agree."""
-    import json
-    import subprocess as sp
-
-    import pandas as pd
-
-    from tests.test_tune import sweep_cli
-
-    fs, query = s3
-    uri = f"s3://studies/sweep{query}"
-    out = tmp_path / "sweep"
-    proc = sweep_cli(out, tiny_causal, "--orders", "1,2", "--storage", uri, stdout=sp.PIPE, stderr=sp.STDOUT)
-    stdout, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, stdout[-4000:]
-    trials = pd.read_parquet(out / "trials.parquet")
-    assert len(trials) == 2 and (trials.status == "completed").all()
-    for trial in trials.trial_id:
-        for order in (1, 2):
-            with fs.open_input_stream(f"studies/sweep/runs/{trial}/order{order}/manifest.json") as f:
-                assert json.loads(f.read())["status"] == "success"
-    assert fs.get_file_info("studies/sweep/trials.parquet").type == pafs.FileType.File
-    assert fs.get_file_info("studies/sweep/tune").type == pafs.FileType.Directory  # Tune's own state
-    env = {**os.environ, **CREDENTIALS, "AIMRAY_HOME": str(tmp_path / "home")}
-    tables = {}
-    for name, study in (("bucket", uri), ("local", str(out))):
-        cmd = [sys.executable, "-m", "analysis", study, "--out", str(tmp_path / name)]
-        res = sp.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-        tables[name] = (tmp_path / name / "tables" / "methods.md").read_text()
-    assert tables["bucket"] == tables["local"] and "| " in tables["local"]
-
-
 @pytest.fixture
 def split_cluster(tmp_path):
     """A head node and a worker node that does NOT see the head's --out: the worker's Ray runs in its own
@@ -151,9 +116,11 @@ def split_cluster(tmp_path):
 
 
 def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket(s3, split_cluster, tiny_causal):
-    """Two trials at once on a two-node cluster whose worker node cannot see --out (its own tmpfs there):
-    the trial that ran on the worker wrote its runs where the driver cannot read them, and yet --out holds
-    every trajectory at the end, brought home from the S3 bucket."""
+    """--storage s3://... on a two-node cluster whose worker node cannot see --out (its own tmpfs there):
+    two trials at once, the driver SIGKILLed once a run has reached the bucket and resumed; the trial that
+    ran on the worker wrote its runs where the driver cannot read them, and yet --out holds every trajectory
+    at the end, brought home from the bucket, which also holds Tune's state and the sweep's tables: the
+    analysis of the bucket and of --out agree, and the Optuna journal holds every trial."""
     import subprocess as sp
 
     import pandas as pd
@@ -193,6 +160,17 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     # the worker node's own copy of --out is invisible here: the runs above came through the bucket
     listing = fs.get_file_info(pafs.FileSelector("studies/split/runs", recursive=True))
     assert sum(i.path.endswith("manifest.json") for i in listing) == 4
+    assert fs.get_file_info("studies/split/trials.parquet").type == pafs.FileType.File  # the sweep's tables
+    assert fs.get_file_info("studies/split/tune").type == pafs.FileType.Directory  # Tune's own state
+    # the analysis of the bucket and of --out agree
+    env = {**os.environ, **CREDENTIALS, "AIMRAY_HOME": str(out.parent / "home")}
+    tables = {}
+    for name, study in (("bucket", uri), ("local", str(out))):
+        cmd = [sys.executable, "-m", "analysis", study, "--out", str(out.parent / name)]
+        res = sp.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+        tables[name] = (out.parent / name / "tables" / "methods.md").read_text()
+    assert tables["bucket"] == tables["local"] and "| " in tables["local"]
     # the searcher's study came through the kill with every trial
     import optuna
     from optuna.storages.journal import JournalFileBackend

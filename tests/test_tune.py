@@ -110,37 +110,22 @@ def test_sweep_spec_errors_name_the_field(tmp_path) -> None:
 
 
 def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
-    out = tmp_path / "sweep"
-    proc = sweep_cli(out, tiny_causal, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    stdout, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, stdout[-4000:]
-    table = check_sweep(out)
-    assert "# Sweep: aimmerging on offline-standard" in stdout
-    # The first trial evaluates the preset's own values (points_to_evaluate); TPE proposes the second.
-    assert table["config/controller.threshold_factor"].round(6).isin([2.0]).any()
-    # The analysis CLI reads the sweep: best trials, sensitivity, the best trial's trajectories.
-    figures = analyse(out, "Best trials (objective on dev")
-    best = table.trial_id.iloc[0]
-    assert {"sensitivity.png", "optimization_history.png", f"trajectory_runs_{best}_order1.png"} <= figures
-    # The same command again is refused before anything is written: the sweep's record stays as it was.
-    record = (out / "sweep.json").read_text()
-    again = sweep_cli(out, tiny_causal, "--num-samples", "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    text, _ = again.communicate(timeout=300)
-    assert again.returncode == 2 and "already holds a sweep: pass --resume" in text, text[-2000:]
-    assert (out / "sweep.json").read_text() == record
-
-
-def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> None:
-    """--objectives dev_op,dev_bwt,compute tunes on orders 1-2 (order 3 held out), marks the Pareto front,
-    then runs the front and the defaults on order 3; best.md shows both, and the analysis draws the front."""
+    """The real CLI on a local Ray, multi-objective: --objectives dev_op,dev_bwt,compute tunes on orders 1-2
+    (order 3 held out), marks the Pareto front, then runs the front and the defaults on order 3; best.md shows
+    both, the analysis draws the front and the best trial's trajectories, the trackers and the live Optuna
+    study hold every trial, and the same command again is refused. (The single-objective path: the two-node
+    test.)"""
     out = tmp_path / "sweep"
     extra = ["--objectives", "dev_op,dev_bwt,compute", "--holdout-orders", "3", "--callbacks", "mlflow,tensorboard"]
     extra += ["scheduler=none"]  # key=value arguments after the flags
     proc = sweep_cli(out, tiny_causal, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-4000:]
+    assert "# Sweep: aimmerging on offline-standard" in stdout
     table = pd.read_parquet(out / "trials.parquet")
     assert (table.status == "completed").all() and (table.tasks_done == 8).all()  # 2 orders x 4 tasks
+    # The first trial evaluates the preset's own values (points_to_evaluate); TPE proposes the second.
+    assert table["config/controller.threshold_factor"].round(6).isin([2.0]).any()
     assert not any(c.startswith("o3/") for c in table.columns)  # the held-out order is never tuned on
     for name in ("dev_op", "dev_bwt", "compute"):
         per_order = table[[f"o1/{name}", f"o2/{name}"]].mean(axis=1)
@@ -161,6 +146,8 @@ def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> N
     assert "## On the held-out orders 3" in best and "| default |" in best
     figures = analyse(out, "Best trials (objective on dev")
     assert "pareto.png" in figures and (out / "analysis" / "tables" / "pareto.md").exists()
+    assert {"sensitivity.png", "optimization_history.png"} <= figures
+    assert any(f.startswith("trajectory_runs_") and f.endswith("_order1.png") for f in figures)
     # The live Optuna study (a journal file) holds every trial with its three values; MLflow (a real sqlite
     # store) holds one run per trial with the reported metrics; TensorBoard files are in each trial's folder.
     import mlflow
@@ -177,6 +164,12 @@ def test_multi_objective_sweep_with_a_held_out_order(tiny_causal, tmp_path) -> N
         {"objective", "tasks_done", "objective/compute"} <= set(r.data.metrics) for r in tracked
     )
     assert len(list((out / "ray" / "tune").glob("*/events.out.tfevents.*"))) == 2
+    # The same command again is refused before anything is written: the sweep's record stays as it was.
+    record = (out / "sweep.json").read_text()
+    again = sweep_cli(out, tiny_causal, "--num-samples", "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    text, _ = again.communicate(timeout=300)
+    assert again.returncode == 2 and "already holds a sweep: pass --resume" in text, text[-2000:]
+    assert (out / "sweep.json").read_text() == record
 
 
 def analyse(study: Path, headline: str) -> set[str]:
