@@ -8,7 +8,9 @@ failure is retried (FailureConfig) from the last reported checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -63,8 +65,21 @@ def log(msg: str) -> None:
     sys.stdout.flush()
 
 
+def quiet_train_logs() -> None:
+    """Ray Train logs every report and checkpoint at INFO on each worker (one 600-character
+    `TrainingReport(...)` line per task and another per checkpoint): those go to Ray's log files only,
+    unless AIMRAY_RAY_LOG_LEVEL=INFO asks for them on the terminal."""
+    level = getattr(logging, os.environ.get("AIMRAY_RAY_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
+    logging.getLogger("ray.train").setLevel(level)
+    with contextlib.suppress(ImportError, AttributeError):  # Train V2's reporting logger is named by its file
+        from ray.train.v2._internal.execution import context
+
+        context.logger.setLevel(level)
+
+
 def train_worker(config: dict) -> None:
     """The function every Ray Train worker runs."""
+    quiet_train_logs()
     cfg = config_from_dict(config["run"])
     out = Path(config["out"])
     threads = max(1, int(config["cpus_per_worker"]))
