@@ -132,6 +132,10 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
             (tables / "pareto.md").write_text(T.markdown(T.pareto_cells(front)))
             report += ["## Pareto front (dev objectives; test for reporting)", "", T.markdown(T.pareto_cells(front))]
             _save(F.pareto_fronts(study), figs, "pareto", report)
+            for name in T.objective_columns(study.trials):  # what each objective's value depends on
+                per = T.importances(study, completed_only=not everything, objective=f"objective/{name}")
+                (tables / f"importances_{name}.md").write_text(T.markdown(per))
+                report += [f"### Parameter importances for {name}", "", T.markdown(per)]
 
     shown = representative_runs(study, runs)
     _save(F.accuracy_heatmaps(study, list(shown.path), split), figs, "accuracy_matrices", report)

@@ -415,31 +415,38 @@ def _bounds(interval, values: pd.Series) -> tuple:
     return interval, interval, interval
 
 
-def importances(study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True) -> pd.DataFrame:
+def importances(
+    study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True, objective: str = "objective"
+) -> pd.DataFrame:
     """Optuna parameter importances of the objective over the sweep's completed trials, on the search
     space of sweep.json: PED-ANOVA (default; the top quantile is max(10%, 2 trials), so small sweeps work)
     or fANOVA (evaluator="fanova", needs scikit-learn). Only knobs sampled in every trial count (a
     conditional knob is left out). Returns knob, importance (sums to 1), evaluator; empty when fewer than
-    2 trials count. completed_only=False also counts early-stopped trials (objective over fewer orders)."""
+    2 trials count. completed_only=False also counts early-stopped trials (objective over fewer orders).
+    `objective`: the trials-table column to explain, e.g. "objective/compute" of a multi-objective sweep
+    (minimised objectives are explained as such)."""
     with warnings.catch_warnings():  # optuna's tqdm notice in notebooks; PED-ANOVA is marked experimental
         warnings.simplefilter("ignore")
         import optuna
 
-        return _importances(study, evaluator, seed, completed_only, optuna)
+        return _importances(study, evaluator, seed, completed_only, optuna, objective)
 
 
-def _importances(study: Study, evaluator: str, seed: int, completed_only: bool, optuna) -> pd.DataFrame:
+def _importances(study: Study, evaluator: str, seed: int, completed_only: bool, optuna, objective: str) -> pd.DataFrame:
+    from aimray.objective import SENSES
+
     t = trial_metrics(study)
-    t = t[((t.status == "completed") | (not completed_only)) & t.objective.notna()]
+    t = t[((t.status == "completed") | (not completed_only)) & t[objective].notna()]
     dists = {p["key"]: _distribution(p) for p in study.space if not p.get("when")}
     dists = {k: d for k, d in dists.items() if f"config/{k}" in t and t[f"config/{k}"].notna().all()}
     if len(t) < 2 or not dists:
         return pd.DataFrame(columns=["knob", "importance", "evaluator"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ostudy = optuna.create_study(direction="maximize")
+    sense = SENSES.get(objective.removeprefix("objective/"), "max")
+    ostudy = optuna.create_study(direction="minimize" if sense == "min" else "maximize")
     for r in t.to_dict("records"):
         params = {k: _native(r[f"config/{k}"], d) for k, d in dists.items()}
-        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(r["objective"])))
+        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(r[objective])))
     if evaluator == "fanova":
         ev = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     elif evaluator == "ped-anova":

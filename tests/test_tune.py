@@ -146,6 +146,7 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert "## On the held-out orders 3" in best and "| default |" in best
     figures = analyse(out, "Best trials (objective on dev")
     assert "pareto.png" in figures and (out / "analysis" / "tables" / "pareto.md").exists()
+    assert all((out / "analysis" / "tables" / f"importances_{n}.md").exists() for n in ("dev_op", "dev_bwt", "compute"))
     assert {"sensitivity.png", "optimization_history.png"} <= figures
     assert any(f.startswith("trajectory_runs_") and f.endswith("_order1.png") for f in figures)
     # The live Optuna study (a journal file) holds every trial with its three values; MLflow (a real sqlite
