@@ -169,7 +169,9 @@ def interval_trajectories(study: Study) -> Figure:
     runs = study.runs[study.runs.status == "success"]
     merges = study.merges[study.merges.path.isin(runs.path)] if len(study.merges) else pd.DataFrame()
     methods = [
-        m for m in method_order(runs.method) if len(merges) and (merges.path.isin(runs.path[runs.method == m])).any()
+        m
+        for m in method_order(runs.method.unique())
+        if len(merges) and (merges.path.isin(runs.path[runs.method == m])).any()
     ]
     fig, axes = plt.subplots(
         2, max(1, len(methods)), figsize=(3.2 * max(1, len(methods)), 5), sharex=True, squeeze=False
