@@ -550,11 +550,16 @@ def best_markdown(
     top: int = 5,
     objectives: Sequence[str] | None = None,
     holdout: pd.DataFrame | None = None,
+    default: dict | None = None,
+    dev_per_task: int | None = None,
+    tasks: int | None = None,
 ) -> str:
     """A sweep's best.md from its trials table (trials.parquet, best objective first): the trial counts
     by status and the wall time, then the `top` completed trials with their objective (dev), mean test OP
     and BWT over orders (points) and config values; with several `objectives`, the Pareto front instead;
-    with `holdout` (holdout.parquet), the chosen configs on the held-out orders beside the defaults."""
+    with `holdout` (holdout.parquet), the chosen configs on the held-out orders beside the defaults. With
+    `default` (the preset's point), `dev_per_task` and `tasks`: what the sweep can conclude, i.e. how many
+    points one dev example is worth and whether the best trial beats the default beyond that."""
     completed = trials[trials.status == "completed"]
     done = order_means(completed[completed.pareto] if objectives else completed.head(top))
     config_cols = [c for c in trials.columns if c.startswith("config/")]
@@ -582,9 +587,61 @@ def best_markdown(
         cells += [f"{100 * r.test_op:.2f}", f"{100 * r.test_bwt:.2f}"]
         cells += [_cell(r[c], missing="") for c in config_cols]
         lines.append("| " + " | ".join(cells) + " |")
+    if dev_per_task and tasks and objective in ("dev_op", "dev_op_bwt", "worst_dev_op"):
+        lines += ["", *conclusion_lines(trials, default, dev_per_task, tasks, len(orders))]
     if holdout is not None and len(holdout):
         lines += ["", *holdout_lines(holdout)]
     return "\n".join(lines) + "\n"
+
+
+def conclusion_lines(
+    trials: pd.DataFrame, default: dict | None, dev_per_task: int, tasks: int, orders: int
+) -> list[str]:
+    """What the sweep can and cannot conclude: one dev example's worth in objective points, the spread of
+    dev OP across orders, and the best completed trial against the default point (trial or none)."""
+    worth = 100.0 / (dev_per_task * tasks * orders)  # one dev example in one order, on the mean objective
+    t = order_means(trials[trials.status == "completed"])
+    lines = ["## What this sweep can conclude", ""]
+    lines.append(
+        f"One dev example moves the objective by {worth:.2f} points ({dev_per_task} dev examples per task, {tasks} "
+        f"tasks, {orders} orders)."
+    )
+    if len(t) and "dev_op_spread" in t:
+        lines.append(
+            f"Dev OP spread across orders (std, completed trials): median {100 * t.dev_op_spread.median():.2f} points."
+        )
+    config_cols = [c for c in t.columns if c.startswith("config/")]
+    is_default = pd.Series(False, index=t.index)
+    if default:
+        is_default = pd.Series(
+            [
+                all(_same(r[f"config/{k}"], v) for k, v in default.items() if f"config/{k}" in t)
+                for _, r in t.iterrows()
+            ],
+            index=t.index,
+        )
+    if len(t) < 2 or not is_default.any() or not config_cols:
+        lines.append("No completed default trial to compare the best with.")
+        return lines
+    best, base = t.objective.max(), t[is_default].objective.max()
+    gap = 100 * (best - base)
+    if gap <= 0:
+        lines.append("No trial beats the default (the preset's values) on dev.")
+    elif gap <= worth:
+        lines.append(f"The best trial beats the default by {gap:.2f} points: within one dev example, i.e. noise.")
+    else:
+        lines.append(
+            f"The best trial beats the default by {gap:.2f} points, {gap / worth:.1f} dev examples: beyond one "
+            "example, but with one seed and this many examples a re-run on other seeds (or held-out orders) "
+            "is what tells a better config from a lucky one."
+        )
+    return lines
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, float) or isinstance(a, float):
+        return a is not None and b is not None and abs(float(a) - float(b)) < 1e-9
+    return a == b
 
 
 def _objective_cell(column: str, value: float) -> str:

@@ -462,6 +462,9 @@ def sweep(
         seconds=time.time() - t0,
         objectives=spec.kinds() if spec.objectives else None,
         holdout=holdout,
+        default=default_point(spec) if spec.include_defaults else None,
+        dev_per_task=trial_config(spec, spec.all_orders()[0], {}).data.dev,
+        tasks=spec.num_tasks(),
     )
     (out / "best.md").write_text(best)
     if fs is not None:  # the storage holds the whole study: `python -m analysis <storage>` reads it
