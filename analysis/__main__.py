@@ -123,7 +123,7 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
         ]
         _log("tables/best.md, sensitivity.md, importances.md")
         if len(sens):
-            _save(F.sensitivity_curves(sens), figs, "sensitivity", report)
+            _save(F.sensitivity_curves(sens, noise=T.dev_example_worth(study)), figs, "sensitivity", report)
         _save(F.optimization_history(study), figs, "optimization_history", report)
         if len(imp):
             _save(F.importance_bars(imp), figs, "importances", report)

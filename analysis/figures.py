@@ -223,9 +223,11 @@ def forgetting_curves(study: Study, split: str = "test") -> Figure:
     return fig
 
 
-def sensitivity_curves(sens: pd.DataFrame) -> Figure:
+def sensitivity_curves(sens: pd.DataFrame, noise: float | None = None) -> Figure:
     """One panel per searched knob: mean objective (dev) and test OP against the knob's bin, with the
-    across-order spread of test OP as error bars."""
+    across-order spread of test OP as error bars; `noise` (a fraction: one dev example's worth of the
+    objective, `analysis.tables.dev_example_worth`) draws a band of +-noise around the mean objective, so a
+    knob whose curve stays inside it moved nothing one example could not."""
     knobs = list(dict.fromkeys(sens.knob))
     cols = min(len(knobs), 3) or 1
     rows = math.ceil(len(knobs) / cols) or 1
@@ -235,6 +237,10 @@ def sensitivity_curves(sens: pd.DataFrame) -> Figure:
         numeric = all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in g.center)
         x = g.center.astype(float) if numeric else np.arange(len(g))
         ax.plot(x, 100 * g.objective, "o-", label="objective (dev)")
+        if noise:
+            mid = 100 * sens.objective.mean()
+            band = {"color": "tab:blue", "alpha": 0.12, "label": "± one dev example"}
+            ax.axhspan(mid - 100 * noise, mid + 100 * noise, **band)
         ax.errorbar(
             x,
             100 * g.test_op,

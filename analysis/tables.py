@@ -415,6 +415,19 @@ def _bounds(interval, values: pd.Series) -> tuple:
     return interval, interval, interval
 
 
+def dev_example_worth(study: Study) -> float | None:
+    """One dev example's worth of a sweep's dev objective (mean over orders of the mean over tasks), as a
+    fraction: 1 / (dev examples per task x tasks x orders), from the dev evaluations recorded; None when
+    there are none."""
+    dev = study.evals[study.evals.split == "dev"] if len(study.evals) else study.evals
+    if dev.empty:
+        return None
+    runs = study.runs[study.runs.trial.notna()] if study.runs.trial.notna().any() else study.runs  # a sweep's trials
+    tasks = int(runs.tasks.map(len).max())
+    orders = int(runs.order.nunique())
+    return 1.0 / (float(dev.n.median()) * tasks * orders)
+
+
 def importances(
     study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True, objective: str = "objective"
 ) -> pd.DataFrame:

@@ -147,6 +147,10 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     # what it can conclude: 4 dev examples per task x 4 tasks x 2 orders -> one example is 3.12 points
     assert "One dev example moves the objective by 3.12 points" in best
     assert "beats the default" in best or "No trial beats the default" in best
+    from analysis import tables as T
+    from analysis.load import open_study
+
+    assert T.dev_example_worth(open_study(out)) == pytest.approx(1 / 32)  # the sensitivity figure's noise band
     figures = analyse(out, "Best trials (objective on dev")
     assert "pareto.png" in figures and (out / "analysis" / "tables" / "pareto.md").exists()
     assert all((out / "analysis" / "tables" / f"importances_{n}.md").exists() for n in ("dev_op", "dev_bwt", "compute"))
