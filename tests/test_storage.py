@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import pyarrow.fs as pafs
 import pytest
 
 from analysis.load import mirror, open_study
+from tests.test_tune import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY = ROOT / "benchmarks" / "results" / "quality"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -91,12 +85,10 @@ def split_cluster(tmp_path):
     """A head node and a worker node that does NOT see the head's --out: the worker's Ray runs in its own
     mount namespace with a private tmpfs over `tmp_path/sweep`, as on a second machine. Yields (address,
     the sweep's --out); stops the processes of this cluster only (by its temp dir and port)."""
-    from tests.test_tune import free_port as port_of
-
     out = tmp_path / "sweep"
     out.mkdir()
-    temp = Path("/tmp") / f"aimray-split-{os.getpid()}-{port_of()}"
-    port = port_of()
+    temp = Path("/tmp") / f"aimray-split-{os.getpid()}-{free_port()}"
+    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     ray = str(Path(sys.executable).parent / "ray")
