@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +26,12 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 def s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 (stopped by its pid); yields (filesystem, URI query string)."""
     port = free_port()
-    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    cmd = [server, "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # this interpreter's moto (a `moto_server` found on PATH may belong to another Python and another moto)
+    server = str(Path(sys.executable).parent / "moto_server")
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
+    cmd = [server, "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         endpoint = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "region": "us-east-1"}
         fs = pafs.S3FileSystem(**endpoint, allow_bucket_creation=True)
