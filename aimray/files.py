@@ -41,6 +41,27 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_parquet_atomic(table, path: Path) -> None:
+    """A pandas DataFrame to Parquet the same way as write_text_atomic: this writer's own temporary file,
+    fsynced, then renamed (pandas and pyarrow are the caller's: nothing is imported here)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        table.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_uri(location: str | Path) -> bool:
+    """Whether a storage location is a URI for a filesystem other than the local one (s3://, gs://, ...)."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
 def write_json_atomic(path: Path, obj: object, sort_keys: bool = False) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=str, allow_nan=True, sort_keys=sort_keys))
 

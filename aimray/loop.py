@@ -32,7 +32,7 @@ from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskStat
 from aimray.config import RunConfig, identity_dict
 from aimray.distributed import LOCAL, Dist
 from aimray.events import SCHEMA_VERSION, EventWriter
-from aimray.files import locked, now, write_json_atomic
+from aimray.files import locked, now, read_json, write_json_atomic
 from aimray.memory import RehearsalMemory
 from aimray.merging import fusion, signals
 from aimray.merging.controller import NO_MERGE, Decision, make_schedule
@@ -263,7 +263,7 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
     r.manifest["resumed_from"] = name  # the folder may be a copy under another name (Ray Train's)
     if r.cache and (r.out / "manifest.json").exists():  # what earlier attempts took from the cache
-        earlier = json.loads((r.out / "manifest.json").read_text()).get("cache") or {}
+        earlier = read_json(r.out / "manifest.json").get("cache") or {}
         r.cache.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
@@ -384,9 +384,8 @@ def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:
     settings = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
     if cfg.checkpoint.keep != "last":  # tracking the best dev state reads the seen tasks' dev data
         n = cfg.checkpoint.best_dev_examples
-        dev = [stagecache.examples_digest(r.validation[i][:n]) + str(r.specs[i].labels) for i in stage.seen]
-        evaluation = [cfg.eval.mode, cfg.eval.max_new_tokens, cfg.eval.rouge_stemmer]
-        settings["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, evaluation, dev]
+        dev = [[stagecache.examples_digest(r.validation[i][:n]), eval_settings(r, i)] for i in stage.seen]
+        settings["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, dev]
     return stagecache.stage_key(stagecache.backbone_identity(r.bb, r.dist.world), settings, r.params, examples)
 
 
@@ -460,7 +459,7 @@ def optimize(
     local = 0.0
     if shard:
         loss = answer_loss(r.bb, shard, reduction="sum") / tokens
-        (loss * scale if scale != 1.0 else loss).backward()
+        (loss * scale).backward()
         local = loss.item()
     r.dist.sum_grads(params)
     torch.nn.utils.clip_grad_norm_(params, r.cfg.train.grad_clip)
@@ -589,10 +588,7 @@ def shared_score(
     r: Run, i: int, examples: list[Example], identity: dict, adapter: str, counts: dict
 ) -> tuple[float, int, str]:
     """score_task through the stage cache's eval entries (every rank hits, or every rank scores)."""
-    spec = r.specs[i]
-    mode = r.cfg.eval.mode if spec.labels else "generate"
-    settings = [mode, r.cfg.train.eval_batch_size, r.cfg.eval.max_new_tokens, r.cfg.eval.rouge_stemmer]
-    key = stagecache.eval_key(identity, adapter, examples, spec.labels, settings)
+    key = stagecache.eval_key(identity, adapter, examples, eval_settings(r, i))
     entry = stagecache.load_eval(key)
     if r.dist.sum(float(entry is not None)) == r.dist.world:
         counts["hits"] += 1
@@ -618,20 +614,22 @@ def dev_loss(r: Run, examples: list[Example]) -> float:
     return r.dist.sum(total) / max(1, r.dist.sum(answer_tokens(r.bb, shard)))
 
 
+def eval_settings(r: Run, i: int) -> dict:
+    """How task i is scored: the arguments of model.evaluate beside the model and the examples (the stage
+    cache keys an evaluation by exactly these)."""
+    spec, ev = r.specs[i], r.cfg.eval
+    return {
+        "options": spec.labels,
+        "mode": ev.mode if spec.labels else "generate",
+        "batch_size": r.cfg.train.eval_batch_size,
+        "max_new_tokens": ev.max_new_tokens,
+        "rouge_stemmer": ev.rouge_stemmer,
+    }
+
+
 def score_task(r: Run, i: int, examples: list[Example]) -> tuple[float, int, str]:
     """(value, n, metric) of task i on `examples`; each rank scores its shard and the sums are combined."""
-    spec = r.specs[i]
-    mode = r.cfg.eval.mode if spec.labels else "generate"
-    ev = r.cfg.eval
-    res = evaluate(
-        r.bb,
-        r.dist.shard(examples),
-        spec.labels,
-        mode,
-        r.cfg.train.eval_batch_size,
-        ev.max_new_tokens,
-        ev.rouge_stemmer,
-    )
+    res = evaluate(r.bb, r.dist.shard(examples), **eval_settings(r, i))
     n = r.dist.sum(res.n)
     return r.dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric
 

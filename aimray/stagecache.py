@@ -164,9 +164,9 @@ def store_stage(key: str, entry: StageEntry) -> None:
 # ---------------------------------------------------------------------------------------------- evals
 
 
-def eval_key(identity: dict, adapter: str, examples: list[Example], options, settings: list) -> str:
-    """`settings`: the eval mode, batch size, generation length and ROUGE stemming."""
-    fields = {"backbone": identity, "adapter": adapter, "options": list(options), "settings": settings}
+def eval_key(identity: dict, adapter: str, examples: list[Example], settings: dict) -> str:
+    """`settings`: the arguments of model.evaluate beside the model and the examples (aimray.loop.eval_settings)."""
+    fields = {"backbone": identity, "adapter": adapter, "settings": settings}
     return digest({"kind": "eval", **fields, "examples": examples_digest(examples)})
 
 

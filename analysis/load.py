@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 
 from aimray import results
 from aimray.events import SCHEMA_VERSION, SCHEMAS
-from aimray.files import read_json
+from aimray.files import is_uri, read_json
 from aimray.results import run_shape
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
@@ -90,10 +90,6 @@ def read_parts(paths: list[Path]) -> pd.DataFrame:
 
 
 SKIPPED = ("checkpoints", "ray", "analysis")  # folders a mirror leaves out: state, not results
-
-
-def is_uri(root: str | Path) -> bool:
-    return "://" in str(root) and not str(root).startswith("file://")
 
 
 def mirror(uri: str, local: Path | None = None) -> Path:

@@ -185,7 +185,7 @@ def results_markdown(
         *reading(runs, table, test_per_task),
         *claims(table),
         *controller_section(study, out, results),
-        *cache_section(out, list(done.path)),
+        *cache_section(study, list(done.path)),
     ]
     return "\n".join([*head, *body]) + "\n"
 
@@ -247,20 +247,17 @@ def claims(table) -> list[str]:
     return lines
 
 
-def cache_section(out: Path, paths: list[str]) -> list[str]:
+def cache_section(study, paths: list[str]) -> list[str]:
     """What the stage cache saved: compute with / without it, from every finished run's manifest (its
-    record of what came from the cache) and its costs (the task counters' wall seconds)."""
-    import json
+    record of what came from the cache) and the study's costs rows (the task counters' wall seconds)."""
+    from aimray.files import read_json
 
-    import pandas as pd
-
-    spent = saved = 0.0
+    costs = study.costs
+    spent = float(costs[costs.path.isin(paths)].wall_seconds.sum()) if len(costs) else 0.0
+    saved = 0.0
     hits = runs = 0
     for path in paths:
-        manifest = json.loads((out / path / "manifest.json").read_text())
-        cache = manifest.get("cache") or {}
-        parts = sorted((out / path / "events" / "costs").glob("part-*.parquet"))
-        spent += float(sum(pd.read_parquet(p).wall_seconds.sum() for p in parts))
+        cache = read_json(study.root / path / "manifest.json").get("cache") or {}
         if not cache:
             continue
         runs += 1

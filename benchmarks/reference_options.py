@@ -16,7 +16,6 @@ they are listed with their measured (zero) effect.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aimray.config import make_config
-    from aimray.loop import check_inputs, config_hash, run
+    from aimray.loop import check_inputs, config_hash, previous_status, run
     from aimray.results import collect
 
     try:
@@ -72,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         slug = name.split(" ")[0].replace("=", "-").replace(",", "")
         folder = out / "runs" / slug / f"o{order}-{config_hash(cfg)}"
         t0 = time.time()
-        done = (folder / "manifest.json").exists() and json.loads((folder / "manifest.json").read_text())[
-            "status"
-        ] == "success"
+        done = previous_status(folder) == "success"
         results[(name, order)] = collect(folder) if done else run(cfg, folder, log=lambda _: None)
         print(f"[reference] {i}/{len(cfgs)} {name}, order {order}: {'cached' if done else f'{time.time() - t0:.0f} s'}")
     text = options_markdown(results, args.orders, next(iter(cfgs.values())).data.test)

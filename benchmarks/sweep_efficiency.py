@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import sys
 import time
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def grid_table(out: Path, points: list[dict], orders: list[int], folders: dict) -> dict:
     """{point index: {"dev": [dev OP after each order], "test": [...], "done": bool}} from the finished runs."""
+    from aimray.launch.ablations import is_finished
     from aimray.results import collect
 
     table = {}
@@ -116,8 +116,7 @@ def grid_table(out: Path, points: list[dict], orders: list[int], folders: dict) 
         dev, test, done = [], [], True
         for o in orders:
             folder = folders[(i, o)]
-            manifest = folder / "manifest.json"
-            if not manifest.exists() or json.loads(manifest.read_text()).get("status") != "success":
+            if not is_finished(folder):
                 done = False
                 break
             result = collect(folder)

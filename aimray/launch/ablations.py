@@ -11,7 +11,6 @@ both made by analysis.tables from the run folders.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 import ray
 
 from aimray.config import RunConfig, make_config
+from aimray.files import write_parquet_atomic
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, config_hash, run
 from aimray.tasks import benchmark_tasks
@@ -136,8 +136,7 @@ def run_study(
         )
     index = run_index(cfgs, out)
     table = T.ablation_runs(index, finished_metrics(out, list(index.run)))
-    table.to_parquet(out / "runs.parquet.tmp", index=False)
-    os.replace(out / "runs.parquet.tmp", out / "runs.parquet")
+    write_parquet_atomic(table, out / "runs.parquet")
     (out / "ablation.md").write_text(T.ablation_markdown(table))
     return table
 

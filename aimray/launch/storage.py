@@ -25,10 +25,12 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from aimray.files import is_uri
+
 
 def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None, str]:
     """(filesystem, path) of a sweep's storage: None and a local path, or a URI's filesystem and path."""
-    if storage and "://" in storage and not storage.startswith("file://"):
+    if storage and is_uri(storage):
         fs, path = pafs.FileSystem.from_uri(storage)
         return fs, path.rstrip("/")
     return None, str(Path(storage.removeprefix("file://") if storage else default).resolve())
@@ -59,7 +61,7 @@ class RemoteFolder:
         remote = self._listing()
         if "manifest.json" not in remote:
             return False
-        for rel in sorted(remote):
+        for rel in sorted(remote, key=lambda r: (r == "manifest.json", r)):  # the manifest last, as it went up
             target = local / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with self.fs.open_input_stream(f"{self.path}/{rel}") as src:

@@ -35,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
+from aimray.files import write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, run
@@ -449,10 +450,10 @@ def sweep(
     if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
         mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
     table = trials_table(grid, spec)
-    write_parquet(table, out / "trials.parquet")
+    write_parquet_atomic(table, out / "trials.parquet")
     holdout = run_holdout(spec, table) if spec.holdout_orders else None
     if holdout is not None:
-        write_parquet(holdout, out / "holdout.parquet")
+        write_parquet_atomic(holdout, out / "holdout.parquet")
     best = T.best_markdown(
         table,
         method=spec.method,
@@ -494,11 +495,6 @@ def check_resources(spec: SweepSpec, cluster: dict) -> None:
             f"--cpus-per-trial={spec.cpus_per_trial or 1.0:g} per trial or worker: one trial needs {need:g} CPUs, "
             f"the cluster has {cpus:g}"
         )
-
-
-def write_parquet(table: pd.DataFrame, path: Path) -> None:
-    table.to_parquet(path.with_suffix(".parquet.tmp"), index=False)
-    os.replace(path.with_suffix(".parquet.tmp"), path)
 
 
 def holdout_configs(spec: SweepSpec, table: pd.DataFrame) -> dict[str, dict[str, Any]]:
