@@ -157,6 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
     )
     t0 = time.time()
+    if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
+        os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
     if args.workers == 0:
         result = run(cfg, args.out)
     else:
@@ -272,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-failures", type=int, default=1, help="worker failures retried from the last checkpoint (default 1)"
     )
     p.add_argument("--storage", help="Ray Train storage (default <out>/ray; shared storage on a cluster)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Ray Train's INFO lines (every report and checkpoint) on the terminal too; they are always in "
+        "Ray's own logs, linked from <out>/.ray-logs",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
     return parser

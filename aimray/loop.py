@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -340,6 +341,7 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
             r.log(f"[run] task 1 ({stage.name}): from the stage cache ({cached.seconds:.0f} s saved)")
             return replay_stage(r, stage, task, cached)
     t0, losses = time.time(), []
+    every, shown, first = progress_every(), t0, task.step
     for step in range(task.step, total):
         r.bb.model.train()
         batch = batch_for_step(examples, step, cfg.train.batch_size, f"{cfg.seed}/{stage.name}")
@@ -359,6 +361,9 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         if decision.merge:
             merge(r, stage, task, step, decision, outer or optimizer, track)
         task.step = step + 1
+        if every is not None and time.time() - shown >= every and task.step < total:
+            shown = time.time()
+            r.log(progress_line(stage, len(r.stages), task.step, total, task.costs.merges, shown - t0, first))
         if cfg.checkpoint.keep != "last" and task.step % cfg.checkpoint.best_dev_every == 0:
             track_best(r, stage, task)
         if cfg.checkpoint.every_steps and task.step % cfg.checkpoint.every_steps == 0 and task.step < total:
@@ -375,6 +380,27 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
             stagecache.store_stage(task.cache_key, entry)
         r.cache["stage"] = {"key": task.cache_key[:16], "hit": False, "seconds_saved": 0.0}
     return task
+
+
+def progress_every() -> float | None:
+    """Seconds between progress lines inside a task: $AIMRAY_PROGRESS_S (default 30; 0 = every step;
+    "off" = none). A sweep's trials log nothing: Tune's status table is the sweep's display."""
+    setting = os.environ.get("AIMRAY_PROGRESS_S", "30").strip().lower()
+    if setting == "off":
+        return None
+    try:
+        return max(0.0, float(setting))
+    except ValueError:
+        raise ValueError(f"AIMRAY_PROGRESS_S={setting!r}: expected seconds or 'off'") from None
+
+
+def progress_line(stage: Stage, stages: int, step: int, total: int, merges: int, elapsed: float, first: int) -> str:
+    """`[run] task 2/4 (amazon): step 40/96, 5 merges, about 1 min 20 s of training left`: the pace of the
+    steps this process has run in the task (`first`: the step it started from, after a resume)."""
+    minutes, seconds = divmod(round(elapsed / max(1, step - first) * (total - step)), 60)
+    eta = f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+    where = f"[run] task {stage.index + 1}/{stages} ({stage.name})"
+    return f"{where}: step {step}/{total}, {merges} merge{'' if merges == 1 else 's'}, about {eta} of training left"
 
 
 def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:

@@ -17,6 +17,7 @@ holdout.parquet and a section of best.md, the test of whether tuned values carry
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -93,8 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         help="where the searcher's Optuna study lives while the sweep runs (default <out>/optuna.journal, a "
         "journal file; or an RDB URL): `optuna-dashboard <it>` shows the sweep live",
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="Tune's every trial result and Ray Train's INFO lines on the terminal (default: Tune's status "
+        "table; Ray's own logs are linked from <out>/ray-logs)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
+        os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
 
     from aimray.assets import AssetMissingError
     from aimray.launch.tune import load_sweep, sweep
@@ -122,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             orders=orders,
             data_dir=args.data_dir,
         )
-        table = sweep(spec, resume=args.resume, address=args.address, storage=args.storage, dashboard=args.dashboard)
+        table = sweep(
+            spec,
+            resume=args.resume,
+            address=args.address,
+            storage=args.storage,
+            dashboard=args.dashboard,
+            verbose=args.verbose,
+        )
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError, ImportError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

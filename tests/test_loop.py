@@ -11,9 +11,9 @@ import torch
 from aimray.config import make_config
 from aimray.events import SCHEMAS, read_events
 from aimray.faults import KillAt, SimulatedKill
-from aimray.loop import batch_for_step, run
+from aimray.loop import batch_for_step, progress_line, run
 from aimray.merging import signals
-from aimray.methods import METHODS
+from aimray.methods import METHODS, Stage
 from aimray.tasks.spec import Example
 
 TINY = {
@@ -81,8 +81,10 @@ def test_every_method_runs_through_the_loop(tiny_causal, tmp_path, method) -> No
     assert json.loads((tmp_path / "matrix.json").read_text())["tasks"] == ["wordnet", "amazon", "trec", "bbc"]
 
 
-def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path) -> None:
-    run(tiny_config(tiny_causal), tmp_path, log=quiet)
+def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AIMRAY_PROGRESS_S", "0")  # a progress line after every step but a task's last
+    lines: list[str] = []
+    run(tiny_config(tiny_causal), tmp_path, log=lines.append)
     steps = read_events(tmp_path, "steps").to_pandas()
     inner = steps[steps.phase == "inner"]
     assert inner[inner.task_index == 0].memory_loss.isna().all()  # no memory while training task 1
@@ -104,6 +106,22 @@ def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path) -> None:
     assert (costs.monitor_examples[1:] == 8 * 4).all()  # one memory batch of 4 per step, 8 steps
     evals = read_events(tmp_path, "evals").to_pandas()
     assert sorted(evals.after_index.unique()) == [0, 1, 2, 3, 4] and set(evals.split) == {"test", "dev"}
+    progress = [line for line in lines if ": step " in line]
+    assert len(progress) == 4 * 7  # 8 steps per task
+    for task_index, name in enumerate(["wordnet", "amazon", "trec", "bbc"]):
+        for step in range(1, 8):  # the merges the line counts are those before the step
+            before = int(((merges.task_index == task_index) & (merges.step < step)).sum())
+            line = progress[task_index * 7 + step - 1]
+            assert line.startswith(f"[run] task {task_index + 1}/4 ({name}): step {step}/8, {before} merge")
+            assert line.endswith("of training left")
+
+
+def test_progress_lines() -> None:
+    stage = Stage(index=1, name="amazon", train=[], eval_tasks=[], seen=[0, 1])
+    line = progress_line(stage, 4, step=40, total=96, merges=1, elapsed=50.0, first=0)
+    assert line == "[run] task 2/4 (amazon): step 40/96, 1 merge, about 1 min 10 s of training left"
+    resumed = progress_line(stage, 4, step=40, total=96, merges=3, elapsed=20.0, first=30)  # 2 s per step
+    assert resumed.endswith("step 40/96, 3 merges, about 1 min 52 s of training left")
 
 
 def test_outer_optimizer_option(tiny_causal, tmp_path) -> None:

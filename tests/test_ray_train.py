@@ -22,12 +22,16 @@ def local_ray():
     ray.shutdown()
 
 
-def test_two_workers_take_the_same_decisions_as_one(local_ray, tiny_causal, tmp_path) -> None:
+def test_two_workers_take_the_same_decisions_as_one(local_ray, tiny_causal, tmp_path, s3) -> None:
+    from aimray.launch.storage import remote_folder
     from aimray.launch.train import Resources, run_with_ray_train
 
     # No dropout: the ranks draw their own dropout masks, which would make the two runs differ by chance.
     cfg = tiny_config(tiny_causal, train={"threads": 1}, model={"lora_dropout": 0.0})
-    one = run_with_ray_train(cfg, tmp_path / "one", Resources(workers=1, cpus_per_worker=1))
+    # The 1-worker run keeps a copy in an S3 bucket (moto on loopback), as a sweep's --workers trials do: the
+    # credentials ride on the URI, since the workers' processes predate this test's environment.
+    uri = f"s3://testing:testing@studies/train{s3[1]}"
+    one = run_with_ray_train(cfg, tmp_path / "one", Resources(workers=1, cpus_per_worker=1), remote=(uri, "one"))
     two = run_with_ray_train(cfg, tmp_path / "two", Resources(workers=2, cpus_per_worker=1))
     merges = [read_events(tmp_path / d, "merges").to_pandas() for d in ("one", "two")]
     key = ["task_index", "step", "trigger", "interval", "burst_len"]
@@ -38,6 +42,15 @@ def test_two_workers_take_the_same_decisions_as_one(local_ray, tiny_causal, tmp_
     # Tolerance for the matrix: at most one test example (1/6) may flip on a near tie.
     assert np.nanmax(np.abs(one.test - two.test)) <= 1 / 6 + 1e-9
     assert json.loads((tmp_path / "two" / "manifest.json").read_text())["status"] == "success"
+    # rank 0 copied the run folder to the bucket after every task and at the end: the copy is the run
+    copy = tmp_path / "copy"
+    assert remote_folder(uri, "one").download(copy)
+    assert json.loads((copy / "manifest.json").read_text())["status"] == "success"
+    for kind in ("steps", "merges", "evals", "costs"):
+        assert comparable(copy, kind) == comparable(tmp_path / "one", kind), kind
+    assert (copy / "matrix.json").read_text() == (tmp_path / "one" / "matrix.json").read_text()
+    # Ray's own logs are linked from the run folder, and stay on the node (the copy skips them)
+    assert (tmp_path / "one" / ".ray-logs").is_dir() and not (copy / ".ray-logs").exists()
 
 
 @pytest.mark.parametrize(

@@ -15,39 +15,10 @@ import pyarrow.fs as pafs
 import pytest
 
 from analysis.load import mirror, open_study
-from tests.test_tune import free_port
+from tests.conftest import CREDENTIALS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY = ROOT / "benchmarks" / "results" / "quality"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A moto S3 server on 127.0.0.1 (stopped by its pid); yields (filesystem, URI query string)."""
-    port = free_port()
-    # this interpreter's moto (a `moto_server` found on PATH may belong to another Python and another moto)
-    server = str(Path(sys.executable).parent / "moto_server")
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    cmd = [server, "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        endpoint = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "region": "us-east-1"}
-        fs = pafs.S3FileSystem(**endpoint, allow_bucket_creation=True)
-        deadline = time.time() + 30
-        while True:
-            try:
-                fs.create_dir("studies")  # a bucket
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield fs, f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_study_in_an_s3_bucket_gives_the_tables_of_its_local_copy(s3, tmp_path, monkeypatch) -> None:
@@ -109,10 +80,11 @@ def split_cluster(tmp_path):
 
 def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket(s3, split_cluster, tiny_causal):
     """--storage s3://... on a two-node cluster whose worker node cannot see --out (its own tmpfs there):
-    two trials at once, the driver SIGKILLed once a run has reached the bucket and resumed; the trial that
-    ran on the worker wrote its runs where the driver cannot read them, and yet --out holds every trajectory
-    at the end, brought home from the bucket, which also holds Tune's state and the sweep's tables: the
-    analysis of the bucket and of --out agree, and the Optuna journal holds every trial."""
+    two trials at once on orders 1 and 2, the driver SIGKILLed once a run has reached the bucket and
+    resumed; the trial that ran on the worker wrote its runs where the driver cannot read them, and yet --out
+    holds every trajectory at the end, brought home from the bucket, as are the runs on held-out order 3;
+    the bucket also holds Tune's state and the sweep's tables: the analysis of the bucket and of --out agree,
+    and the Optuna journal holds every trial."""
     import subprocess as sp
 
     import pandas as pd
@@ -122,7 +94,18 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     fs, query = s3
     address, out = split_cluster
     uri = f"s3://studies/split{query}"
-    extra = ["--address", address, "--concurrency", "2", "--orders", "1,2", "--storage", uri]
+    extra = [
+        "--address",
+        address,
+        "--concurrency",
+        "2",
+        "--holdout-orders",
+        "3",
+        "--scheduler",
+        "none",
+        "--storage",
+        uri,
+    ]
     env = {"RAY_AUTH_MODE": "token"}
     log = open(out.parent / "driver.log", "w")  # noqa: SIM115
     proc = sweep_cli(out, tiny_causal, *extra, env=env, stdout=log, stderr=sp.STDOUT, start_new_session=True)
@@ -153,6 +136,12 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     listing = fs.get_file_info(pafs.FileSelector("studies/split/runs", recursive=True))
     assert sum(i.path.endswith("manifest.json") for i in listing) == 4
     assert fs.get_file_info("studies/split/trials.parquet").type == pafs.FileType.File  # the sweep's tables
+    # the held-out order's runs (Ray tasks on either node) came home through the bucket too
+    holdout = pd.read_parquet(out / "holdout.parquet")
+    assert (holdout.order == 3).all() and (holdout.status == "success").all() and "default" in set(holdout.config)
+    for name in holdout.config:
+        assert json.loads((out / "holdout" / name / "order3" / "manifest.json").read_text())["status"] == "success"
+        assert fs.get_file_info(f"studies/split/holdout/{name}/order3/manifest.json").type == pafs.FileType.File
     assert fs.get_file_info("studies/split/tune").type == pafs.FileType.Directory  # Tune's own state
     # the analysis of the bucket and of --out agree
     env = {**os.environ, **CREDENTIALS, "AIMRAY_HOME": str(out.parent / "home")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pandas as pd
 import pytest
 
 from aimray.launch.tune import define_by_run, load_sweep, parse_space
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
@@ -58,6 +58,7 @@ def sweep_cli(out: Path, model: str, *extra: str, env: dict | None = None, **pop
 
 
 def check_sweep(out: Path, samples: int = 2) -> pd.DataFrame:
+    assert (out / "ray-logs").is_dir()  # Ray's own logs, linked from the sweep's folder
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == samples and (table.status == "completed").all(), table[["status", "error"]]
     assert table.objective.between(0, 1).all() and (table.tasks_done == 12).all()
@@ -186,12 +187,6 @@ def analyse(study: Path, headline: str) -> set[str]:
     assert proc.returncode == 0 and headline in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
     assert (study / "analysis" / "report.md").exists()
     return {p.name for p in (study / "analysis" / "figures").iterdir()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -53,16 +53,25 @@ def is_finished(folder: Path) -> bool:
 
 
 @ray.remote
-def _run_remote(cfg_dict: dict, folder: str, threads: int) -> dict:
+def _run_remote(cfg_dict: dict, folder: str, threads: int, remote: tuple[str, str] | None = None) -> dict:
+    """One run in a Ray task. `remote` (storage URI, path under it): the run folder is copied there after
+    every task and at the end, and brought back from there first (a run retried on another node)."""
     from aimray.config import config_from_dict
+    from aimray.launch.storage import remote_folder
 
     cfg = config_from_dict({**cfg_dict, "train": {**cfg_dict["train"], "threads": threads}})
+    copy = remote_folder(*remote) if remote is not None else None
+    if copy is not None and not (Path(folder) / "manifest.json").exists():
+        copy.download(Path(folder))
     t0 = time.time()
     try:
-        run(cfg, folder, log=lambda _: None)
+        run(cfg, folder, log=lambda _: None, report=(lambda _: copy.upload(Path(folder))) if copy else None)
         return {"folder": folder, "status": "success", "seconds": time.time() - t0, "error": None}
     except Exception as err:  # one failed run must not sink the study: it is reported in the table
         return {"folder": folder, "status": "failed", "seconds": time.time() - t0, "error": repr(err)[:500]}
+    finally:
+        if copy is not None and Path(folder, "manifest.json").exists():
+            copy.upload(Path(folder))  # its final state, failed or not
 
 
 def configs(

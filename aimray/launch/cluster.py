@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import ray
 
@@ -29,3 +31,19 @@ def ensure_ray(
 
 def shutdown_ray() -> None:
     ray.shutdown()
+
+
+def link_ray_logs(folder: Path, name: str = "ray-logs") -> Path | None:
+    """A link `folder/name` to this node's Ray session logs (every Ray process's own log files, Train's
+    per-report INFO lines among them), so they sit with the run or sweep they belong to; the logs' folder,
+    or None where this process has no local Ray node (a client of a remote cluster: the head keeps them)."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return None
+    logs = Path(node.get_logs_dir_path())
+    link = folder / name
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    with contextlib.suppress(OSError):  # a filesystem without symbolic links: the path is printed all the same
+        link.symlink_to(logs, target_is_directory=True)
+    return logs

@@ -8,7 +8,9 @@ task: the files that changed since its last copy, `manifest.json` last (its stat
 a reader that sees `success` sees a complete folder; no rename is assumed), and the latest checkpoint, so
 a trial retried on another node first copies its folder back and resumes from there. At the end the driver
 mirrors every trajectory into `--out/runs` and copies the sweep's tables to the storage, so both
-`python -m analysis --out` and `python -m analysis <storage>` read the whole study.
+`python -m analysis --out` and `python -m analysis <storage>` read the whole study. The same holds for the
+runs of `--workers N` trials (Train's rank 0 copies them, from whichever node it runs on) and for the
+`--holdout-orders` runs (`<storage>/holdout/<config>/order<k>/`, mirrored into `--out/holdout`).
 
 Why aimray copies the run folder itself: Ray Tune's artifact syncing (`SyncConfig(sync_artifacts=True)`)
 copies a trial's working directory only when it reports a Tune checkpoint or ends, and never brings it back
@@ -85,6 +87,13 @@ class RemoteFolder:
         except FileNotFoundError:
             return set()
         return {i.path[len(self.path) + 1 :] for i in infos if i.type == pafs.FileType.File}
+
+
+def remote_folder(storage: str, path: str) -> RemoteFolder:
+    """The copy of a run folder at `path` under the storage URI `storage` (both strings, so they travel to
+    a Ray Train worker or task on any node, which opens the filesystem itself)."""
+    fs, base = location(storage, Path("."))
+    return RemoteFolder(fs, f"{base}/{path}")
 
 
 def _hidden(p: Path, root: Path) -> bool:

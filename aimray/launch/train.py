@@ -27,7 +27,8 @@ from aimray.checkpoint import checkpoint_name
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
-from aimray.launch.cluster import ensure_ray
+from aimray.launch.cluster import ensure_ray, link_ray_logs
+from aimray.launch.storage import remote_folder
 from aimray.loop import OnCheckpoint, check_inputs, run
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
@@ -113,14 +114,26 @@ def train_worker(config: dict) -> None:
         if fault is not None:
             fault(stage, step)
 
-    previous = ray.train.get_checkpoint()
-    if previous is None:
-        result = run(cfg, out, log=log, report=report, dist=dist, on_checkpoint=on_checkpoint)
-    else:
-        with previous.as_directory() as folder:
+    # A copy in the sweep's storage (rank 0 copies, from whichever node it runs on), brought back first.
+    copy = remote_folder(*config["remote"]) if config.get("remote") and dist.main else None
+    if copy is not None and not (out / "manifest.json").exists():
+        copy.download(out)
+
+    def report_and_copy(row: dict) -> None:
+        if copy is not None:
+            copy.upload(out)
+        report(row)
+
+    previous = ray.train.get_checkpoint()  # a retried worker: Train's last reported checkpoint
+    try:
+        with previous.as_directory() if previous is not None else contextlib.nullcontext() as folder:
+            resume = Path(folder) if folder is not None else None
             result = run(
-                cfg, out, log=log, report=report, dist=dist, resume_from=Path(folder), on_checkpoint=on_checkpoint
+                cfg, out, log=log, report=report_and_copy, dist=dist, resume_from=resume, on_checkpoint=on_checkpoint
             )
+    finally:
+        if copy is not None and (out / "manifest.json").exists():
+            copy.upload(out)
     if tracker is not None and last:
         train_report(last[-1], tracker.finish(result))
 
@@ -145,13 +158,17 @@ def run_with_ray_train(
     storage: str | None = None,
     on_checkpoint: OnCheckpoint | None = None,
     tracker: dict | None = None,
+    remote: tuple[str, str] | None = None,
 ) -> RunResult:
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
-    `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one)."""
+    `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one). `remote`
+    (storage URI, path under it): rank 0 copies the run folder there after every task and at the end, and
+    the result is read from that copy (rank 0 may have run on another node)."""
     out = Path(out).resolve()
     check_inputs([cfg])  # a missing --data-dir, a broken data file or asset: one clear error, before Ray
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
+    link_ray_logs(out, ".ray-logs")  # hidden: it stays on this node (storage copies skip dot-files)
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -165,6 +182,7 @@ def run_with_ray_train(
             "gpus_per_worker": resources.gpus_per_worker,
             "on_checkpoint": on_checkpoint,
             "tracker": tracker,
+            "remote": remote,
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -178,4 +196,6 @@ def run_with_ray_train(
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
+    if remote is not None and not (out / "manifest.json").exists():
+        remote_folder(*remote).download(out)  # rank 0 ran on another node: its copy comes to the driver
     return collect(out)

@@ -37,7 +37,7 @@ from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
 from aimray.files import write_parquet_atomic
 from aimray.launch import storage as storage_lib
-from aimray.launch.cluster import ensure_ray
+from aimray.launch.cluster import ensure_ray, link_ray_logs
 from aimray.loop import check_inputs, run
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker
@@ -360,16 +360,18 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     for order in orders:
         cfg = trial_config(spec, order, sampled)
         out = trial_dir / f"order{order}"
-        remote = storage_lib.RemoteFolder(fs, f"{base}/runs/{trial_id}/order{order}") if fs is not None else None
-        if remote is not None and not (out / "manifest.json").exists():
-            remote.download(out)  # a trial retried on another node carries on from its last copy
+        where = f"runs/{trial_id}/order{order}"
         if spec.workers == 0:
+            remote = storage_lib.RemoteFolder(fs, f"{base}/{where}") if fs is not None else None
+            if remote is not None and not (out / "manifest.json").exists():
+                remote.download(out)  # a trial retried on another node carries on from its last copy
             run_order(cfg, out, tracker, remote)
-        else:  # the workers report every task; the driver's tracker records the run they return
+        else:  # the workers report every task (rank 0 copies the folder); the tracker records their run
             from aimray.launch.train import Resources, run_with_ray_train
 
             res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
-            tracker.finish(run_with_ray_train(cfg, out, res, tracker=tracker.state_dict()))
+            copy = (spec.storage, where) if fs is not None else None
+            tracker.finish(run_with_ray_train(cfg, out, res, tracker=tracker.state_dict(), remote=copy))
     tune.report(tracker.final_metrics())
 
 
@@ -404,9 +406,11 @@ def sweep(
     address: str | None = None,
     storage: str | None = None,
     dashboard: str | None = None,
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) the sweep; returns the trials table (also written to <out>/trials.parquet).
-    `dashboard`: a host for the local Ray's dashboard (started only when given)."""
+    `dashboard`: a host for the local Ray's dashboard (started only when given). `verbose`: Tune's detailed
+    output, every result of every trial, instead of its periodic status table."""
     out = Path(spec.out).resolve()
     fs, storage_path = storage_lib.location(storage, out / "ray")
     experiment = f"{storage_path}/tune"
@@ -420,6 +424,9 @@ def sweep(
     ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
     check_resources(spec, ray.cluster_resources())  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
+    logs = link_ray_logs(out)
+    if logs is not None:
+        print(f"[sweep] Ray's own logs: {logs} (linked as {out / 'ray-logs'})", flush=True)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     if spec.workers == 0:
@@ -442,7 +449,11 @@ def sweep(
             trainable,
             tune_config=tune_config(spec, concurrency),
             run_config=tune.RunConfig(
-                name="tune", storage_path=storage_path, storage_filesystem=fs, callbacks=tracker_callbacks(spec)
+                name="tune",
+                storage_path=storage_path,
+                storage_filesystem=fs,
+                callbacks=tracker_callbacks(spec),
+                verbose=2 if verbose else 1,
             ),
         )
     t0 = time.time()
@@ -521,18 +532,23 @@ def run_holdout(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
     from aimray.results import collect
 
     out = Path(spec.out)
+    fs, base = storage_lib.location(spec.storage, out)
     jobs = {}
     for name, sampled in holdout_configs(spec, table).items():
         for order in spec.holdout_orders:
             cfg = trial_config(spec, order, sampled)
             folder = out / "holdout" / name / f"order{order}"
+            copy = (spec.storage, f"holdout/{name}/order{order}") if fs is not None else None
             task = _run_remote.options(num_cpus=spec.cpus_per_trial or 1).remote(
-                cfg.to_dict(), str(folder), max(1, int(spec.cpus_per_trial or 1))
+                cfg.to_dict(), str(folder), max(1, int(spec.cpus_per_trial or 1)), copy
             )
             jobs[task] = (name, order, folder)
+    results = {task: ray.get(task) for task in jobs}
+    if fs is not None:  # the runs may have run on any node: their copies come into --out/holdout
+        mirror_from(fs, f"{base}/holdout", out / "holdout", name=f"{spec.storage}/holdout")
     rows = []
     for task, (name, order, folder) in jobs.items():
-        res = ray.get(task)
+        res = results[task]
         row = {"config": name, "order": order, "status": res["status"], "error": res["error"]}
         if res["status"] == "success":
             result = collect(folder)
