@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aimray.launch.tune import define_by_run, load_sweep, parse_space
+from aimray.launch.tune import define_by_run, load_sweep, parse_space, tpe_sampler
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,3 +312,8 @@ def test_a_sweep_asking_for_gpus_the_cluster_lacks_fails_at_once(tiny_causal, tm
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "error: --gpus-per-trial=0.5, but the cluster has 0 GPUs" in stdout, stdout[-2000:]
     assert not out.exists()
+
+
+def test_tpe_leaves_its_random_start_up_within_the_sweep() -> None:
+    """Optuna's default start-up (10 random trials) would make a sweep of 10 trials or fewer random search."""
+    assert [tpe_sampler(0, n)._n_startup_trials for n in (2, 6, 12, 30, 100)] == [3, 3, 4, 10, 10]

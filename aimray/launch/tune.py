@@ -606,13 +606,20 @@ def optuna_storage(spec: SweepSpec):
     return optuna.storages.JournalStorage(JournalFileBackend(target))
 
 
+def tpe_sampler(seed: int, trials: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE whose random start-up takes a third of the trials (at least 3, at most Optuna's 10):
+    with Optuna's default of 10, a sweep of 10 trials or fewer (the demo's 6) would be random search."""
+    startup = min(10, max(3, trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
+
+
 def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
     """TPE (multi-objective TPE for several objectives) with the preset's values first; ASHA / HyperBand
     stop trials on `objective`, the first objective, in its sense."""
     max_t = len(spec.tune_orders()) * spec.num_tasks()
     points = [default_point(spec)] if spec.include_defaults and spec.space else []
     points = [p for p in points if p]
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True)
+    sampler = tpe_sampler(spec.seed, spec.num_samples)
     kinds = spec.kinds()
     multi = len(kinds) > 1
     searcher = OptunaSearch(
