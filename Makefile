@@ -27,7 +27,7 @@ assets: $(STAMP)
 	$(PY) -m aimray.assets fetch
 
 demo: assets
-	$(PY) sweeps/tune_controller.py --out $(DEMO_OUT) $(if $(wildcard $(DEMO_OUT)/ray/tune),--resume)
+	$(PY) sweeps/tune_controller.py --config sweeps/configs/demo.yaml --out $(DEMO_OUT) $(if $(wildcard $(DEMO_OUT)/ray/tune),--resume)
 
 test: assets
 	$(PY) -m ruff check .

@@ -44,6 +44,9 @@ class ModelConfig:
     # Attention kernel of causal LMs: "auto" = the faster of eager and SDPA in that probe (under autocast
     # "auto"), else eager under bf16 on a CPU and SDPA otherwise. "sdpa" or "eager" force one.
     attention: str = "auto"
+    # "train": each transformer layer runs through torch.compile in training steps (evaluation stays eager),
+    # compiled once per machine into inductor's on-disk cache (aimray.model.compile_for_training). "off": eager.
+    compile: str = "off"
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", self.lora_r, "must be >= 1")
@@ -53,6 +56,7 @@ class ModelConfig:
         _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _one_of("model.autocast", self.autocast, ("auto", "bf16", "off"))
         _one_of("model.attention", self.attention, ("auto", "sdpa", "eager"))
+        _one_of("model.compile", self.compile, ("off", "train"))
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,7 @@ ADDED_LATER = (
     "controller.burst_loss_scale",
     "eval.max_new_tokens",
     "eval.rouge_stemmer",
+    "model.compile",
 )
 
 

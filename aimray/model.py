@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import platform
 import time
 import warnings
@@ -140,7 +141,36 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
     )
     bb = Backbone(get_peft_model(model, lora).to(device), tokenizer, cfg, is_seq2seq)
     bb.precision = resolve_precision(bb)
+    if cfg.compile == "train":
+        compile_for_training(bb)
     return bb
+
+
+def compile_for_training(bb: Backbone) -> int:
+    """model.compile="train": every transformer layer (the children of the model's `layers` / `block` lists)
+    calls a torch.compile'd version of itself (dynamic shapes: one graph for every layer and batch shape)
+    when it runs in training mode with gradients on, i.e. in training and burst steps; evaluation, the
+    memory-loss forward and the precision probe stay eager (the KV cache of label scoring would recompile
+    per layer). Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR, default $AIMRAY_HOME/inductor) make the
+    compile cost once per machine: measured 2026-12-01 on this project's 2-core AMX machine, SmolLM2, batch
+    8: the first process's first step 42 s, later processes' 7 s (1 s eager), then 1.26x eager's steps.
+    Dropout masks come from inductor's own generator: seeded and reproducible, not eager's numbers.
+    Returns the number of layers compiled; ValueError when the model has no such list."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(assets.home() / "inductor"))
+    lists = [m for name, m in bb.model.named_modules() if name.rsplit(".", 1)[-1] in ("layers", "block")]
+    layers = [layer for m in lists if isinstance(m, torch.nn.ModuleList) for layer in m]
+    if not layers:
+        raise ValueError(f"model.compile=train: no transformer layer list (layers, block) in {bb.config.name_or_path}")
+    for layer in layers:
+        eager = layer._call_impl
+        compiled = torch.compile(eager, dynamic=True)
+
+        def call(*args, _layer=layer, _eager=eager, _compiled=compiled, **kwargs):
+            run = _compiled if _layer.training and torch.is_grad_enabled() else _eager
+            return run(*args, **kwargs)
+
+        layer._compiled_call_impl = call  # what nn.Module.__call__ runs when set (Module.compile sets it too)
+    return len(layers)
 
 
 # ------------------------------------------------------------------------------------- precision by probe

@@ -44,6 +44,8 @@ def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> 
         "harness seqlora (autocast off)",
         "harness replay",
         "harness aimmerging",
+        "harness seqlora (model.compile=train)",
+        "harness seqlora (model.compile=train, compiled before)",
         "eval (label scoring)",
     } <= names
     for r in report["rows"]:
@@ -53,12 +55,15 @@ def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> 
         "seqlora_vs_bare",
         "aimmerging_vs_replay_train_time",
         "aimmerging_vs_replay_end_to_end",
+        "seqlora_compiled_vs_bare",
     }
     named = {r["row"]: r for r in report["rows"] if r["row"].startswith(("bare", "harness"))}  # one row each
     for name, r in named.items():  # every ratio is the row's rate over the bare loop's, from the same run
         assert r["vs_bare"] == pytest.approx(r["examples_per_s"] / named["bare PEFT loop"]["examples_per_s"]), name
     aim, rep = named["harness aimmerging"], named["harness replay"]
     assert report["targets"]["seqlora_vs_bare"] == named["harness seqlora"]["vs_bare"]
+    again = named["harness seqlora (model.compile=train, compiled before)"]
+    assert report["targets"]["seqlora_compiled_vs_bare"] == again["vs_bare"]
     assert report["targets"]["aimmerging_vs_replay_train_time"] == pytest.approx(aim["seconds"] / rep["seconds"])
     assert "| bare PEFT loop | fp32 |" in proc.stdout and (tmp_path / "perf.md").read_text() == proc.stdout
 

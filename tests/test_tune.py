@@ -317,3 +317,10 @@ def test_a_sweep_asking_for_gpus_the_cluster_lacks_fails_at_once(tiny_causal, tm
 def test_tpe_leaves_its_random_start_up_within_the_sweep() -> None:
     """Optuna's default start-up (10 random trials) would make a sweep of 10 trials or fewer random search."""
     assert [tpe_sampler(0, n)._n_startup_trials for n in (2, 6, 12, 30, 100)] == [3, 3, 4, 10, 10]
+
+
+def test_the_demo_sweep_is_multi_objective_with_a_held_out_order() -> None:
+    spec = load_sweep(ROOT / "sweeps" / "configs" / "demo.yaml", [])
+    assert spec.kinds() == ["dev_op", "dev_bwt", "compute"] and spec.holdout_orders == (3,)
+    assert spec.tune_orders() == (1, 2) and spec.scheduler == "none"
+    assert [p.key for p in spec.space] == ["controller.s0", "memory.per_task"]  # inside what its tasks express
