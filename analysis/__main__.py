@@ -136,6 +136,11 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
                 per = T.importances(study, completed_only=not everything, objective=f"objective/{name}")
                 (tables / f"importances_{name}.md").write_text(T.markdown(per))
                 report += [f"### Parameter importances for {name}", "", T.markdown(per)]
+        holdout = study.root / "holdout.parquet"
+        if holdout.exists():  # --holdout-orders: the chosen configs beside the defaults on unseen orders
+            lines = T.holdout_lines(pd.read_parquet(holdout))
+            (tables / "holdout.md").write_text("\n".join(lines) + "\n")
+            report += ["", *lines, ""]
 
     shown = representative_runs(study, runs)
     _save(F.accuracy_heatmaps(study, list(shown.path), split), figs, "accuracy_matrices", report)

@@ -603,7 +603,7 @@ def best_markdown(
     if dev_per_task and tasks and objective in ("dev_op", "dev_op_bwt", "worst_dev_op"):
         lines += ["", *conclusion_lines(trials, default, dev_per_task, tasks, len(orders))]
     if holdout is not None and len(holdout):
-        lines += ["", *holdout_lines(holdout)]
+        lines += ["", *holdout_lines(holdout, dev_per_task * tasks if dev_per_task and tasks else None)]
     return "\n".join(lines) + "\n"
 
 
@@ -664,23 +664,45 @@ def _objective_cell(column: str, value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def holdout_lines(holdout: pd.DataFrame) -> list[str]:
+def holdout_lines(holdout: pd.DataFrame, dev_per_order: int | None = None) -> list[str]:
     """The held-out orders: per config, mean dev and test OP / BWT over those orders and its compute, and
-    its difference from the defaults (the test of whether tuned values carry over to an unseen order)."""
+    its difference from the defaults (the test of whether tuned values carry over to an unseen order); with
+    `dev_per_order` (dev examples per order: per task x tasks), whether each difference on dev exceeds one
+    dev example."""
     orders = sorted(holdout.order.unique())
     ok = holdout[holdout.status == "success"]
     means = ok.groupby("config", sort=False)[["dev_op", "dev_bwt", "test_op", "test_bwt", "compute"]].mean()
     lines = [
         f"## On the held-out orders {', '.join(map(str, orders))} (not seen by the search)",
         "",
-        "| config | dev OP | dev BWT | test OP | test BWT | compute | test OP vs default |",
-        "|---|---|---|---|---|---|---|",
+        "| config | dev OP | dev BWT | test OP | test BWT | compute | dev OP vs default | test OP vs default |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    base = means.loc["default", "test_op"] if "default" in means.index else math.nan
+    base = means.loc["default"] if "default" in means.index else None
+    readings = []
     for name, r in means.iterrows():
-        diff = "" if name == "default" else f"{100 * (r.test_op - base):+.2f}"
         cells = [points(r.dev_op), points(r.dev_bwt), points(r.test_op), points(r.test_bwt), f"{r.compute:.0f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {diff} |")
+        if name == "default" or base is None:
+            cells += ["", ""]
+        else:
+            dev_gap, test_gap = 100 * (r.dev_op - base.dev_op), 100 * (r.test_op - base.test_op)
+            cells += [f"{dev_gap:+.2f}", f"{test_gap:+.2f}"]
+            if dev_per_order:
+                worth = 100.0 / (dev_per_order * len(orders))
+                verdict = (
+                    "carries over"
+                    if dev_gap >= worth
+                    else "does not carry over (the defaults do better)"
+                    if dev_gap <= -worth
+                    else "is within one dev example of the defaults"
+                )
+                readings.append(
+                    f"{name} {verdict}: dev OP {dev_gap:+.2f} points, {dev_gap / worth:+.1f} dev examples "
+                    f"(one is {worth:.2f} points here); test OP {test_gap:+.2f} (reported, not chosen on)."
+                )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if readings:
+        lines += ["", *readings]
     failed = holdout[holdout.status != "success"]
     if len(failed):
         lines += [

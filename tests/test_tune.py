@@ -144,7 +144,9 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert (holdout.status == "success").all() and holdout.test_op.notna().all() and holdout.dev_op.notna().all()
     best = (out / "best.md").read_text()
     assert "objectives dev_op, dev_bwt, compute" in best and "The Pareto front:" in best
-    assert "## On the held-out orders 3" in best and "| default |" in best
+    assert "## On the held-out orders 3" in best and "| default |" in best and "| dev OP vs default |" in best
+    if len(set(holdout.config)) > 1:  # a tuned config beside the defaults: a reading in dev examples
+        assert " dev examples (one is 6.25 points here)" in best  # 4 dev x 4 tasks, 1 order
     # what it can conclude: 4 dev examples per task x 4 tasks x 2 orders -> one example is 3.12 points
     assert "One dev example moves the objective by 3.12 points" in best
     assert "beats the default" in best or "No trial beats the default" in best
@@ -157,6 +159,24 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert all((out / "analysis" / "tables" / f"importances_{n}.md").exists() for n in ("dev_op", "dev_bwt", "compute"))
     assert {"sensitivity.png", "optimization_history.png"} <= figures
     assert any(f.startswith("trajectory_runs_") and f.endswith("_order1.png") for f in figures)
+    assert "## On the held-out orders 3" in (out / "analysis" / "tables" / "holdout.md").read_text()
+    # the notebook takes the sweep: the front and the held-out orders among its outputs
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = ROOT / "analysis" / "notebooks" / "explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    env = {"AIMRAY_STUDY": str(out)}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert "## On the held-out orders 3" in shown and "dev_op" in shown
     # The live Optuna study (a journal file) holds every trial with its three values; MLflow (a real sqlite
     # store) holds one run per trial with the reported metrics; TensorBoard files are in each trial's folder.
     import mlflow
