@@ -186,6 +186,7 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
     study = optuna.load_study(study_name="aimray-sweep", storage=storage)
     assert len(study.trials) == 2 and all(len(t.values) == 3 for t in study.trials)
+    assert study.metric_names == ["dev_op", "dev_bwt", "compute"]  # the dashboard's axis labels
     client = mlflow.tracking.MlflowClient(f"sqlite:///{out}/mlflow.db")
     experiment = client.get_experiment_by_name("aimray-sweep")
     tracked = client.search_runs([experiment.experiment_id])

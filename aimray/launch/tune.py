@@ -622,13 +622,20 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
     sampler = tpe_sampler(spec.seed, spec.num_samples)
     kinds = spec.kinds()
     multi = len(kinds) > 1
+    storage = optuna_storage(spec)
+    # The study exists before the searcher loads it, so that it carries the objectives' names (what
+    # optuna-dashboard labels its axes with; OptunaSearch would leave them "Objective 0", "Objective 1").
+    named = optuna.create_study(
+        storage=storage, study_name="aimray-sweep", directions=[SENSES[k] + "imize" for k in kinds], load_if_exists=True
+    )
+    named.set_metric_names(kinds)
     searcher = OptunaSearch(
         space=define_by_run(spec.space),
         metric=[f"objective/{k}" for k in kinds] if multi else "objective",
         mode=[SENSES[k] for k in kinds] if multi else SENSES[spec.objective],
         sampler=sampler,
         points_to_evaluate=points or None,
-        storage=optuna_storage(spec),
+        storage=storage,
         study_name="aimray-sweep",
     )
     mode = SENSES[spec.objective]
