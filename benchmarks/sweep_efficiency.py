@@ -199,15 +199,16 @@ def efficiency_markdown(table: dict, points: list[dict], args, seconds: float, s
     dev_worth = 100 / (sizes["dev"] * sizes["tasks"] * n_orders)
     test_worth = 100 / (sizes["test"] * sizes["tasks"] * n_orders)
     ranked = sorted(mean.values())
+    rho = spearman([mean[i] for i in done], [test[i] for i in done])
+    test_best = max(test, key=test.get)
     lines += [
         f"One dev example is worth {dev_worth:.2f} points of the dev objective (mean OP over {n_orders} orders of "
         f"{sizes['tasks']} tasks, {sizes['dev']} dev examples each), one test example {test_worth:.2f} points of "
         f"test OP. The grid's dev OP: best {100 * ranked[-1]:.2f}, median {100 * ranked[len(ranked) // 2]:.2f}, "
         f"worst {100 * ranked[0]:.2f}; {sum(100 * (ranked[-1] - v) <= dev_worth + 1e-9 for v in ranked)} of "
         f"{len(ranked)} configs are within one dev example of the best. Dev and test rank the grid's configs "
-        f"with Spearman rho {spearman([mean[i] for i in done], [test[i] for i in done]):.2f}; the best config by "
-        f"test is {points[max(test, key=test.get)]} (test OP {100 * max(test.values()):.2f}, dev OP "
-        f"{100 * mean[max(test, key=test.get)]:.2f}).",
+        f"with Spearman rho {rho:.2f}; the best config by test is {points[test_best]} (test OP "
+        f"{100 * test[test_best]:.2f}, dev OP {100 * mean[test_best]:.2f}).",
         "",
         "What each knob does over the grid (mean OP of the configs with that value, points):",
         "",
@@ -248,7 +249,6 @@ def efficiency_markdown(table: dict, points: list[dict], args, seconds: float, s
                 f"| {kind} | {seed} | {res['trials']} | {res['compute']} | {config} | {dev_gap:.2f} | {test_gap:.2f} "
                 f"| {'yes' if within else 'no'} |"
             )
-    rho = spearman([mean[i] for i in done], [test[i] for i in done])
     reading = (
         f"Reading: dev and test agree on the grid's order only weakly (rho {rho:.2f}), so finding the grid's "
         "best dev config is not finding its best test config; at this size a search tells knobs apart only "

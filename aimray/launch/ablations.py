@@ -61,8 +61,8 @@ def _run_remote(cfg_dict: dict, folder: str, threads: int, remote: tuple[str, st
 
     cfg = config_from_dict({**cfg_dict, "train": {**cfg_dict["train"], "threads": threads}})
     copy = remote_folder(*remote) if remote is not None else None
-    if copy is not None and not (Path(folder) / "manifest.json").exists():
-        copy.download(Path(folder))
+    if copy is not None:
+        copy.restore(Path(folder))
     t0 = time.time()
     try:
         run(cfg, folder, log=lambda _: None, report=(lambda _: copy.upload(Path(folder))) if copy else None)
@@ -70,7 +70,7 @@ def _run_remote(cfg_dict: dict, folder: str, threads: int, remote: tuple[str, st
     except Exception as err:  # one failed run must not sink the study: it is reported in the table
         return {"folder": folder, "status": "failed", "seconds": time.time() - t0, "error": repr(err)[:500]}
     finally:
-        if copy is not None and Path(folder, "manifest.json").exists():
+        if copy is not None:
             copy.upload(Path(folder))  # its final state, failed or not
 
 

@@ -47,6 +47,10 @@ class RemoteFolder:
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel path -> (size, mtime_ns) copied
 
     def upload(self, local: Path) -> None:
+        """Send what changed since the last upload, the manifest last, and delete what is gone. A folder
+        without a manifest is no run yet (a run that failed before it began): nothing is sent or deleted."""
+        if not (local / "manifest.json").exists():
+            return
         files = {str(p.relative_to(local)): p for p in local.rglob("*") if p.is_file() and not _hidden(p, local)}
         manifest = files.pop("manifest.json", None)
         for rel, p in sorted(files.items()):
@@ -69,6 +73,11 @@ class RemoteFolder:
             with self.fs.open_input_stream(f"{self.path}/{rel}") as src:
                 target.write_bytes(src.read())
         return True
+
+    def restore(self, local: Path) -> bool:
+        """`download` unless `local` already holds the run (its manifest): for a run retried on another node,
+        or read by a process on another node than the one that ran it; whether anything came."""
+        return not (local / "manifest.json").exists() and self.download(local)
 
     def _send(self, rel: str, p: Path, force: bool = False) -> None:
         stat = p.stat()

@@ -116,8 +116,8 @@ def train_worker(config: dict) -> None:
 
     # A copy in the sweep's storage (rank 0 copies, from whichever node it runs on), brought back first.
     copy = remote_folder(*config["remote"]) if config.get("remote") and dist.main else None
-    if copy is not None and not (out / "manifest.json").exists():
-        copy.download(out)
+    if copy is not None:
+        copy.restore(out)
 
     def report_and_copy(row: dict) -> None:
         if copy is not None:
@@ -132,7 +132,7 @@ def train_worker(config: dict) -> None:
                 cfg, out, log=log, report=report_and_copy, dist=dist, resume_from=resume, on_checkpoint=on_checkpoint
             )
     finally:
-        if copy is not None and (out / "manifest.json").exists():
+        if copy is not None:
             copy.upload(out)
     if tracker is not None and last:
         train_report(last[-1], tracker.finish(result))
@@ -196,6 +196,6 @@ def run_with_ray_train(
     result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
-    if remote is not None and not (out / "manifest.json").exists():
-        remote_folder(*remote).download(out)  # rank 0 ran on another node: its copy comes to the driver
+    if remote is not None:
+        remote_folder(*remote).restore(out)  # rank 0 ran on another node: its copy comes to the driver
     return collect(out)

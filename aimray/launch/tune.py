@@ -363,8 +363,8 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
         where = f"runs/{trial_id}/order{order}"
         if spec.workers == 0:
             remote = storage_lib.RemoteFolder(fs, f"{base}/{where}") if fs is not None else None
-            if remote is not None and not (out / "manifest.json").exists():
-                remote.download(out)  # a trial retried on another node carries on from its last copy
+            if remote is not None:
+                remote.restore(out)  # a trial retried on another node carries on from its last copy
             run_order(cfg, out, tracker, remote)
         else:  # the workers report every task (rank 0 copies the folder); the tracker records their run
             from aimray.launch.train import Resources, run_with_ray_train
@@ -606,6 +606,9 @@ def optuna_storage(spec: SweepSpec):
     return optuna.storages.JournalStorage(JournalFileBackend(target))
 
 
+DIRECTIONS = {"min": "minimize", "max": "maximize"}  # Tune's modes as Optuna's directions
+
+
 def tpe_sampler(seed: int, trials: int) -> optuna.samplers.TPESampler:
     """Multivariate TPE whose random start-up takes a third of the trials (at least 3, at most Optuna's 10):
     with Optuna's default of 10, a sweep of 10 trials or fewer (the demo's 6) would be random search."""
@@ -626,7 +629,10 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
     # The study exists before the searcher loads it, so that it carries the objectives' names (what
     # optuna-dashboard labels its axes with; OptunaSearch would leave them "Objective 0", "Objective 1").
     named = optuna.create_study(
-        storage=storage, study_name="aimray-sweep", directions=[SENSES[k] + "imize" for k in kinds], load_if_exists=True
+        storage=storage,
+        study_name="aimray-sweep",
+        directions=[DIRECTIONS[SENSES[k]] for k in kinds],
+        load_if_exists=True,
     )
     named.set_metric_names(kinds)
     searcher = OptunaSearch(
