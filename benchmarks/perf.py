@@ -393,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
         "targets": summary,
         "provenance": provenance(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = markdown(report)
-    (out / "perf.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / "perf.md").write_text(md)
-    print(md, end="")
+    write_report(Path(args.out), "perf", report, markdown(report))
     return 0
+
+
+def write_report(out: Path, stem: str, report: dict, md: str) -> None:
+    """<out>/<stem>.json and <out>/<stem>.md, and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / f"{stem}.md").write_text(md)
+    print(md, end="")
 
 
 def row(name: str, precision: str, res: dict, work: float, peak: dict, mem: PeakMemory, bare_rate) -> dict:

@@ -68,6 +68,25 @@ def test_perf_script_writes_every_row_and_the_targets(tiny_causal, tmp_path) -> 
     assert "| bare PEFT loop | fp32 |" in proc.stdout and (tmp_path / "perf.md").read_text() == proc.stdout
 
 
+def test_ray_overhead_script_splits_both_runs_the_same_way(tiny_causal, tmp_path) -> None:
+    """The same run in this process and in Ray Train, each split into fixed cost, training and evaluation."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "ray_overhead.py"), "--model", tiny_causal]
+    cmd += ["--batch", "2", "--steps-per-task", "1", "--test", "2", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "ray_overhead.json").read_text())
+    assert report["steps"] == 4 and report["workers"] == 1 and report["ray_start_seconds"] > 0
+    for side in ("in_process", "ray_train"):
+        r = report[side]
+        assert r["examples"] == 8 and r["seconds"] > 0 and r["eval_seconds"] > 0, side
+        assert r["fixed_seconds"] + r["seconds"] + r["eval_seconds"] == pytest.approx(r["end_to_end"]), side
+    a, b = report["in_process"], report["ray_train"]
+    assert report["ratio_end_to_end"] == pytest.approx(b["end_to_end"] / a["end_to_end"])
+    assert report["ratio_training"] == pytest.approx(b["seconds"] / a["seconds"])
+    md = (tmp_path / "ray_overhead.md").read_text()
+    assert "| end to end |" in md and proc.stdout.endswith(md)  # after the worker's lines, which Ray forwards
+
+
 def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path) -> None:
     out, results = tmp_path / "quality", tmp_path / "RESULTS.md"
     cmd = [

@@ -83,6 +83,9 @@ def test_prompt_follows_olora_format() -> None:
     assert format_parts("Q?", ("a", "b"), inline=True) == ("Q? Option: a, b.\n", "\nAnswer:")
 
 
+SPLITS = ("train", "dev", "test")
+
+
 @pytest.mark.parametrize("name", OFFLINE)
 def test_offline_splits_are_disjoint_balanced_and_seeded(name) -> None:
     spec = TASKS[name]
@@ -98,6 +101,9 @@ def test_offline_splits_are_disjoint_balanced_and_seeded(name) -> None:
     assert [e.uid for e in again.test] == [e.uid for e in data.test]
     other = spec.load(SplitSizes(), 1)
     assert [e.uid for e in other.test] != [e.uid for e in data.test]
+    # the de-duplicated pool is computed once per process: no load may change it for the next
+    third = spec.load(SplitSizes(), 0)
+    assert [[e.uid for e in third.split(s)] for s in SPLITS] == [[e.uid for e in data.split(s)] for s in SPLITS]
 
 
 def test_split_sizes_are_validated() -> None:

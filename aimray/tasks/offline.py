@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from aimray.assets import data_dir, home
 from aimray.tasks.spec import SplitSizes, TaskData, TaskSpec
-from aimray.tasks.splits import make_splits
+from aimray.tasks.splits import dedupe, split_unique
 
 Pairs = list[tuple[str, str]]
 
@@ -133,16 +133,19 @@ def read_tweets(min_confidence: float = 0.6) -> Pairs:
 def offline_task(
     name: str, instruction: str, labels: tuple[str, ...], read: Callable[[], Pairs], source: str
 ) -> TaskSpec:
-    """A TaskSpec whose loader reads the pairs once per process and asset cache, and splits them (seeded,
-    balanced)."""
-    cached = functools.cache(lambda cache_dir: read())  # keyed by $AIMRAY_HOME, which a process may change
+    """A TaskSpec whose loader reads and de-duplicates the pairs once per process and asset cache, and splits
+    them (seeded, balanced)."""
 
-    def load(sizes: SplitSizes, seed: int) -> TaskData:
-        pairs = cached(str(home()))
+    @functools.cache
+    def pool(cache_dir: str) -> tuple[list[tuple[str, str]], int, int]:  # keyed by $AIMRAY_HOME (it may change)
+        pairs = read()
         unknown = Counter(label for _, label in pairs if label not in labels)
         if unknown:
             raise ValueError(f"task {name!r}: labels {dict(unknown)} are not among {labels}")
-        train, dev, test, notes = make_splits(name, pairs, sizes, seed, spec.example)
+        return dedupe(pairs)
+
+    def load(sizes: SplitSizes, seed: int) -> TaskData:
+        train, dev, test, notes = split_unique(name, pool(str(home())), sizes, seed, spec.example)
         return TaskData(name, train, dev, test, tuple(notes))
 
     spec = TaskSpec(name, instruction, labels, load, "accuracy", source)

@@ -64,7 +64,19 @@ def make_splits(
     Each split is class-balanced where the data allows and topped up at random where a class runs short;
     when the data are too few, train gets what is left. `make_example(text, label)` builds an Example.
     """
-    unique, dups, conflicts = dedupe(pairs)
+    return split_unique(task, dedupe(pairs), sizes, seed, make_example)
+
+
+def split_unique(
+    task: str,
+    deduped: tuple[list[tuple[str, str]], int, int],
+    sizes: SplitSizes,
+    seed: int,
+    make_example,
+) -> tuple[list[Example], list[Example], list[Example], list[str]]:
+    """make_splits from `dedupe(pairs)`'s result, which a loader may compute once per process (hashing every
+    text of a task is most of the time a split takes); `deduped` is read, never changed."""
+    unique, dups, conflicts = deduped
     rng = random.Random(f"{task}/{seed}")
     by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for pair in unique:
