@@ -323,6 +323,8 @@ def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
     # A rerun skips the finished runs.
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "6 runs, 6 already finished, 0 to run" in again.stdout
+    assert "Started a local Ray instance" not in again.stderr  # nothing to run: no Ray, the tables all the same
+    assert (out / "ablation.md").read_text() == md and "| aimmerging | 2 |" in again.stdout
 
 
 def test_a_sweep_asking_for_gpus_the_cluster_lacks_fails_at_once(tiny_causal, tmp_path) -> None:

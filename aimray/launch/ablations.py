@@ -123,15 +123,15 @@ def run_study(
     `cfgs` come from `configs`, which has checked their tasks, data and backbone before this starts Ray."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ensure_ray(dashboard=False)
+    left = [cfg for cfg in cfgs if not is_finished(run_dir(out, cfg))]
+    log(f"[ablations] {len(cfgs)} runs, {len(cfgs) - len(left)} already finished, {len(left)} to run")
+    if left:
+        ensure_ray(dashboard=False)  # not for a study that is complete: its tables are written all the same
     todo = {}
-    for cfg in cfgs:
-        folder = run_dir(out, cfg)
-        if is_finished(folder):
-            continue
-        task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), str(folder), max(1, int(cpus_per_run)))
+    for cfg in left:
+        folder = str(run_dir(out, cfg))
+        task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), folder, max(1, int(cpus_per_run)))
         todo[task] = cfg
-    log(f"[ablations] {len(cfgs)} runs, {len(cfgs) - len(todo)} already finished, {len(todo)} to run")
     pending = list(todo)
     done = 0
     while pending:
