@@ -246,12 +246,32 @@ def claims(table) -> list[str]:
             f"- {name}: AimMerging {100 * aim[f'{metric}/mean']:.2f}, the best baseline ({best}) "
             f"{100 * have.max():.2f}: {diff:+.2f} points ({verdict}; the paper: +{paper} on its benchmarks)."
         )
+    lines += not_won(rows)
     if "fixed_interval" in rows.index:
         a, f = aim.merges_per_task, rows.loc["fixed_interval"].merges_per_task
         lines.append(
             f"- Merges: AimMerging {a:.1f} per task (task 1 included), fixed_interval {f:.1f} "
             f"({'fewer' if a < f else 'not fewer'}, {a / f:.2f}x; the paper: fewer merges than a fixed interval)."
         )
+    return lines
+
+
+def not_won(rows) -> list[str]:
+    """Every method (ablations and references included) whose mean OP or BWT is level with AimMerging's or
+    above it, in one line per metric; nothing where AimMerging leads all of them."""
+    from analysis import tables as T
+
+    aim = rows.loc["aimmerging"]
+    lines = []
+    for metric, name in (("op", "OP"), ("bwt", "BWT")):
+        own = 100 * aim[f"{metric}/mean"]
+        others = (100 * rows[f"{metric}/mean"].drop("aimmerging").dropna()).sort_values(ascending=False)
+        ahead = [f"{m} {round(v, 2) + 0.0:.2f} ({v - own:+.2f})" for m, v in others.items() if v - own > T.TIE]
+        level = [m for m, v in others.items() if abs(v - own) <= T.TIE]
+        parts = [f"ahead of it: {', '.join(ahead)}"] if ahead else []
+        parts += [f"level with it: {', '.join(level)}"] if level else []
+        if parts:
+            lines.append(f"- Where AimMerging does not win on {name} ({own:.2f}): {'; '.join(parts)}.")
     return lines
 
 

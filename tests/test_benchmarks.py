@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.test_tune import tiny_overrides
@@ -121,6 +123,31 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     assert again.returncode == 0 and "0 of 3 runs finished" in results.read_text()
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0 and "3 runs, 3 already finished, 0 to run" in rerun.stdout + rerun.stderr
+
+
+def test_the_claims_say_where_aimmerging_does_not_win() -> None:
+    """RESULTS' reading of the paper's claims names every method level with AimMerging or ahead of it."""
+    spec = importlib.util.spec_from_file_location("_quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    table = pd.DataFrame(
+        {
+            "method": ["aimmerging", "aimmerging_no_ls", "fixed_interval", "replay", "single_task"],
+            "op/mean": [0.8092, 0.8142, 0.8067, 0.7992, 0.8092],
+            "bwt/mean": [-0.0122, -0.0061, -0.0200, -0.0500, float("nan")],
+            "merges_per_task": [6.8, 21.0, 18.0, 0.0, 0.0],
+        }
+    )
+    lines = quality.claims(table)
+    assert "- OP: AimMerging 80.92, the best baseline (fixed_interval) 80.67: +0.25 points (AimMerging ahead;" in (
+        "\n".join(lines)
+    )
+    op = "- Where AimMerging does not win on OP (80.92): ahead of it: aimmerging_no_ls 81.42 (+0.50); level with it:"
+    assert op + " single_task." in lines
+    assert "- Where AimMerging does not win on BWT (-1.22): ahead of it: aimmerging_no_ls -0.61 (+0.61)." in lines
+    assert any(line.startswith("- Merges: AimMerging 6.8 per task") and "0.38x" in line for line in lines)
+    leader = table.assign(**{"op/mean": [0.9, 0.8, 0.8, 0.8, 0.8], "bwt/mean": [0.0, -0.1, -0.1, -0.1, None]})
+    assert not any("does not win" in line for line in quality.claims(leader))
 
 
 def test_faults_script_kills_resumes_and_writes_its_section(tiny_causal, tmp_path) -> None:
