@@ -175,3 +175,6 @@ def test_a_study_starts_one_run_per_first_task_then_the_ones_that_share_it() -> 
         ("aimmerging", 3, 1),
     ]
     assert {r[0] for r in later[6:]} == {"aimmerging_no_fs", "seqlora"}
+    # a `last` method runs after every other run, at every seed
+    ranked = [(c.method, c.seed) for c in priority_order(cfgs, ["aimmerging"], last=["seqlora"])]
+    assert {m for m, _ in ranked[-6:]} == {"seqlora"} and {s for _, s in ranked[-6:]} == {0, 1}

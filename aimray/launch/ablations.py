@@ -95,15 +95,16 @@ def configs(
     return cfgs
 
 
-def priority_order(cfgs: list[RunConfig], first: Sequence[str]) -> list[RunConfig]:
+def priority_order(cfgs: list[RunConfig], first: Sequence[str], last: Sequence[str] = ()) -> list[RunConfig]:
     """The order runs start in: every method at the first seed, then the `first` methods at the other seeds,
-    then the rest; within that, one run of each distinct (seed, first task) before the others, so that the
-    runs after them take task 1 from the stage cache instead of computing it side by side."""
+    then the rest, and the `last` methods' runs (every seed) after all of them; within that, one run of each
+    distinct (seed, first task) before the others, so that the runs after them take task 1 from the stage
+    cache instead of computing it side by side."""
     seeds = sorted({c.seed for c in cfgs})
     methods = list(dict.fromkeys(c.method for c in cfgs))
 
     def group(c: RunConfig) -> int:
-        return 0 if c.seed == seeds[0] else 1 if c.method in first else 2
+        return 3 if c.method in last else 0 if c.seed == seeds[0] else 1 if c.method in first else 2
 
     ranked = sorted(cfgs, key=lambda c: (group(c), c.seed, methods.index(c.method), c.order))
     leaders, seen = [], set()
