@@ -4,7 +4,7 @@
 
 perf.py's Ray rows time a run of about 30 seconds, where Ray's fixed start-up (worker processes, imports,
 the model loaded again in the worker) is most of the difference. This script sizes the run to a few minutes
-(the default, 4 tasks x 64 steps of 8 on offline-standard order 1, is about 5 minutes on a 2-core CPU in
+(the default, 4 tasks x 64 steps of 8 on offline-standard order 1, is about 6 minutes on a 2-core CPU in
 bf16) and splits the difference in three: Ray's own start (ray.init, once per driver), the fixed cost of a
 run (end to end less the tasks' wall time), and the tasks' training and evaluation time, which is where a
 per-step cost (reports, checkpoints copied into Ray's storage, threads) would show.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -26,7 +27,17 @@ def ensure_ray(
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host)
+        quiet = None if dashboard else {"worker_process_setup_hook": "aimray.launch.cluster.quiet_ray_workers"}
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=quiet)
+
+
+def quiet_ray_workers() -> None:
+    """Run in every worker process of a local Ray started without its dashboard (runtime_env's
+    worker_process_setup_hook). Ray Train's placement-group cleaner asks the State API once a second whether
+    the Train controller still lives; without the dashboard there is no State API, and every ask would log a
+    warning that Ray forwards to the terminal, one line a second for the whole run. Its errors still show."""
+    cleaner = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    logging.getLogger(cleaner).setLevel(logging.ERROR)
 
 
 def shutdown_ray() -> None:
