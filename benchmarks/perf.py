@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"precision for {n} thread(s): {probe['autocast']} ({probe['source']}) {probe.get('step_seconds', '')}")
     torch.set_num_threads(threads)
 
-    tmp = Path(tempfile.mkdtemp(prefix="aimray-perf-"))
+    scratch = tempfile.TemporaryDirectory(prefix="aimray-perf-", ignore_cleanup_errors=True)  # run folders
+    tmp = Path(scratch.name)
     # model.compile=train twice: the first run pays the compile (once per machine: inductor's on-disk cache),
     # the second is what every later run pays (Dynamo's trace, then the cached kernels)
     modes = [("seqlora", "off", "off"), ("seqlora", "auto", "off"), ("replay", "auto", "off")]
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(r)
             log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
         shutdown_ray()  # its processes would count in the next rows' memory
+    scratch.cleanup()  # the harness and Ray rows' run folders (tens of MB): read, not kept
 
     specs = benchmark_tasks("offline-standard", 1)
     evalsets = [(spec, spec.load(replace(cfg.data, test=args.eval_examples), 0).test) for spec in specs]

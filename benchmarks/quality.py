@@ -268,14 +268,14 @@ def not_won(rows) -> list[str]:
     aim = rows.loc["aimmerging"]
     lines = []
     for metric, name in (("op", "OP"), ("bwt", "BWT")):
-        own = 100 * aim[f"{metric}/mean"]
-        others = (100 * rows[f"{metric}/mean"].drop("aimmerging").dropna()).sort_values(ascending=False)
-        ahead = [f"{m} {round(v, 2) + 0.0:.2f} ({v - own:+.2f})" for m, v in others.items() if v - own > T.TIE]
+        own = aim[f"{metric}/mean"]
+        others = rows[f"{metric}/mean"].drop("aimmerging").dropna().sort_values(ascending=False)
+        ahead = [f"{m} {T.points(v)} ({100 * (v - own):+.2f})" for m, v in others.items() if v - own > T.TIE]
         level = [m for m, v in others.items() if abs(v - own) <= T.TIE]
         parts = [f"ahead of it: {', '.join(ahead)}"] if ahead else []
         parts += [f"level with it: {', '.join(level)}"] if level else []
         if parts:
-            lines.append(f"- Where AimMerging does not win on {name} ({own:.2f}): {'; '.join(parts)}.")
+            lines.append(f"- Where AimMerging does not win on {name} ({T.points(own)}): {'; '.join(parts)}.")
     return lines
 
 

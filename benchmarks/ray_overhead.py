@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     probe = load_backbone(cfg.model).precision  # model.autocast=auto: the probe is cached, paid here, not timed
     log(f"precision: {probe['autocast']} ({probe['source']}); {4 * args.steps_per_task} steps of {args.batch}")
 
-    tmp = Path(tempfile.mkdtemp(prefix="aimray-ray-overhead-"))
+    scratch = tempfile.TemporaryDirectory(prefix="aimray-ray-overhead-", ignore_cleanup_errors=True)  # run folders
+    tmp = Path(scratch.name)
     inproc = split(harness(cfg, tmp / "in-process"))
     log(f"in-process: {inproc['end_to_end']:.0f} s end to end, {inproc['seconds']:.0f} s training")
 
@@ -82,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     run_with_ray_train(cfg, tmp / "ray", Resources(args.workers, cpus_per_worker=cpus, max_failures=0))
     ray = split({"end_to_end": time.perf_counter() - t0, **costs_of(tmp / "ray")})
     shutdown_ray()
+    precision = resolved(tmp / "in-process")
+    scratch.cleanup()  # both run folders (about 15 MB): read, not kept
     log(f"ray train: {ray['end_to_end']:.0f} s end to end, {ray['seconds']:.0f} s training")
 
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "benchmarks/ray_overhead.py", *(argv if argv is not None else sys.argv[1:])]),
-        "precision": resolved(tmp / "in-process"),
+        "precision": precision,
         "workers": args.workers,
         "steps": 4 * args.steps_per_task,
         "batch": args.batch,
