@@ -13,8 +13,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from aimray import plugins
 from aimray.assets import AssetMissingError
-from aimray.cliargs import ArgumentParser, check_out_dir, error_text, nonnegative_int, positive_int
+from aimray.cliargs import (
+    ArgumentParser,
+    add_plugins_arg,
+    check_out_dir,
+    error_text,
+    nonnegative_int,
+    positive_int,
+)
 from aimray.files import now, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 
@@ -208,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", help=f"only this benchmark's tasks; one of {', '.join(BENCHMARKS)}")
     p.add_argument("-v", "--verbose", action="store_true", help="also print sources and split notes")
     _add_data_args(p)
+    add_plugins_arg(p)
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser(
@@ -232,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=nonnegative_int, default=0, help="torch threads (default: all cores)")
     p.add_argument("--out", help="write results.json and manifest.json here")
     _add_data_args(p)
+    add_plugins_arg(p)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser(
         "run",
@@ -281,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray Train's INFO lines (every report and checkpoint) on the terminal too; they are always in "
         "Ray's own logs, linked from <out>/.ray-logs",
     )
+    add_plugins_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
     return parser
@@ -301,6 +312,7 @@ def _presets() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        plugins.load(args.plugins)  # before any config names what they register
         return args.func(args)
     except (KeyError, ValueError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)

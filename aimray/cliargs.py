@@ -19,6 +19,16 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
+def add_plugins_arg(parser: argparse.ArgumentParser) -> None:
+    """--plugins: modules that register tasks, benchmarks, methods, schedules or fusion rules (aimray.plugins)."""
+    parser.add_argument(
+        "--plugins",
+        metavar="MODULE[,MODULE]",
+        help="your modules that register tasks, methods, merge schedules or fusion rules (module names or .py "
+        "paths), imported here and in every Ray worker; $AIMRAY_PLUGINS too (README: Extending aimray)",
+    )
+
+
 def int_list(text: str) -> list[int]:
     """A comma-separated list of integers ("1,2,3"); argparse names the flag in the error."""
     try:

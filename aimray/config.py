@@ -248,7 +248,10 @@ class RunConfig:
 
         _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
         if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r} is unknown; valid: {', '.join(METHODS)}")
+            raise ValueError(
+                f"method={self.method!r} is unknown; valid: {', '.join(METHODS)} (a method of your own: register it "
+                "in a plugin, --plugins or AIMRAY_PLUGINS, so that Ray workers register it too)"
+            )
         try:
             get_benchmark(self.benchmark).order(self.order)
         except KeyError as err:

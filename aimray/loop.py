@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from aimray import checkpoint, stagecache
+from aimray import checkpoint, plugins, stagecache
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
 from aimray.config import RunConfig, identity_dict
 from aimray.distributed import LOCAL, Dist
@@ -215,6 +215,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         "tasks": [s.name for s in specs],
         "config": cfg.to_dict(),
         "provenance": provenance(),
+        "plugins": plugins.loaded(),  # the modules that registered what the config names (aimray.plugins)
         "precision": bb.precision,  # model.autocast resolved (by a cached probe where "auto")
         "cache": manifest_cache(),  # what came from the stage cache (aimray.stagecache), filled in as it goes
         "status": "running",

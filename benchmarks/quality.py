@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aimray.cliargs import error_text, int_list
+from aimray.cliargs import add_plugins_arg, error_text, int_list
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality"
@@ -91,9 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         "scratch study never replaces the committed one)",
     )
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
+    add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
 
+    from aimray import plugins
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.files import get_section, put_section, write_text_atomic
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     study = args.preset == "study"
     default_methods = STUDY["methods"] if study else list(DEFAULT_METHODS)
     try:
+        plugins.load(args.plugins)  # before any config names what they register
         methods = args.methods.split(",") if args.methods else default_methods
         seeds = args.seeds or (STUDY["seeds"] if study else [0])
         cfgs = configs(args.preset, methods, "offline-standard", args.orders, seeds, parse_overrides(args.overrides))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aimray.cliargs import ArgumentParser, check_out_dir, error_text, int_list
+from aimray.cliargs import ArgumentParser, add_plugins_arg, check_out_dir, error_text, int_list
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,15 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         help="CPUs (torch threads) per run; runs go in parallel on the rest (default 1)",
     )
     parser.add_argument("--out", default="runs/ablations", help="the study folder (default runs/ablations)")
+    add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     args = parser.parse_args(argv)
 
+    from aimray import plugins
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, configs, run_study
     from aimray.tasks import get_benchmark
 
     try:
+        plugins.load(args.plugins)  # before any config names what they register
         check_out_dir(args.out)
         if not args.cpus_per_run > 0:
             raise ValueError(f"--cpus-per-run={args.cpus_per_run} must be > 0")

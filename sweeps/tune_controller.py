@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from aimray.cliargs import ArgumentParser, error_text, int_list
+from aimray.cliargs import ArgumentParser, add_plugins_arg, error_text, int_list
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
 
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Tune's every trial result and Ray Train's INFO lines on the terminal (default: Tune's status "
         "table; Ray's own logs are linked from <out>/ray-logs)",
     )
+    add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             scheduler=args.scheduler,
             orders=orders,
             data_dir=args.data_dir,
+            plugins=args.plugins,
         )
         table = sweep(
             spec,

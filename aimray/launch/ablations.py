@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import ray
 
+from aimray import plugins
 from aimray.config import RunConfig, make_config
 from aimray.files import write_parquet_atomic
 from aimray.launch.cluster import ensure_ray
@@ -53,11 +54,17 @@ def is_finished(folder: Path) -> bool:
 
 
 @ray.remote
-def _run_remote(cfg_dict: dict, folder: str, threads: int, remote: tuple[str, str] | None = None) -> dict:
+def _run_remote(
+    cfg_dict: dict, folder: str, threads: int, remote: tuple[str, str] | None = None, plugins: list[str] = ()
+) -> dict:
     """One run in a Ray task. `remote` (storage URI, path under it): the run folder is copied there after
-    every task and at the end, and brought back from there first (a run retried on another node)."""
+    every task and at the end, and brought back from there first (a run retried on another node).
+    `plugins`: the driver's (aimray.plugins), imported before the config is rebuilt."""
+    from aimray import plugins as plugin_modules
     from aimray.config import config_from_dict
     from aimray.launch.storage import remote_folder
+
+    plugin_modules.load(plugins)
 
     cfg = config_from_dict({**cfg_dict, "train": {**cfg_dict["train"], "threads": threads}})
     copy = remote_folder(*remote) if remote is not None else None
@@ -131,7 +138,8 @@ def run_study(
     todo = {}
     for cfg in left:
         folder = str(run_dir(out, cfg))
-        task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), folder, max(1, int(cpus_per_run)))
+        threads = max(1, int(cpus_per_run))
+        task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), folder, threads, None, plugins.loaded())
         todo[task] = cfg
     pending = list(todo)
     done = 0

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import ray
 
+from aimray import plugins
+
 
 def ensure_ray(
     address: str | None = None,
@@ -18,17 +20,21 @@ def ensure_ray(
 ) -> None:
     """Join `address` (or RAY_ADDRESS's cluster) with token authentication unless the user set
     RAY_AUTH_MODE, or start a local Ray with `num_cpus`; its dashboard only when asked for, listening on
-    `dashboard_host` (loopback unless the user says otherwise). Nothing when Ray is already up here."""
+    `dashboard_host` (loopback unless the user says otherwise). Nothing when Ray is already up here.
+    The plugins loaded so far (aimray.plugins) that are not installed packages travel with the job to every
+    node (runtime_env py_modules); a Ray started before they were loaded reaches only this machine's."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     if ray.is_initialized():
         return
+    env = {"py_modules": plugins.sources()} if plugins.sources() else {}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=env or None)
     else:
-        quiet = None if dashboard else {"worker_process_setup_hook": "aimray.launch.cluster.quiet_ray_workers"}
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=quiet)
+        if not dashboard:
+            env["worker_process_setup_hook"] = "aimray.launch.cluster.quiet_ray_workers"
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=dashboard_host, runtime_env=env or None)
 
 
 def quiet_ray_workers() -> None:

@@ -23,6 +23,7 @@ from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from aimray import plugins
 from aimray.checkpoint import checkpoint_name
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
@@ -81,6 +82,7 @@ def quiet_train_logs() -> None:
 def train_worker(config: dict) -> None:
     """The function every Ray Train worker runs."""
     quiet_train_logs()
+    plugins.load(config["plugins"])  # what registered the config's method, tasks, ... in the driver
     cfg = config_from_dict(config["run"])
     out = Path(config["out"])
     threads = max(1, int(config["cpus_per_worker"]))
@@ -177,6 +179,7 @@ def run_with_ray_train(
         train_worker,
         train_loop_config={
             "run": cfg.to_dict(),
+            "plugins": plugins.loaded(),
             "out": str(out),
             "cpus_per_worker": resources.cpus_per_worker,
             "gpus_per_worker": resources.gpus_per_worker,

@@ -33,6 +33,7 @@ from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from aimray import plugins
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
 from aimray.files import write_parquet_atomic
@@ -101,6 +102,8 @@ class SweepSpec:
     gpus_per_worker: float = 0.0  # GPUs per Ray Train worker (with workers > 0)
     out: str = "runs/sweep"
     include_defaults: bool = True  # the first trial evaluates the preset's values of the searched keys
+    # modules that register tasks, methods, ... (aimray.plugins), imported in the driver and in every trial
+    plugins: tuple[str, ...] = ()
 
     def all_orders(self) -> tuple[int, ...]:
         bench = get_benchmark(self.benchmark)
@@ -198,7 +201,7 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
                 f"{key}={orders!r} must be a list of order numbers" + " (empty: every order)" * (key == "orders")
             )
         raw[key] = tuple(_coerce(v, int, key) for v in orders)
-    for key in ("objectives", "callbacks"):
+    for key in ("objectives", "callbacks", "plugins"):
         names = raw.get(key) or ()
         if isinstance(names, str):
             names = [o.strip() for o in names.split(",") if o.strip()]
@@ -209,8 +212,9 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         raise ValueError(f"overrides={raw['overrides']!r} must be a mapping of run-config keys to values")
     raw["overrides"] = raw.get("overrides") or {}
     hints = typing.get_type_hints(SweepSpec)
-    for key in set(raw) - {"orders", "holdout_orders", "objectives", "callbacks", "overrides", "space"}:
+    for key in set(raw) - {"orders", "holdout_orders", "objectives", "callbacks", "plugins", "overrides", "space"}:
         raw[key] = _coerce(raw[key], hints[key], key)
+    raw["plugins"] = tuple(plugins.load(raw.get("plugins")))  # before any config names what they register
     spec = SweepSpec(**raw)
     for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_trial", "gpus_per_worker"):
         if getattr(spec, key) < 0:
@@ -349,6 +353,7 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 
 def run_trial(config: dict, spec: SweepSpec) -> None:
     """One Tune trial: the sampled config over every order; reports after every task."""
+    plugins.load(spec.plugins)  # this worker process has not imported them yet
     orders = spec.tune_orders()
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(spec.out).resolve() / "runs" / trial_id
@@ -540,7 +545,7 @@ def run_holdout(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
             folder = out / "holdout" / name / f"order{order}"
             copy = (spec.storage, f"holdout/{name}/order{order}") if fs is not None else None
             task = _run_remote.options(num_cpus=spec.cpus_per_trial or 1).remote(
-                cfg.to_dict(), str(folder), max(1, int(spec.cpus_per_trial or 1)), copy
+                cfg.to_dict(), str(folder), max(1, int(spec.cpus_per_trial or 1)), copy, spec.plugins
             )
             jobs[task] = (name, order, folder)
     results = {task: ray.get(task) for task in jobs}
