@@ -69,7 +69,7 @@ class TaskState:
     best_score: float = -math.inf
     costs: Costs = field(default_factory=Costs)
     t_start: float = field(default_factory=time.time)
-    cache_key: str | None = None  # set while the task is one the stage cache shares (not checkpointed)
+    shared: bool = False  # a stage other runs compute too (aimray.stagecache; not checkpointed)
 
     def lap(self) -> None:
         """Add the wall time since the last lap to the costs."""

@@ -8,6 +8,7 @@ fails with a message naming the field and the value.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import types
@@ -18,10 +19,20 @@ from typing import Any
 
 import yaml
 
-from aimray.tasks.spec import SplitSizes
+from aimray.merging.controller import SCHEDULES
+from aimray.merging.fusion import FUSIONS
+from aimray.methods import METHODS
+from aimray.tasks import get_benchmark
+from aimray.tasks.spec import ADDED_LATER_FIELD, SplitSizes
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 DEFAULT_BACKBONE = "smollm2"  # the embedded default: SmolLM2-135M-Instruct from the offline assets
+
+# How a field enters a run's identity (config_hash, the resume check), in its dataclass metadata: NEUTRAL
+# never (it does not change results: how many threads compute them); ADDED_LATER_FIELD only away from its
+# default, so that runs committed before the field existed keep their hashes (tasks.spec defines it, for
+# SplitSizes.release_split); any other field always.
+NEUTRAL = {"identity": "neutral"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,7 @@ class ModelConfig:
     attention: str = "auto"
     # "train": each transformer layer runs through torch.compile in training steps (evaluation stays eager),
     # compiled once per machine into inductor's on-disk cache (aimray.model.compile_for_training). "off": eager.
-    compile: str = "off"
+    compile: str = field(default="off", metadata=ADDED_LATER_FIELD)
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", self.lora_r, "must be >= 1")
@@ -70,7 +81,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.0
     eval_batch_size: int = 32
-    threads: int = 0  # torch threads; 0 = leave as is
+    threads: int = field(default=0, metadata=NEUTRAL)  # torch threads; 0 = leave as is
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
@@ -92,7 +103,7 @@ class MemoryConfig:
     batch_size: int = 32  # memory batch for the forgetting signal and the rehearsal burst
     # "capped": over 50 distinct outputs (a generation task) a plain random sample; "literal": the released
     # sampler, max(1, n // C) per distinct output with no cap (nearly the whole training set on SuperNI)
-    class_rule: str = "capped"
+    class_rule: str = field(default="capped", metadata=ADDED_LATER_FIELD)
 
     def __post_init__(self) -> None:
         _check(
@@ -128,8 +139,7 @@ class ControllerConfig:
     trend_window: int = 3
     new_task_important_s: int = 70  # cue "new task important" = S <= this
     # fusion rule (aimray.merging.fusion.FUSIONS): "rule" (the paper's cues), "fixed" (fixed_w_in/out) or
-    # "mask" (importance masks); a method sets its own default (fixed_interval: mask, single_merge: fixed).
-    # Checked against the registry by aimray.loop.preflight (the registry needs torch, this module does not).
+    # "mask" (importance masks); a method sets its own default (fixed_interval: mask, single_merge: fixed)
     weights: str = "rule"
     fixed_w_in: float = 0.5
     fixed_w_out: float = 0.5
@@ -137,10 +147,10 @@ class ControllerConfig:
     fs_mode: str = "train"  # forgetting-signal forward in "train" (dropout on, released code) or "eval" mode
     # memory losses that set the threshold: "spec", floor(2S/3) of them, monitoring from the next step;
     # "code", the released code's floor(2S/3) + 1, monitoring one step later
-    warmup_count: str = "spec"
+    warmup_count: str = field(default="spec", metadata=ADDED_LATER_FIELD)
     # the burst's loss multiplied by this before its backward pass: the released code's burst goes through
     # the trainer's step, which divides by the gradient-accumulation factor (32 / 8: 0.25); the method: 1
-    burst_loss_scale: float = 1.0
+    burst_loss_scale: float = field(default=1.0, metadata=ADDED_LATER_FIELD)
     # Fixed-interval baseline (Recurrent-KIF style) and importance-mask fusion
     fixed_s: int = 8
     fixed_m: int = 4
@@ -190,8 +200,9 @@ class EvalConfig:
     splits: tuple[str, ...] = ("test", "dev")
     base: bool = True  # evaluate the untrained adapter first (row 0: the base model, for FWT vs base)
     # generated tokens: 0 = the longest option + 2 (32 + 2 for a task without options); the released code: 128
-    max_new_tokens: int = 0
-    rouge_stemmer: bool = False  # ROUGE-L with the Porter stemmer (rouge-score, extra [reference]): released code
+    max_new_tokens: int = field(default=0, metadata=ADDED_LATER_FIELD)
+    # ROUGE-L with the Porter stemmer (rouge-score, extra [reference]): the released code
+    rouge_stemmer: bool = field(default=False, metadata=ADDED_LATER_FIELD)
 
     def __post_init__(self) -> None:
         _check(self.mode in ("score", "generate"), "eval.mode", self.mode, "must be score or generate")
@@ -216,7 +227,7 @@ class CheckpointConfig:
     best_dev_examples: int = 25  # ... on this many dev examples of each seen task
     # > 0: hold this fraction of each task's training set out of training and select the best state on it
     # instead of dev (the released single-task runs: 0.1)
-    holdout_fraction: float = 0.0
+    holdout_fraction: float = field(default=0.0, metadata=ADDED_LATER_FIELD)
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
@@ -243,55 +254,70 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        from aimray.methods import METHODS
-        from aimray.tasks import get_benchmark
-
         _check(self.seed >= 0, "seed", self.seed, "must be >= 0")
-        if self.method not in METHODS:
-            raise ValueError(
-                f"method={self.method!r} is unknown; valid: {', '.join(METHODS)} (a method of your own: register it "
-                "in a plugin, --plugins or AIMRAY_PLUGINS, so that Ray workers register it too)"
-            )
-        try:
-            get_benchmark(self.benchmark).order(self.order)
-        except KeyError as err:
-            raise ValueError(f"benchmark/order: {err.args[0]}") from err
-        method = METHODS[self.method]
-        _check(
-            not (self.controller.weights == "mask" and method.schedule == "fixed" and self.controller.fixed_m < 1),
-            "controller.fixed_m",
-            self.controller.fixed_m,
-            f"must be >= 1 for {self.method}: its importance masks come from the rehearsal burst "
-            "(fixed_interval_rule fuses without them)",
-        )
+        check_names(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# Fields added after runs were committed: a run's identity (aimray.loop.config_hash, the resume check)
-# leaves each out while it holds its default, so that runs made before it existed keep their hashes.
-ADDED_LATER = (
-    "data.release_split",
-    "checkpoint.holdout_fraction",
-    "memory.class_rule",
-    "controller.warmup_count",
-    "controller.burst_loss_scale",
-    "eval.max_new_tokens",
-    "eval.rouge_stemmer",
-    "model.compile",
-)
+def check_names(cfg: RunConfig) -> None:
+    """The names a config gives checked against the registries (methods, benchmarks and their orders, fusion
+    rules), and the rules a merge schedule sets on the controller (Schedule.check_config)."""
+    if cfg.method not in METHODS:
+        raise ValueError(
+            f"method={cfg.method!r} is unknown; valid: {', '.join(METHODS)} (a method of your own: register it "
+            "in a plugin, --plugins or AIMRAY_PLUGINS, so that Ray workers register it too)"
+        )
+    try:
+        get_benchmark(cfg.benchmark).order(cfg.order)
+    except KeyError as err:
+        raise ValueError(f"benchmark/order: {err.args[0]}") from err
+    fusion = FUSIONS.get(cfg.controller.weights)
+    _check(fusion is not None, "controller.weights", cfg.controller.weights, f"is unknown; valid: {', '.join(FUSIONS)}")
+    check = getattr(SCHEDULES[METHODS[cfg.method].schedule], "check_config", None)
+    if check is not None:
+        check(cfg.controller, fusion)
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+def _identity_rules(cls: type, prefix: str = "") -> dict[str, str]:
+    """{"train.threads": "neutral", "model.compile": "added_later", ...} from the fields' metadata."""
+    hints, rules = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rules.update(_identity_rules(hints[f.name], f"{prefix}{f.name}."))
+        elif "identity" in f.metadata:
+            rules[prefix + f.name] = f.metadata["identity"]
+    return rules
+
+
+IDENTITY_RULES = _identity_rules(RunConfig)
+ADDED_LATER = tuple(name for name, rule in IDENTITY_RULES.items() if rule == "added_later")
 
 
 def identity_dict(config: dict) -> dict:
-    """A config dict (RunConfig.to_dict(), or a manifest's) less the ADDED_LATER fields at their defaults."""
+    """A config dict (RunConfig.to_dict(), or a manifest's) as it enters a run's identity: less the neutral
+    fields, and less the fields added later while they hold their defaults."""
     defaults = RunConfig().to_dict()
     out = json.loads(json.dumps(config))
-    for name in ADDED_LATER:
+    for name, rule in IDENTITY_RULES.items():
         section, key = name.split(".")
-        if key in out.get(section, {}) and out[section][key] == defaults[section][key]:
+        if key in out.get(section, {}) and (rule == "neutral" or out[section][key] == defaults[section][key]):
             del out[section][key]
     return out
+
+
+def run_identity(config: dict) -> str:
+    """What must match for a checkpoint to be resumed: the identity dict as canonical JSON."""
+    return json.dumps(identity_dict(config), sort_keys=True)
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """8 hex digits identifying a run's config (less neutral fields): caches key finished runs by it."""
+    return hashlib.sha256(run_identity(cfg.to_dict()).encode()).hexdigest()[:8]
 
 
 def _check(ok: bool, name: str, value: Any, why: str) -> None:
@@ -479,8 +505,6 @@ def make_config(preset: str | None = None, overrides: dict | None = None, **top:
 
 def method_defaults(name: Any) -> dict:
     """The config values a method sets (its fusion rule ...), applied over the preset, under the overrides."""
-    from aimray.methods import METHODS
-
     method = METHODS.get(name if isinstance(name, str) else RunConfig.method)
     return method.defaults if method is not None else {}
 

@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,15 @@ def write_parquet_atomic(table, path: Path) -> None:
 def is_uri(location: str | Path) -> bool:
     """Whether a storage location is a URI for a filesystem other than the local one (s3://, gs://, ...)."""
     return "://" in str(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> Path:
+    """A local location as a path: a plain path, or a file:// URI (file:///abs/path, percent-escapes
+    decoded). Not for other URIs (is_uri)."""
+    text = str(location)
+    if text.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(text).path))
+    return Path(text)
 
 
 def write_json_atomic(path: Path, obj: object, sort_keys: bool = False) -> None:

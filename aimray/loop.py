@@ -16,7 +16,7 @@ aimray.launch runs this function inside Ray Train workers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import json
 import math
 import os
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from aimray import checkpoint, plugins, stagecache
+from aimray import checkpoint, plugins
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
-from aimray.config import RunConfig, identity_dict
+from aimray.config import RunConfig, identity_dict, run_identity
 from aimray.distributed import LOCAL, Dist
 from aimray.events import SCHEMA_VERSION, EventWriter
 from aimray.files import locked, now, read_json, write_json_atomic
 from aimray.memory import RehearsalMemory
-from aimray.merging import fusion, signals
+from aimray.merging import arithmetic, fusion, signals
 from aimray.merging.controller import NO_MERGE, Decision, make_schedule
 from aimray.methods import SHAPES, Method, Shape, Stage, get_method
 from aimray.model import (
@@ -49,6 +49,7 @@ from aimray.model import (
 )
 from aimray.provenance import provenance
 from aimray.results import RunResult, collect, result_json
+from aimray.stagecache import FROM_ENV, Shared, StageCache, StageEntry
 from aimray.tasks import TaskData, TaskSpec, benchmark_tasks
 from aimray.tasks.spec import Example
 
@@ -57,27 +58,11 @@ Report = Callable[[dict], None]
 OnCheckpoint = Callable[[int, int], None]  # (stage, step) right after each checkpoint (fault injection in tests)
 
 
-def run_identity(config: dict) -> str:
-    """What must match for a checkpoint to be resumed: the config less execution-only fields (threads) and
-    less the fields added later while at their defaults (config.ADDED_LATER: old runs keep their hashes)."""
-    config = identity_dict(config)
-    config["train"].pop("threads", None)
-    return json.dumps(config, sort_keys=True)
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """8 hex digits identifying a run's config (less execution-only fields): caches key finished runs by it."""
-    return hashlib.sha256(run_identity(cfg.to_dict()).encode()).hexdigest()[:8]
-
-
 def preflight(cfg: RunConfig) -> list[TaskSpec]:
     """What a run needs before anything starts (a folder, Ray, a worker): its tasks, from the paper's data
-    when the benchmark reads it, its fusion rule, and its backbone's files. Raises ValueError /
-    FileNotFoundError / AssetMissingError naming what is missing; returns the task specs."""
+    when the benchmark reads it, and its backbone's files. Raises ValueError / FileNotFoundError /
+    AssetMissingError naming what is missing; returns the task specs."""
     specs = benchmark_tasks(cfg.benchmark, cfg.order, cfg.data_dir)
-    if cfg.controller.weights not in fusion.FUSIONS:
-        valid = ", ".join(fusion.FUSIONS)
-        raise ValueError(f"controller.weights={cfg.controller.weights!r} is unknown; valid: {valid}")
     resolve_path(cfg.model.name_or_path)
     return specs
 
@@ -121,7 +106,7 @@ class Run:
     log: Callable[[str], None]
     dist: Dist
     on_checkpoint: OnCheckpoint | None
-    cache: dict = field(default_factory=dict)  # what came from the stage cache (the manifest's "cache")
+    shared: Shared = field(default_factory=lambda: Shared(None))  # computations other runs share (task 1, evals)
     validation: list[list[Example]] = field(default_factory=list)  # per task: where best states are chosen
 
     def reseed(self, phase: int) -> None:
@@ -134,6 +119,10 @@ class Run:
         if self.dist.main:
             write_json_atomic(self.out / name, obj)
 
+    def write_manifest(self, **extra: object) -> None:
+        """manifest.json: the run's own record, what it shared, and `extra` (its status at the end)."""
+        self.write("manifest.json", {**self.manifest, **self.shared.manifest(), **extra})
+
 
 def run(
     cfg: RunConfig,
@@ -144,6 +133,7 @@ def run(
     dist: Dist = LOCAL,
     resume_from: Path | None = None,
     on_checkpoint: OnCheckpoint | None = None,
+    cache: StageCache | str | None = FROM_ENV,
 ) -> RunResult:
     """Run (or resume, if `out` holds a checkpoint of the same config) one continual-learning run.
 
@@ -151,9 +141,12 @@ def run(
     reports through it). `dist` shards every batch over data-parallel ranks (rank 0 writes the files).
     `resume_from` names a checkpoint folder to resume from instead of the latest one under `out`.
     `on_checkpoint(stage, step)` is called right after every checkpoint (tests inject faults there).
+    `cache`: where task 1 and the evaluations other runs compute too are shared (aimray.stagecache; None:
+    nowhere; default: the folder $AIMRAY_STAGE_CACHE names).
     """
     out = Path(out)
-    r = set_up(cfg, out, log, dist, on_checkpoint)  # every check, the data and the backbone: nothing on disk yet
+    shared = StageCache.resolve(cache)
+    r = set_up(cfg, out, log, dist, on_checkpoint, shared)  # every check, the data and the backbone: nothing on disk
     out.mkdir(parents=True, exist_ok=True)
     with locked(out / ".lock") if dist.main else contextlib.nullcontext():  # one writer per run folder
         if dist.world > 1:
@@ -163,7 +156,7 @@ def run(
         if latest is not None and r.state.stage >= len(r.stages) and previous_status(out) == "success":
             r.log(f"[run] {r.state.run_id}: already finished in {out}")
             return collect(out)  # nothing to do, nothing rewritten
-        r.write("manifest.json", r.manifest)
+        r.write_manifest()
         rows = []
         try:
             if latest is None and cfg.eval.base and r.shape.base_eval:
@@ -177,20 +170,28 @@ def run(
                     report(rows[-1])
             result = collect(out)
             r.write("matrix.json", result_json(result))
-            r.write("manifest.json", {**r.manifest, "status": "success", "finished_at": now()})
+            r.write_manifest(status="success", finished_at=now())
         except (Exception, SystemExit, KeyboardInterrupt) as err:
             # SystemExit / KeyboardInterrupt: stopped from outside (a Tune scheduler ending the trial, Ctrl-C).
             # Any other BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill).
             status = "failed" if isinstance(err, Exception) else "stopped"
-            r.write("manifest.json", {**r.manifest, "status": status, "error": repr(err)[:2000], "finished_at": now()})
+            r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
             raise
     if rows and report is not None:  # the last task's report comes once the run's files are complete
         report(rows[-1])
     return result
 
 
-def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on_checkpoint) -> Run:
-    """Check the inputs, load the data and the backbone; nothing trained, nothing written yet."""
+def set_up(
+    cfg: RunConfig,
+    out: Path,
+    log: Callable[[str], None],
+    dist: Dist,
+    on_checkpoint: OnCheckpoint | None,
+    shared: StageCache | None = None,
+) -> Run:
+    """Check the inputs, load the data and the backbone; nothing trained, nothing written yet. `shared`:
+    the stage cache this run takes from and adds to (None: none)."""
     specs = preflight(cfg)  # a missing data folder or asset fails here, before anything is written
     method = get_method(cfg.method)
     shape = SHAPES[method.shape]
@@ -217,7 +218,6 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         "provenance": provenance(),
         "plugins": plugins.loaded(),  # the modules that registered what the config names (aimray.plugins)
         "precision": bb.precision,  # model.autocast resolved (by a cached probe where "auto")
-        "cache": manifest_cache(),  # what came from the stage cache (aimray.stagecache), filled in as it goes
         "status": "running",
         "started_at": now(),
     }
@@ -240,7 +240,7 @@ def set_up(cfg: RunConfig, out: Path, log: Callable[[str], None], dist: Dist, on
         log=log if dist.main else _silent,
         dist=dist,
         on_checkpoint=on_checkpoint,
-        cache=manifest["cache"],
+        shared=shared.bind(bb, dist) if shared is not None else Shared(None),
         validation=validation,
     )
 
@@ -264,9 +264,8 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     r.events.truncate(r.state.event_parts)
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
     r.manifest["resumed_from"] = name  # the folder may be a copy under another name (Ray Train's)
-    if r.cache and (r.out / "manifest.json").exists():  # what earlier attempts took from the cache
-        earlier = read_json(r.out / "manifest.json").get("cache") or {}
-        r.cache.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
+    if (r.out / "manifest.json").exists():  # what earlier attempts shared
+        r.shared.resume(read_json(r.out / "manifest.json"))
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
 
@@ -276,7 +275,7 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
     task, checkpoint; returns the report row."""
     if r.cfg.checkpoint.keep != "last" and task.best:
         assign(r.params, task.best)
-    shared = "evals" if task.cache_key is not None else None
+    shared = "evals" if task.shared else None  # the adapter after a shared first stage
     scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs, shared)
     task.lap()
     r.events.add("costs", task_index=stage.index, task=stage.name, **vars(task.costs))
@@ -309,8 +308,22 @@ def save_checkpoint(r: Run) -> Path | None:
     return path
 
 
-def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
-    """All optimizer steps of one stage, with monitoring and merges; returns the task's state and costs."""
+@dataclass
+class StageParts:
+    """What one stage's steps use, built once (stage_parts): its examples, optimizers and merge schedule."""
+
+    examples: list[Example]
+    total: int  # optimizer steps of the stage (inner steps; bursts come on top)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    burst_optimizer: torch.optim.Optimizer  # the inner one unless controller.outer_lr sets its own
+    merging: bool  # the schedule can merge and the memory holds examples
+    track: bool  # the fusion rule needs the importance EMAs
+    replayed: bool  # memory examples are mixed into the training set (counted as replay)
+
+
+def stage_parts(r: Run, stage: Stage, saved: SavedTask | None) -> tuple[StageParts, TaskState]:
+    """The stage's parts and its task state (fresh, or loaded from `saved`), installed as r.state.task."""
     cfg, memory = r.cfg, r.memory
     examples = r.method.training_set(stage, memory.examples())
     total = max(1, math.ceil(len(examples) * cfg.train.epochs / cfg.train.batch_size))
@@ -332,55 +345,77 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
         task.anchor = snapshot(r.params)
     r.state.task = task
     track = merging and fusion.get_fusion(cfg.controller.weights).needs_importance
-    replayed = len(examples) > len(stage.train)  # memory examples mixed in: count them
-    r.log(f"[run] task {stage.index + 1} ({stage.name}): {total} steps, {len(examples)} examples, memory {len(memory)}")
-    if stage.index == 0 and saved is None and not merging and r.cache:  # plain LoRA training: shareable
-        task.cache_key = shared_stage_key(r, stage, examples)
-        cached = stagecache.load_stage(task.cache_key, r.bb.device)
-        if r.dist.sum(float(cached is not None)) == r.dist.world:  # every rank has it, or every rank trains
-            r.cache["stage"] = {"key": task.cache_key[:16], "hit": True, "seconds_saved": round(cached.seconds, 1)}
-            r.log(f"[run] task 1 ({stage.name}): from the stage cache ({cached.seconds:.0f} s saved)")
-            return replay_stage(r, stage, task, cached)
-    t0, losses = time.time(), []
-    every, shown, first = progress_every(), t0, task.step
-    for step in range(task.step, total):
-        r.bb.model.train()
-        batch = batch_for_step(examples, step, cfg.train.batch_size, f"{cfg.seed}/{stage.name}")
-        lr = optimizer.param_groups[0]["lr"]
-        loss = optimize(r, batch, optimizer, task.imp_in if track else None)
-        scheduler.step()
-        c = task.costs
-        c.steps += 1
-        c.train_examples += len(batch)
-        c.replay_examples += sum(ex.task != stage.name for ex in batch) if replayed else 0
-        c.forward_passes += 1
-        c.backward_passes += 1
-        memory_loss = forgetting_signal(r, task) if merging and schedule.needs_memory_loss else None
-        decision = schedule.step(memory_loss) if merging else NO_MERGE
+    replayed = len(examples) > len(stage.train)
+    parts = StageParts(examples, total, optimizer, scheduler, outer or optimizer, merging, track, replayed)
+    return parts, task
+
+
+def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
+    """All optimizer steps of one stage, with monitoring and merges; returns the task's state and costs.
+    A first stage of plain LoRA training from the start is one other runs compute too: taken from r.shared
+    when it holds it, given to it once computed."""
+    parts, task = stage_parts(r, stage, saved)
+    n = len(parts.examples)
+    r.log(f"[run] task {stage.index + 1} ({stage.name}): {parts.total} steps, {n} examples, memory {len(r.memory)}")
+    task.shared = stage.index == 0 and saved is None and not parts.merging
+    known = r.shared.stage(stage_reads(r, stage), r.params, parts.examples, r.bb.device) if task.shared else None
+    if known is not None:
+        r.log(f"[run] task 1 ({stage.name}): from the stage cache ({known.seconds:.0f} s saved)")
+        return replay_stage(r, stage, task, known)
+    t0 = time.time()
+    losses = train_steps(r, stage, task, parts)
+    decision = task.schedule.at_task_end(parts.total) if parts.merging else NO_MERGE
+    if decision.merge:
+        merge(r, stage, task, parts.total - 1, decision, parts.burst_optimizer, parts.track)
+    if r.cfg.checkpoint.keep != "last":
+        track_best(r, stage, task)
+    if task.shared:
+        counts = {k: v for k, v in asdict(task.costs).items() if not k.endswith("seconds")}
+        seconds = time.time() - t0
+        r.shared.store_stage(StageEntry(snapshot(r.params), losses, counts, seconds, task.best, task.best_score))
+    return task
+
+
+def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> list[tuple[float, float]]:
+    """The stage's inner steps from task.step on: train, watch the forgetting signal, ask the schedule,
+    merge when it says so; progress lines, best-dev tracking and mid-task checkpoints. Returns each step's
+    (loss, lr)."""
+    cfg, losses = r.cfg, []
+    t0, every, first = time.time(), progress_every(), task.step
+    shown = t0
+    for step in range(task.step, parts.total):
+        lr = parts.optimizer.param_groups[0]["lr"]
+        loss = inner_step(r, stage, task, parts, step)
+        memory_loss = forgetting_signal(r, task) if parts.merging and task.schedule.needs_memory_loss else None
+        decision = task.schedule.step(memory_loss) if parts.merging else NO_MERGE
         log_step(r, stage, step, "inner", loss, lr, memory_loss)
         losses.append((loss, lr))
         if decision.merge:
-            merge(r, stage, task, step, decision, outer or optimizer, track)
+            merge(r, stage, task, step, decision, parts.burst_optimizer, parts.track)
         task.step = step + 1
-        if every is not None and time.time() - shown >= every and task.step < total:
+        if every is not None and time.time() - shown >= every and task.step < parts.total:
             shown = time.time()
-            r.log(progress_line(stage, len(r.stages), task.step, total, task.costs.merges, shown - t0, first))
+            r.log(progress_line(stage, len(r.stages), task.step, parts.total, task.costs.merges, shown - t0, first))
         if cfg.checkpoint.keep != "last" and task.step % cfg.checkpoint.best_dev_every == 0:
             track_best(r, stage, task)
-        if cfg.checkpoint.every_steps and task.step % cfg.checkpoint.every_steps == 0 and task.step < total:
+        if cfg.checkpoint.every_steps and task.step % cfg.checkpoint.every_steps == 0 and task.step < parts.total:
             save_checkpoint(r)
-    decision = schedule.at_task_end(total) if merging else NO_MERGE
-    if decision.merge:
-        merge(r, stage, task, total - 1, decision, outer or optimizer, track)
-    if cfg.checkpoint.keep != "last":
-        track_best(r, stage, task)
-    if task.cache_key is not None:
-        counts = {k: v for k, v in asdict(task.costs).items() if not k.endswith("seconds")}
-        entry = stagecache.StageEntry(snapshot(r.params), losses, counts, time.time() - t0, task.best, task.best_score)
-        if r.dist.main:
-            stagecache.store_stage(task.cache_key, entry)
-        r.cache["stage"] = {"key": task.cache_key[:16], "hit": False, "seconds_saved": 0.0}
-    return task
+    return losses
+
+
+def inner_step(r: Run, stage: Stage, task: TaskState, parts: StageParts, step: int) -> float:
+    """One optimizer step on the step-th batch of the stage's examples (and its costs); returns the loss."""
+    r.bb.model.train()
+    batch = batch_for_step(parts.examples, step, r.cfg.train.batch_size, f"{r.cfg.seed}/{stage.name}")
+    loss = optimize(r, batch, parts.optimizer, task.imp_in if parts.track else None)
+    parts.scheduler.step()
+    c = task.costs
+    c.steps += 1
+    c.train_examples += len(batch)
+    c.replay_examples += sum(ex.task != stage.name for ex in batch) if parts.replayed else 0
+    c.forward_passes += 1
+    c.backward_passes += 1
+    return loss
 
 
 def progress_every() -> float | None:
@@ -404,20 +439,22 @@ def progress_line(stage: Stage, stages: int, step: int, total: int, merges: int,
     return f"{where}: step {step}/{total}, {merges} merge{'' if merges == 1 else 's'}, about {eta} of training left"
 
 
-def shared_stage_key(r: Run, stage: Stage, examples: list[Example]) -> str:
-    """The stage cache's key of a first stage: everything its training reads (aimray.stagecache)."""
+def stage_reads(r: Run, stage: Stage) -> dict:
+    """What a first stage's training reads beside the backbone, its starting adapter and its examples (the
+    stage cache's key is made of these): the train config (less neutral fields), seed, stage, first global
+    step, and with best-dev tracking its settings and the seen tasks' dev examples and scoring."""
     cfg = r.cfg
-    train = {k: v for k, v in asdict(cfg.train).items() if k != "threads"}
-    settings = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
+    train = identity_dict(cfg.to_dict())["train"]
+    reads = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
     if cfg.checkpoint.keep != "last":  # tracking the best dev state reads the seen tasks' dev data
         n = cfg.checkpoint.best_dev_examples
-        dev = [[stagecache.examples_digest(r.validation[i][:n]), eval_settings(r, i)] for i in stage.seen]
-        settings["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, dev]
-    return stagecache.stage_key(stagecache.backbone_identity(r.bb, r.dist.world), settings, r.params, examples)
+        dev = [[r.validation[i][:n], eval_settings(r, i)] for i in stage.seen]
+        reads["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, dev]
+    return reads
 
 
-def replay_stage(r: Run, stage: Stage, task: TaskState, entry: stagecache.StageEntry) -> TaskState:
-    """A cached first stage: its adapter, its best-dev state and counters, and its step rows logged through
+def replay_stage(r: Run, stage: Stage, task: TaskState, entry: StageEntry) -> TaskState:
+    """A first stage computed before: its adapter, its best-dev state and counters, and its step rows logged through
     this run's own schedule (so the events equal those of the run that computed it)."""
     assign(r.params, entry.adapter)
     task.best, task.best_score = entry.best, entry.best_score
@@ -426,15 +463,6 @@ def replay_stage(r: Run, stage: Stage, task: TaskState, entry: stagecache.StageE
     task.step = len(entry.steps)
     task.costs = Costs(**entry.costs)  # the seconds are this run's own
     return task
-
-
-def manifest_cache() -> dict:
-    """The manifest's record of the stage cache: its folder, then what the run took from it."""
-    base = stagecache.root()
-    if base is None:
-        return {}
-    counts = {"hits": 0, "misses": 0, "seconds_saved": 0.0}
-    return {"dir": str(base), "base_evals": dict(counts), "evals": dict(counts)}
 
 
 def log_step(
@@ -491,7 +519,7 @@ def optimize(
     r.dist.sum_grads(params)
     torch.nn.utils.clip_grad_norm_(params, r.cfg.train.grad_clip)
     if importance is not None:
-        fusion.update_importance(importance, r.params, r.cfg.controller.importance_beta)
+        arithmetic.update_importance(importance, r.params, r.cfg.controller.importance_beta)
     optimizer.step()
     return r.dist.sum(local)
 
@@ -519,7 +547,7 @@ def merge(
     cfg, params, schedule = r.cfg, r.params, task.schedule
     activations = schedule.state.activations
     trigger_step = r.state.global_step - 1  # the inner step that triggered the merge
-    delta_in = fusion.difference(params, task.anchor)
+    delta_in = arithmetic.difference(params, task.anchor)
     before = snapshot(params)
     for _ in range(decision.burst):
         batch = r.memory.sample_batch(cfg.memory.batch_size, task.mem_rng)
@@ -529,7 +557,7 @@ def merge(
         task.costs.forward_passes += 1
         task.costs.backward_passes += 1
         log_step(r, stage, step, "burst", loss, lr, decision=decision)
-    delta_out = fusion.difference(params, before)
+    delta_out = arithmetic.difference(params, before)
     rule = fusion.get_fusion(cfg.controller.weights)
     inputs = fusion.Merge(
         task.anchor, delta_in, delta_out, task.imp_in, task.imp_out, activations, decision.interval, cfg.controller
@@ -579,19 +607,17 @@ def evaluate_tasks(
     r: Run, after_index: int, after_task: str, which: list[int], costs: Costs, shared: str | None = None
 ) -> dict:
     """Evaluate tasks on the configured splits; one evals row each. Returns {(task, split): value}.
-    `shared`: the adapter is one other runs evaluate too (untrained, or after a shared first stage): look
-    each score up in the stage cache first, counting hits under r.cache[shared]."""
+    `shared`: the adapter is one other runs evaluate too (untrained, or after a shared first stage): each
+    score goes through r.shared, counted under that name ("base_evals" or "evals")."""
     scores = {}
     t0 = time.time()
-    shared = shared if r.cache else None
-    if shared:
-        identity, adapter = stagecache.backbone_identity(r.bb, r.dist.world), stagecache.adapter_id(r.params)
     for i in which:
         spec = r.specs[i]
         for split in r.cfg.eval.splits:
             examples = r.data[i].split(split)
             if shared:
-                value, n, metric = shared_score(r, i, examples, identity, adapter, r.cache[shared])
+                compute = functools.partial(score_task, r, i, examples)
+                value, n, metric = r.shared.score(shared, r.params, examples, eval_settings(r, i), compute)
             else:
                 value, n, metric = score_task(r, i, examples)
             costs.eval_examples += n
@@ -611,24 +637,6 @@ def evaluate_tasks(
     return scores
 
 
-def shared_score(
-    r: Run, i: int, examples: list[Example], identity: dict, adapter: str, counts: dict
-) -> tuple[float, int, str]:
-    """score_task through the stage cache's eval entries (every rank hits, or every rank scores)."""
-    key = stagecache.eval_key(identity, adapter, examples, eval_settings(r, i))
-    entry = stagecache.load_eval(key)
-    if r.dist.sum(float(entry is not None)) == r.dist.world:
-        counts["hits"] += 1
-        counts["seconds_saved"] = round(counts["seconds_saved"] + entry["seconds"], 1)
-        return entry["value"], entry["n"], entry["metric"]
-    t0 = time.time()
-    value, n, metric = score_task(r, i, examples)
-    if r.dist.main:
-        stagecache.store_eval(key, {"value": value, "n": n, "metric": metric, "seconds": time.time() - t0})
-    counts["misses"] += 1
-    return value, n, metric
-
-
 @torch.no_grad()
 def dev_loss(r: Run, examples: list[Example]) -> float:
     """Mean answer loss per token over `examples` in eval mode, in batches (ranks sum their shards)."""
@@ -642,8 +650,8 @@ def dev_loss(r: Run, examples: list[Example]) -> float:
 
 
 def eval_settings(r: Run, i: int) -> dict:
-    """How task i is scored: the arguments of model.evaluate beside the model and the examples (the stage
-    cache keys an evaluation by exactly these)."""
+    """How task i is scored: the arguments of model.evaluate beside the model and the examples (a shared
+    evaluation is keyed by exactly these)."""
     spec, ev = r.specs[i], r.cfg.eval
     return {
         "options": spec.labels,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimray.merging.controller import SCHEDULES
 from aimray.tasks.spec import Example, TaskData, TaskSpec
 
 MEMORY_USES = ("none", "replay", "rehearsal")
@@ -84,8 +85,6 @@ METHODS: dict[str, Method] = {}
 
 def register_method(method: Method) -> Method:
     """Add a method; raises on a duplicate name or an unknown part."""
-    from aimray.merging.controller import SCHEDULES  # torch-free; imported late so config stays light
-
     if method.name in METHODS:
         raise ValueError(f"method {method.name!r} is already registered")
     if method.memory not in MEMORY_USES:

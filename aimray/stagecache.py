@@ -20,6 +20,11 @@ stage's compute counters; the run replays the step rows through its own schedule
 uncached run's. An eval entry is one JSON file. Entries are written once (a temporary name, then a
 rename); an unreadable entry is a miss. Bump VERSION whenever the loop's training or evaluation changes
 what it computes.
+
+A run takes a `StageCache` (or None: nothing shared; `FROM_ENV`, the default of aimray.loop.run, is the
+folder above) and binds it to its backbone and ranks (`bind`): the bound `Shared` makes the keys from what
+the loop says a computation reads, counts hits and misses, and owns the manifest's "cache" record. The
+loop only asks it for a result before computing one and hands it what it computed.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import json
 import os
 import platform
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,6 +44,7 @@ import torch
 
 from aimray import assets
 from aimray.checkpoint import Checkpointer, CheckpointError, write_folder
+from aimray.distributed import LOCAL, Dist
 from aimray.files import read_json, write_json_atomic
 from aimray.model import Backbone, cpu_name, resolve_path
 from aimray.tasks.spec import Example
@@ -55,7 +62,12 @@ def root() -> Path | None:
 
 
 def digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_plain).encode()).hexdigest()
+
+
+def _plain(obj: object) -> object:
+    """JSON for what a key may hold beside plain data: an example by its fields."""
+    return asdict(obj) if isinstance(obj, Example) else str(obj)
 
 
 def examples_digest(examples: list[Example]) -> str:
@@ -113,7 +125,7 @@ def backbone_identity(bb: Backbone, world: int) -> dict:
     }
 
 
-# --------------------------------------------------------------------------------------------- stages
+# --------------------------------------------------------------------------------------------- entries
 
 
 @dataclass
@@ -126,65 +138,137 @@ class StageEntry:
     best_score: float = float("-inf")
 
 
-def stage_key(identity: dict, settings: dict, start: Tensors, examples: list[Example]) -> str:
-    """`settings`: the train config, best-dev settings, seed, stage name and first global step."""
-    fields = {"backbone": identity, "settings": settings, "start": tensors_digest(start)}
+FROM_ENV = "from $AIMRAY_STAGE_CACHE"  # aimray.loop.run's default: the folder root() names, or none
+
+
+class StageCache:
+    """The cache folder: stage entries (folders like checkpoints) and eval entries (one JSON each)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @classmethod
+    def resolve(cls, cache: StageCache | str | None) -> StageCache | None:
+        """FROM_ENV: the folder $AIMRAY_STAGE_CACHE names (None when it is "off"); else `cache` itself."""
+        if cache == FROM_ENV:
+            base = root()
+            return cls(base) if base is not None else None
+        return cache
+
+    def bind(self, bb: Backbone, dist: Dist = LOCAL) -> Shared:
+        return Shared(self, backbone_identity(bb, dist.world), dist)
+
+    def load_stage(self, key: str, device: torch.device) -> StageEntry | None:
+        path = self.folder / "stages" / key
+        if not path.is_dir():
+            return None
+        try:
+            tensors, _, state = Checkpointer.load(path)
+        except (CheckpointError, OSError, ValueError):  # entries appear whole (a rename): this one was damaged
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        move = {g: {k: v.to(device) for k, v in t.items()} for g, t in tensors.items()}
+        steps = [tuple(s) for s in state["steps"]]
+        return StageEntry(
+            move["adapter"], steps, state["costs"], state["seconds"], move.get("best", {}), state["best_score"]
+        )
+
+    def store_stage(self, key: str, entry: StageEntry) -> None:
+        path = self.folder / "stages" / key
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"adapter": entry.adapter, **({"best": entry.best} if entry.best else {})}
+        state = {"steps": entry.steps, "costs": entry.costs, "seconds": entry.seconds, "best_score": entry.best_score}
+        with contextlib.suppress(FileExistsError):  # another run stored the same computation meanwhile
+            write_folder(path, tensors, {}, state)
+
+    def load_eval(self, key: str) -> dict | None:
+        path = self.folder / "evals" / f"{key}.json"
+        if not path.is_file():
+            return None
+        try:
+            entry = read_json(path)
+            return entry if {"value", "n", "metric", "seconds"} <= set(entry) else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def store_eval(self, key: str, entry: dict) -> None:
+        (self.folder / "evals").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / "evals" / f"{key}.json", entry)
+
+
+def stage_key(identity: dict, reads: dict, start: Tensors, examples: list[Example]) -> str:
+    """`reads`: what the stage's training reads beside the backbone, its starting adapter and its examples
+    (the train config, best-dev settings and examples, seed, stage name and first global step)."""
+    fields = {"backbone": identity, "settings": reads, "start": tensors_digest(start)}
     return digest({"kind": "stage", **fields, "examples": examples_digest(examples)})
 
 
-def load_stage(key: str, device: torch.device) -> StageEntry | None:
-    base = root()
-    if base is None or not (base / "stages" / key).is_dir():
-        return None
-    try:
-        tensors, _, state = Checkpointer.load(base / "stages" / key)
-    except (CheckpointError, OSError, ValueError):  # entries appear whole (a rename): this one was damaged
-        shutil.rmtree(base / "stages" / key, ignore_errors=True)
-        return None
-    move = {g: {k: v.to(device) for k, v in t.items()} for g, t in tensors.items()}
-    steps = [tuple(s) for s in state["steps"]]
-    return StageEntry(
-        move["adapter"], steps, state["costs"], state["seconds"], move.get("best", {}), state["best_score"]
-    )
-
-
-def store_stage(key: str, entry: StageEntry) -> None:
-    base = root()
-    if base is None:
-        return
-    if (base / "stages" / key).exists():
-        return
-    (base / "stages").mkdir(parents=True, exist_ok=True)
-    tensors = {"adapter": entry.adapter, **({"best": entry.best} if entry.best else {})}
-    state = {"steps": entry.steps, "costs": entry.costs, "seconds": entry.seconds, "best_score": entry.best_score}
-    with contextlib.suppress(FileExistsError):  # another run stored the same computation meanwhile
-        write_folder(base / "stages" / key, tensors, {}, state)
-
-
-# ---------------------------------------------------------------------------------------------- evals
-
-
 def eval_key(identity: dict, adapter: str, examples: list[Example], settings: dict) -> str:
-    """`settings`: the arguments of model.evaluate beside the model and the examples (aimray.loop.eval_settings)."""
+    """`settings`: the arguments of model.evaluate beside the model and the examples."""
     fields = {"backbone": identity, "adapter": adapter, "settings": settings}
     return digest({"kind": "eval", **fields, "examples": examples_digest(examples)})
 
 
-def load_eval(key: str) -> dict | None:
-    base = root()
-    path = base / "evals" / f"{key}.json" if base is not None else None
-    if path is None or not path.is_file():
-        return None
-    try:
-        entry = read_json(path)
-        return entry if {"value", "n", "metric", "seconds"} <= set(entry) else None
-    except (OSError, ValueError, TypeError):
-        return None
+# ------------------------------------------------------------------------------------------ bound to a run
 
 
-def store_eval(key: str, entry: dict) -> None:
-    base = root()
-    if base is None:
-        return
-    (base / "evals").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(base / "evals" / f"{key}.json", entry)
+class Shared:
+    """The stage cache as one run sees it: keys from its backbone, counters, the manifest's "cache" record.
+    With no cache (`Shared(None)`) every lookup misses and nothing is stored or counted."""
+
+    def __init__(self, cache: StageCache | None, identity: dict | None = None, dist: Dist = LOCAL) -> None:
+        self.cache, self.identity, self.dist = cache, identity, dist
+        counts = {"hits": 0, "misses": 0, "seconds_saved": 0.0}
+        self.record = {"dir": str(cache.folder), "base_evals": dict(counts), "evals": dict(counts)} if cache else {}
+        self.key: str | None = None  # the first stage's key, once looked up
+
+    def manifest(self) -> dict:
+        """The manifest's part: {"cache": what the run took from the cache}."""
+        return {"cache": self.record}
+
+    def resume(self, manifest: dict) -> None:
+        """Carry on the counts that earlier attempts of the run recorded in its manifest."""
+        if self.cache is not None:
+            earlier = manifest.get("cache") or {}
+            self.record.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
+
+    def stage(self, reads: dict, start: Tensors, examples: list[Example], device: torch.device) -> StageEntry | None:
+        """A stage's result computed before (every rank has it), or None: compute it and `store_stage`."""
+        if self.cache is None:
+            return None
+        self.key = stage_key(self.identity, reads, start, examples)
+        entry = self.cache.load_stage(self.key, device)
+        if self.dist.sum(float(entry is not None)) != self.dist.world:  # every rank has it, or every rank trains
+            return None
+        self.record["stage"] = {"key": self.key[:16], "hit": True, "seconds_saved": round(entry.seconds, 1)}
+        return entry
+
+    def store_stage(self, entry: StageEntry) -> None:
+        if self.cache is None or self.key is None:
+            return
+        if self.dist.main:
+            self.cache.store_stage(self.key, entry)
+        self.record["stage"] = {"key": self.key[:16], "hit": False, "seconds_saved": 0.0}
+
+    def score(
+        self, counter: str, adapter: Tensors, examples: list[Example], settings: dict, compute
+    ) -> tuple[float, int, str]:
+        """`compute()` = (value, n, metric) of `adapter` on `examples` scored with `settings`, through the
+        cache's eval entries, counted under record[counter] (every rank hits, or every rank scores)."""
+        if self.cache is None:
+            return compute()
+        key = eval_key(self.identity, adapter_id(adapter), examples, settings)
+        entry = self.cache.load_eval(key)
+        counts = self.record[counter]
+        if self.dist.sum(float(entry is not None)) == self.dist.world:
+            counts["hits"] += 1
+            counts["seconds_saved"] = round(counts["seconds_saved"] + entry["seconds"], 1)
+            return entry["value"], entry["n"], entry["metric"]
+        t0 = time.time()
+        value, n, metric = compute()
+        if self.dist.main:
+            self.cache.store_eval(key, {"value": value, "n": n, "metric": metric, "seconds": time.time() - t0})
+        counts["misses"] += 1
+        return value, n, metric

@@ -26,8 +26,9 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from aimray import results
+from aimray.assets import home
 from aimray.events import SCHEMA_VERSION, SCHEMAS
-from aimray.files import is_uri, read_json
+from aimray.files import is_uri, local_path, read_json
 from aimray.results import run_shape
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
@@ -101,8 +102,7 @@ def mirror(uri: str, local: Path | None = None) -> Path:
     except (OSError, ValueError, pa.ArrowException) as err:
         raise NotAStudyError(f"{uri}: cannot be opened ({err})") from None
     if local is None:
-        home = Path(os.environ.get("AIMRAY_HOME") or Path.home() / ".cache" / "aimray").expanduser()
-        local = home / "studies" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        local = home() / "studies" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     return mirror_from(fs, base, local, name=uri)
 
 
@@ -149,9 +149,7 @@ def mirror_from(fs: pafs.FileSystem, base: str, local: Path, name: str = "") -> 
 def open_study(root: str | Path) -> Study:
     """Load every run below `root` (a folder, or a URI: `mirror`); raises NotAStudyError naming the folder
     when there is none, and ValueError when a run was written with another event schema version."""
-    if is_uri(root):
-        root = mirror(str(root))
-    root = Path(root)
+    root = mirror(str(root)) if is_uri(root) else local_path(root)
     if not root.is_dir():
         raise NotAStudyError(f"{root} is not a folder")
     folders = run_folders(root)

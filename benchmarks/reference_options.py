@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from aimray.config import make_config
-    from aimray.loop import check_inputs, config_hash, previous_status, run
+    from aimray.config import config_hash, make_config
+    from aimray.loop import check_inputs, previous_status, run
     from aimray.results import collect
 
     try:

@@ -196,3 +196,24 @@ def test_sweep_efficiency_script_runs_a_tiny_grid_and_replays_the_searches(tiny_
     assert all(int(r.split("|")[4]) <= 2 for r in rows[:4])  # compute within half of 4 configs x 1 order
     kept = results.read_text()
     assert kept.startswith("# Results\n\nkept text") and "<!-- sweep_efficiency:begin -->" in kept
+
+
+def test_rerun_script_finds_a_run_identical_and_a_changed_one_not(tiny_causal, tmp_path, capsys) -> None:
+    """benchmarks/rerun.py (the proof that a refactor changes no number) on a tiny run: identical to itself,
+    through a fresh stage cache too; a run whose committed matrix was changed is reported, exit 1."""
+    from aimray.loop import run
+    from tests.test_loop import quiet, tiny_config
+
+    spec = importlib.util.spec_from_file_location("rerun", ROOT / "benchmarks" / "rerun.py")
+    rerun = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rerun)
+    committed = tmp_path / "committed"
+    run(tiny_config(tiny_causal, "aimmerging"), committed, log=quiet)
+    assert rerun.main(["--share", str(committed), str(committed)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{committed}: identical,") and "(task 1 from the stage cache)" in lines[1]
+    matrix = json.loads((committed / "matrix.json").read_text())
+    matrix["test"][1][0] += 0.01
+    (committed / "matrix.json").write_text(json.dumps(matrix))
+    assert rerun.main([str(committed)]) == 1
+    assert capsys.readouterr().out.startswith(f"{committed}: differs in matrix.json,")

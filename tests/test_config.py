@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -186,14 +188,11 @@ def test_config_is_frozen():
         cfg.train.lr = 1.0  # type: ignore[misc]
 
 
-def test_an_unknown_fusion_rule_fails_before_the_run_starts():
-    """controller.weights names a registry entry (aimray.merging.fusion.FUSIONS); preflight checks it, since
-    the registry needs torch and the config module does not import it."""
-    from aimray.loop import preflight
-
-    cfg = make_config("smoke", parse_overrides(["controller.weights=ties"]))
+def test_an_unknown_fusion_rule_fails_where_the_config_is_built():
+    """controller.weights names a registry entry (aimray.merging.fusion.FUSIONS, torch-free): an unknown one
+    fails in make_config, like an unknown method or benchmark."""
     with pytest.raises(ValueError, match=r"controller.weights='ties' is unknown; valid: rule, fixed, mask"):
-        preflight(cfg)
+        make_config("smoke", parse_overrides(["controller.weights=ties"]))
     assert make_config("smoke", method="fixed_interval").controller.weights == "mask"  # the method's default
     assert (
         make_config("smoke", {"controller": {"weights": "rule"}}, method="fixed_interval").controller.weights == "rule"
@@ -226,3 +225,19 @@ def test_a_broken_yaml_file_is_named_with_line_and_column(tmp_path, text, messag
     assert str(err.value).startswith(str(path))
     with pytest.raises(FileNotFoundError, match="missing.yaml: no such file"):
         read_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "first", ["aimray.config", "aimray.methods", "aimray.merging.controller", "aimray.merging.fusion"]
+)
+def test_a_config_and_its_hash_need_no_torch_and_no_import_order(first) -> None:
+    """Naming a run folder (config_hash) imports neither torch nor Ray, and the registries import in any order
+    (no import circle between config, methods and the merge schedules)."""
+    code = (
+        f"import {first}, sys\n"
+        "from aimray.config import config_hash, make_config\n"
+        "print(config_hash(make_config('smoke', method='fixed_interval')))\n"
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, sorted(sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and len(proc.stdout.strip()) == 8, proc.stderr[-2000:]

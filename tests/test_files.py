@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from aimray.files import get_section, now, put_section, sha256_file, write_json_atomic
+from aimray.files import get_section, is_uri, local_path, now, put_section, sha256_file, write_json_atomic
 
 
 def test_sections_are_replaced_or_appended_and_the_rest_is_kept() -> None:
@@ -45,3 +45,12 @@ def test_concurrent_writers_of_one_file_leave_one_whole_version(tmp_path) -> Non
     assert all(p.exitcode == 0 for p in procs)
     assert json.loads(target.read_text())["writer"] in (0, 1)
     assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
+
+
+def test_local_locations_as_paths_and_uris(tmp_path) -> None:
+    from aimray.launch.storage import location
+
+    folder = tmp_path / "a study"
+    assert local_path(str(folder)) == folder and local_path(folder.as_uri()) == folder  # file:///.../a%20study
+    assert not is_uri(folder.as_uri()) and is_uri("s3://bucket/study") and not is_uri(str(folder))
+    assert location(folder.as_uri(), tmp_path) == (None, str(folder)) == location(str(folder), tmp_path)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from aimray.config import ADDED_LATER, config_from_dict, make_config
+from aimray.config import ADDED_LATER, config_from_dict, config_hash, make_config
 from aimray.distributed import LOCAL
-from aimray.loop import config_hash, dev_loss, optimize, set_up, snapshot, track_best
+from aimray.loop import dev_loss, optimize, set_up, snapshot, track_best
 from aimray.memory import RehearsalMemory
 from aimray.model import evaluate, rouge_l, stemmed_rouge_l
 from aimray.tasks.spec import Example

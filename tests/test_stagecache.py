@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from aimray import stagecache
 from aimray.config import make_config
 from aimray.distributed import LOCAL
-from aimray.loop import run, score_task, set_up, shared_stage_key
+from aimray.loop import run, score_task, set_up, stage_reads
 from tests.test_loop import TINY, comparable, quiet, tiny_config
 
 KINDS = ("steps", "merges", "evals", "costs")
@@ -68,11 +68,10 @@ def test_a_cached_first_task_gives_the_files_an_uncached_run_gives(tiny_causal, 
     assert comparable(tmp_path / "again", "steps") == comparable(tmp_path / "plain", "steps")
 
 
-def key_of(model: str, tmp_path, method: str = "aimmerging", **extra) -> str:
-    """The stage-cache key of task 1 of a tiny run (set up only: nothing trained)."""
-    r = set_up(tiny_config(model, method, **extra), tmp_path, quiet, LOCAL, None)
+def first_stage_key(r) -> str:
     stage = r.stages[0]
-    return shared_stage_key(r, stage, r.method.training_set(stage, []))
+    identity = stagecache.backbone_identity(r.bb, 1)
+    return stagecache.stage_key(identity, stage_reads(r, stage), r.params, r.method.training_set(stage, []))
 
 
 MATTERS = {  # fields task 1's computation reads: each must change the key
@@ -118,8 +117,7 @@ def configured_key(model: str, tmp_path, change: dict) -> str:
         overrides[key] = {**overrides.get(key, {}), **value}
     cfg = make_config(None, overrides, method=method, benchmark="offline-standard", order=top.get("order", 1))
     cfg = replace(cfg, seed=top.get("seed", cfg.seed))
-    r = set_up(cfg, tmp_path, quiet, LOCAL, None)
-    return shared_stage_key(r, r.stages[0], r.method.training_set(r.stages[0], []))
+    return first_stage_key(set_up(cfg, tmp_path, quiet, LOCAL, None))
 
 
 def test_the_key_changes_with_every_field_task_1_reads_and_only_those(tiny_causal, tmp_path) -> None:

@@ -19,10 +19,10 @@ import pandas as pd
 import ray
 
 from aimray import plugins
-from aimray.config import RunConfig, make_config
+from aimray.config import RunConfig, config_hash, make_config
 from aimray.files import write_parquet_atomic
 from aimray.launch.cluster import ensure_ray
-from aimray.loop import check_inputs, config_hash, run
+from aimray.loop import check_inputs, run
 from aimray.tasks import benchmark_tasks
 from analysis import tables as T
 from analysis.load import NotAStudyError, open_study

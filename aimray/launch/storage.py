@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from aimray.files import is_uri
+from aimray.files import is_uri, local_path
 
 
 def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None, str]:
@@ -35,7 +35,7 @@ def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None
     if storage and is_uri(storage):
         fs, path = pafs.FileSystem.from_uri(storage)
         return fs, path.rstrip("/")
-    return None, str(Path(storage.removeprefix("file://") if storage else default).resolve())
+    return None, str((local_path(storage) if storage else default).resolve())
 
 
 @dataclass

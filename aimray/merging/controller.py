@@ -10,16 +10,21 @@ M); the loop applies them (rehearsal burst, fusion) without asking which method 
     task_end   one merge after the task's last step, burst = total steps x M0 / S0
     none       never merges
 
-A new schedule is a class with `step`, `at_task_end`, `merged` and a `register_schedule` call.
+A new schedule is a class with `step`, `at_task_end`, `merged` and a `register_schedule` call; a static
+`check_config(controller_config, fusion)` that raises ValueError, if it has one, runs when a config is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from aimray.config import ControllerConfig
 from aimray.merging import signals
+
+if TYPE_CHECKING:
+    from aimray.config import ControllerConfig
+    from aimray.merging.fusion import Fusion
 
 
 @dataclass
@@ -164,6 +169,16 @@ class FixedInterval(Schedule):
 
     name = "fixed"
     merges = True
+
+    @staticmethod
+    def check_config(cfg: ControllerConfig, fusion: Fusion) -> None:
+        """Importance masks come from the rehearsal burst: a fusion that needs them needs fixed_m >= 1."""
+        if fusion.needs_importance and cfg.fixed_m < 1:
+            raise ValueError(
+                f"controller.fixed_m={cfg.fixed_m!r} must be >= 1 with controller.weights={fusion.name!r} on the "
+                "fixed schedule: its importance masks come from the rehearsal burst (fixed_interval_rule fuses "
+                "without them)"
+            )
 
     def initial_state(self) -> ControllerState:
         return ControllerState(self.cfg.fixed_s, self.cfg.fixed_m)

@@ -1,77 +1,24 @@
-"""Fusion over adapter state dicts: pure tensor arithmetic (peft's task_arithmetic does the weighted sum), and
-the registry of fusion rules (rule, fixed, mask) that controller.weights names."""
+"""Fusion rules: how a merge combines theta_t, delta_in and delta_out, by the name controller.weights gives
+(rule, fixed, mask, or one a plugin registers). The registry imports no torch, so that a config is validated
+against it without loading a model library; the rules' tensor arithmetic (aimray.merging.arithmetic: torch,
+peft) is imported when a rule first runs."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from peft.utils.merge_utils import task_arithmetic
-
-from aimray.config import ControllerConfig
 from aimray.merging import signals
 
-State = Mapping[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
 
+    from aimray.config import ControllerConfig
 
-def difference(after: State, before: State) -> dict[str, torch.Tensor]:
-    """delta = after - before, per tensor."""
-    return {k: after[k].detach() - before[k].detach() for k in before}
-
-
-def fuse(anchor: State, delta_in: State, delta_out: State, w_in: float, w_out: float) -> dict[str, torch.Tensor]:
-    """theta <- theta_t + w_in * delta_in + w_out * delta_out (global scalar weights)."""
-    fused = {}
-    for k, theta in anchor.items():  # weights built in the tensor's dtype and on its device (no float32 rounding)
-        weights = torch.tensor([w_in, w_out], dtype=theta.dtype, device=theta.device)
-        fused[k] = theta + task_arithmetic([delta_in[k], delta_out[k]], weights)
-    return fused
-
-
-def top_mask(importance: torch.Tensor, fraction: float) -> torch.Tensor:
-    """1.0 where importance is in the top `fraction` of its tensor (ties at the cut-off included), else 0."""
-    k = max(1, round(fraction * importance.numel()))
-    cut = importance.flatten().topk(k).values.min()
-    return (importance >= cut).to(importance.dtype)
-
-
-def mask_weights(mask_in: torch.Tensor, mask_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Element-wise (w_in, w_out) from importance masks (Recurrent-KIF style): both -> (0.4, 0.6),
-    neither -> (0.5, 0.5), only one -> the mask values ((1, 0) or (0, 1))."""
-    both = mask_in * mask_out
-    neither = (1 - mask_in) * (1 - mask_out)
-    w_in = both * 0.4 + neither * 0.5 + mask_in * (1 - mask_out)
-    w_out = both * 0.6 + neither * 0.5 + mask_out * (1 - mask_in)
-    return w_in, w_out
-
-
-def fuse_masked(
-    anchor: State, delta_in: State, delta_out: State, imp_in: State, imp_out: State, fraction: float
-) -> dict[str, torch.Tensor]:
-    """theta <- theta_t + W_in * delta_in + W_out * delta_out with element-wise weights from the top-
-    `fraction` masks of the two importance estimates (EMA of |w * grad| on the new task / on the memory)."""
-    fused = {}
-    for k in anchor:
-        w_in, w_out = mask_weights(top_mask(imp_in[k], fraction), top_mask(imp_out[k], fraction))
-        fused[k] = anchor[k] + task_arithmetic([delta_in[k], delta_out[k]], torch.stack([w_in, w_out]))
-    return fused
-
-
-def update_importance(importance: dict[str, torch.Tensor], params: State, beta: float) -> None:
-    """EMA of |w * grad| per element, in place: I <- beta * I + (1 - beta) * |w * grad|."""
-    for k, p in params.items():
-        if p.grad is None:
-            continue
-        score = (p.detach() * p.grad.detach()).abs()
-        if k in importance:
-            importance[k].mul_(beta).add_(score, alpha=1 - beta)
-        else:
-            importance[k] = (1 - beta) * score
-
-
-# ---------------------------------------------------------------------------------------------- the registry
+State = Mapping[str, "torch.Tensor"]
+Fused = tuple[dict[str, "torch.Tensor"], float, float]
 
 
 @dataclass(frozen=True)
@@ -95,25 +42,31 @@ class Fusion:
     """A fusion rule: `combine(merge) -> (fused adapter, w_in, w_out)`, w NaN where element-wise."""
 
     name: str
-    combine: Callable[[Merge], tuple[dict[str, torch.Tensor], float, float]]
+    combine: Callable[[Merge], Fused]
     needs_importance: bool = False  # the loop keeps the importance EMAs (inner steps, bursts) for it
 
 
-def rule_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+def rule_fusion(m: Merge) -> Fused:
     """AimMerging's scalar weights from the cues at the merge (signals.rule_weights)."""
+    from aimray.merging.arithmetic import fuse
+
     w_in, w_out = signals.rule_weights(m.activations, m.interval, m.cfg.new_task_important_s)
     return fuse(m.anchor, m.delta_in, m.delta_out, w_in, w_out), w_in, w_out
 
 
-def fixed_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+def fixed_fusion(m: Merge) -> Fused:
     """Constant weights controller.fixed_w_in / fixed_w_out."""
+    from aimray.merging.arithmetic import fuse
+
     w_in, w_out = m.cfg.fixed_w_in, m.cfg.fixed_w_out
     return fuse(m.anchor, m.delta_in, m.delta_out, w_in, w_out), w_in, w_out
 
 
-def mask_fusion(m: Merge) -> tuple[dict[str, torch.Tensor], float, float]:
+def mask_fusion(m: Merge) -> Fused:
     """Element-wise weights from the top-controller.importance_top importance masks; before both estimates
     exist (no burst step yet) the fixed weights."""
+    from aimray.merging.arithmetic import fuse_masked
+
     if not (m.imp_in and m.imp_out):
         return fixed_fusion(m)
     fused = fuse_masked(m.anchor, m.delta_in, m.delta_out, m.imp_in, m.imp_out, m.cfg.importance_top)
