@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the backbone with a fresh (identity) LoRA adapter: the zero-shot baseline of every task."""
     import torch
 
-    from aimray.model import ModelConfig, evaluate, load_backbone
+    from aimray.model import ModelConfig, load_backbone
     from aimray.provenance import provenance
 
     out = Path(args.out) if args.out else None
@@ -112,24 +112,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = []
     try:
         for spec, task_examples in zip(specs, examples, strict=True):
-            t1 = time.time()
-            mode = args.mode if spec.labels else "generate"
-            res = evaluate(bb, task_examples, spec.labels, mode=mode, batch_size=args.batch_size)
-            counts = Counter(ex.target for ex in task_examples)
-            row = {
-                "task": spec.name,
-                "split": args.split,
-                "metric": res.metric,
-                "value": res.value,
-                "n": res.n,
-                "chance": 1 / len(spec.labels) if spec.labels else None,
-                "majority": max(counts.values()) / len(task_examples) if spec.labels else None,
-                "seconds": time.time() - t1,
-            }
-            rows.append(row)
+            rows.append(eval_row(bb, spec, task_examples, args))
+            row = rows[-1]
             print(
-                f"[eval] {spec.name:<16} {res.metric} {100 * res.value:5.1f}  (chance {_pct(row['chance'])}, "
-                f"majority {_pct(row['majority'])}, n={res.n}, {row['seconds']:.0f} s)",
+                f"[eval] {spec.name:<16} {row['metric']} {100 * row['value']:5.1f}  (chance {_pct(row['chance'])}, "
+                f"majority {_pct(row['majority'])}, n={row['n']}, {row['seconds']:.0f} s)",
                 flush=True,
             )
     except BaseException:
@@ -144,6 +131,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mean = sum(r["value"] for r in rows) / len(rows)
     print(f"[eval] mean over {len(rows)} tasks: {100 * mean:.1f}")
     return 0
+
+
+def eval_row(bb, spec, examples: list, args: argparse.Namespace) -> dict:
+    """One task's zero-shot score (results.json's row) beside its chance and majority-class baselines."""
+    from aimray.model import evaluate
+
+    t0 = time.time()
+    mode = args.mode if spec.labels else "generate"
+    res = evaluate(bb, examples, spec.labels, mode=mode, batch_size=args.batch_size)
+    counts = Counter(ex.target for ex in examples)
+    return {
+        "task": spec.name,
+        "split": args.split,
+        "metric": res.metric,
+        "value": res.value,
+        "n": res.n,
+        "chance": 1 / len(spec.labels) if spec.labels else None,
+        "majority": max(counts.values()) / len(examples) if spec.labels else None,
+        "seconds": time.time() - t0,
+    }
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -212,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
 
+    add_tasks_parser(sub)
+    add_eval_parser(sub)
+    add_run_parser(sub)
+    return parser
+
+
+def add_tasks_parser(sub) -> None:
     p = sub.add_parser("tasks", help="list tasks (split sizes, labels) and benchmarks (orders)")
     p.add_argument("--benchmark", help=f"only this benchmark's tasks; one of {', '.join(BENCHMARKS)}")
     p.add_argument("-v", "--verbose", action="store_true", help="also print sources and split notes")
@@ -219,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plugins_arg(p)
     p.set_defaults(func=cmd_tasks)
 
+
+def add_eval_parser(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="evaluate the backbone (fresh adapter = zero-shot) on tasks",
@@ -243,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     add_plugins_arg(p)
     p.set_defaults(func=cmd_eval)
+
+
+def add_run_parser(sub) -> None:
     p = sub.add_parser(
         "run",
         help="one continual-learning run (Ray Train workers; --workers 0: in this process)",
@@ -294,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_plugins_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
-    return parser
 
 
 def _methods() -> list[str]:

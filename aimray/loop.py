@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,8 +31,9 @@ from aimray import checkpoint, plugins
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
 from aimray.config import RunConfig, identity_dict, run_identity
 from aimray.distributed import LOCAL, Dist
-from aimray.events import SCHEMA_VERSION, EventWriter
-from aimray.files import locked, now, read_json, write_json_atomic
+from aimray.events import EventWriter
+from aimray.files import locked, now, write_json_atomic
+from aimray.manifest import Manifest, status_of
 from aimray.memory import RehearsalMemory
 from aimray.merging import arithmetic, fusion, signals
 from aimray.merging.controller import NO_MERGE, Decision, make_schedule
@@ -84,6 +84,15 @@ def check_inputs(cfgs: Iterable[RunConfig]) -> None:
             models.add(cfg.model.name_or_path)
 
 
+@dataclass(frozen=True)
+class Learner:
+    """What a forward or backward pass needs: the backbone, the live adapter tensors, the ranks."""
+
+    bb: Backbone
+    params: Tensors
+    dist: Dist
+
+
 @dataclass
 class Run:
     """What a run holds: the parts fixed at its start, and its typed, checkpointed progress (`state`)."""
@@ -101,13 +110,17 @@ class Run:
     memory: RehearsalMemory
     events: EventWriter
     ckpt: Checkpointer
-    manifest: dict
+    manifest: Manifest
     state: RunState
     log: Callable[[str], None]
     dist: Dist
     on_checkpoint: OnCheckpoint | None
     shared: Shared = field(default_factory=lambda: Shared(None))  # computations other runs share (task 1, evals)
     validation: list[list[Example]] = field(default_factory=list)  # per task: where best states are chosen
+
+    @property
+    def learner(self) -> Learner:
+        return Learner(self.bb, self.params, self.dist)
 
     def reseed(self, phase: int) -> None:
         """Seed torch (dropout) from (seed, global step, phase, rank): a resumed run and every data-parallel
@@ -119,9 +132,10 @@ class Run:
         if self.dist.main:
             write_json_atomic(self.out / name, obj)
 
-    def write_manifest(self, **extra: object) -> None:
-        """manifest.json: the run's own record, what it shared, and `extra` (its status at the end)."""
-        self.write("manifest.json", {**self.manifest, **self.shared.manifest(), **extra})
+    def write_manifest(self, **changes: object) -> None:
+        """manifest.json: the run's record with what it shared so far and `changes` (its status at the end)."""
+        if self.dist.main:
+            replace(self.shared.recorded(self.manifest), **changes).write(self.out)
 
 
 def run(
@@ -153,7 +167,7 @@ def run(
             check_shared(out, dist)
         latest = Path(resume_from) if resume_from is not None else r.ckpt.latest()
         saved = restore(r, latest) if latest is not None else start_fresh(r)
-        if latest is not None and r.state.stage >= len(r.stages) and previous_status(out) == "success":
+        if latest is not None and r.state.stage >= len(r.stages) and status_of(out) == "success":
             r.log(f"[run] {r.state.run_id}: already finished in {out}")
             return collect(out)  # nothing to do, nothing rewritten
         r.write_manifest()
@@ -191,7 +205,7 @@ def set_up(
     shared: StageCache | None = None,
 ) -> Run:
     """Check the inputs, load the data and the backbone; nothing trained, nothing written yet. `shared`:
-    the stage cache this run takes from and adds to (None: none)."""
+    where this run takes and gives the computations other runs share (None: nowhere)."""
     specs = preflight(cfg)  # a missing data folder or asset fails here, before anything is written
     method = get_method(cfg.method)
     shape = SHAPES[method.shape]
@@ -204,23 +218,7 @@ def set_up(
     torch.manual_seed(cfg.seed)
     bb = load_backbone(cfg.model, seed=cfg.seed)
     params = bb.lora_state()
-    run_id = f"{cfg.method}-{cfg.benchmark}-o{cfg.order}-s{cfg.seed}"
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "method": cfg.method,
-        "shape": method.shape,
-        "benchmark": cfg.benchmark,
-        "order": cfg.order,
-        "seed": cfg.seed,
-        "tasks": [s.name for s in specs],
-        "config": cfg.to_dict(),
-        "provenance": provenance(),
-        "plugins": plugins.loaded(),  # the modules that registered what the config names (aimray.plugins)
-        "precision": bb.precision,  # model.autocast resolved (by a cached probe where "auto")
-        "status": "running",
-        "started_at": now(),
-    }
+    manifest = new_manifest(cfg, method.shape, specs, bb)
     return Run(
         cfg=cfg,
         out=out,
@@ -233,10 +231,10 @@ def set_up(
         params=params,
         initial=snapshot(params),
         memory=RehearsalMemory(cfg.memory.fraction, cfg.memory.per_task, cfg.seed, cfg.memory.class_rule),
-        events=EventWriter(out, run_id, enabled=dist.main),
+        events=EventWriter(out, manifest.run_id, enabled=dist.main),
         ckpt=Checkpointer(out / "checkpoints", warn=log),
         manifest=manifest,
-        state=RunState(run_id, cfg.to_dict(), manifest["started_at"]),
+        state=RunState(manifest.run_id, cfg.to_dict(), manifest.started_at),
         log=log if dist.main else _silent,
         dist=dist,
         on_checkpoint=on_checkpoint,
@@ -245,10 +243,28 @@ def set_up(
     )
 
 
+def new_manifest(cfg: RunConfig, shape: str, specs: list[TaskSpec], bb: Backbone) -> Manifest:
+    """A starting run's manifest: what runs, on what (provenance, plugins, resolved precision)."""
+    return Manifest(
+        run_id=f"{cfg.method}-{cfg.benchmark}-o{cfg.order}-s{cfg.seed}",
+        method=cfg.method,
+        shape=shape,
+        benchmark=cfg.benchmark,
+        order=cfg.order,
+        seed=cfg.seed,
+        tasks=[s.name for s in specs],
+        config=cfg.to_dict(),
+        provenance=provenance(),
+        plugins=plugins.loaded(),  # the modules that registered what the config names (aimray.plugins)
+        precision=bb.precision,  # model.autocast resolved (by a probe kept per machine where "auto")
+        started_at=now(),
+    )
+
+
 def start_fresh(r: Run) -> None:
     """A fresh start: event parts of an earlier attempt without a checkpoint would mix with this one's."""
     r.events.truncate(0)
-    r.manifest["resumed_from"] = None
+    r.manifest.resumed_from = None
 
 
 def restore(r: Run, path: Path) -> SavedTask | None:
@@ -258,14 +274,14 @@ def restore(r: Run, path: Path) -> SavedTask | None:
         out = r.out
         raise ValueError(f"{out} holds a checkpoint of a different run or config; use another --out or delete {out}")
     r.state.load_state_dict(run_state)
-    r.manifest["started_at"] = r.state.started_at
+    r.manifest.started_at = r.state.started_at
     assign(r.params, adapter)
     r.memory.load_state_dict(memory, {d.name: d.train for d in r.data})
     r.events.truncate(r.state.event_parts)
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
-    r.manifest["resumed_from"] = name  # the folder may be a copy under another name (Ray Train's)
+    r.manifest.resumed_from = name  # the folder may be a copy under another name (Ray Train's)
     if (r.out / "manifest.json").exists():  # what earlier attempts shared
-        r.shared.resume(read_json(r.out / "manifest.json"))
+        r.shared.resume(Manifest.read(r.out))
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
 
@@ -360,7 +376,7 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
     task.shared = stage.index == 0 and saved is None and not parts.merging
     known = r.shared.stage(stage_reads(r, stage), r.params, parts.examples, r.bb.device) if task.shared else None
     if known is not None:
-        r.log(f"[run] task 1 ({stage.name}): from the stage cache ({known.seconds:.0f} s saved)")
+        r.log(f"[run] task 1 ({stage.name}): {r.shared.describe(known)}")
         return replay_stage(r, stage, task, known)
     t0 = time.time()
     losses = train_steps(r, stage, task, parts)
@@ -407,7 +423,7 @@ def inner_step(r: Run, stage: Stage, task: TaskState, parts: StageParts, step: i
     """One optimizer step on the step-th batch of the stage's examples (and its costs); returns the loss."""
     r.bb.model.train()
     batch = batch_for_step(parts.examples, step, r.cfg.train.batch_size, f"{r.cfg.seed}/{stage.name}")
-    loss = optimize(r, batch, parts.optimizer, task.imp_in if parts.track else None)
+    loss = train_step(r, batch, parts.optimizer, task.imp_in if parts.track else None)
     parts.scheduler.step()
     c = task.costs
     c.steps += 1
@@ -441,14 +457,14 @@ def progress_line(stage: Stage, stages: int, step: int, total: int, merges: int,
 
 def stage_reads(r: Run, stage: Stage) -> dict:
     """What a first stage's training reads beside the backbone, its starting adapter and its examples (the
-    stage cache's key is made of these): the train config (less neutral fields), seed, stage, first global
+    key of a shared stage is made of these): the train config (less neutral fields), seed, stage, first global
     step, and with best-dev tracking its settings and the seen tasks' dev examples and scoring."""
     cfg = r.cfg
     train = identity_dict(cfg.to_dict())["train"]
     reads = {"train": train, "seed": cfg.seed, "stage": stage.name, "global_step": r.state.global_step}
     if cfg.checkpoint.keep != "last":  # tracking the best dev state reads the seen tasks' dev data
         n = cfg.checkpoint.best_dev_examples
-        dev = [[r.validation[i][:n], eval_settings(r, i)] for i in stage.seen]
+        dev = [[r.validation[i][:n], eval_settings(r.specs[i], cfg)] for i in stage.seen]
         reads["best_dev"] = [cfg.checkpoint.keep, cfg.checkpoint.best_dev_every, n, dev]
     return reads
 
@@ -495,48 +511,69 @@ def log_step(
     )
 
 
-def optimize(
+def train_step(
     r: Run, batch: list[Example], optimizer: torch.optim.Optimizer, importance: Tensors | None, scale: float = 1.0
 ) -> float:
-    """One optimizer step on the mean answer loss of `batch` (gradient clipping; importance EMA if asked);
-    `scale` multiplies the loss before its backward pass (controller.burst_loss_scale); the unscaled loss
-    is returned.
+    """One optimizer step of the run (inner or burst): dropout reseeded for this global step, then `optimize`
+    with the run's gradient clipping and importance EMA."""
+    r.reseed(0)
+    clip, beta = r.cfg.train.grad_clip, r.cfg.controller.importance_beta
+    return optimize(r.learner, batch, optimizer, clip, importance, beta, scale)
+
+
+def optimize(
+    m: Learner,
+    batch: list[Example],
+    optimizer: torch.optim.Optimizer,
+    clip: float,
+    importance: Tensors | None = None,
+    beta: float = 0.0,
+    scale: float = 1.0,
+) -> float:
+    """One optimizer step on the mean answer loss of `batch`: gradients clipped to norm `clip`, the
+    importance EMA updated with `beta` if asked; `scale` multiplies the loss before its backward pass
+    (controller.burst_loss_scale); the unscaled loss is returned.
 
     Each rank takes its shard and divides its summed loss by the batch's global answer-token count, so the
     gradients summed over ranks are those of the whole batch on one rank.
     """
-    params = list(r.params.values())
+    params = list(m.params.values())
     for p in params:
         p.grad = None
-    shard = r.dist.shard(batch)
-    tokens = r.dist.sum(answer_tokens(r.bb, shard))
-    r.reseed(0)
+    shard = m.dist.shard(batch)
+    tokens = m.dist.sum(answer_tokens(m.bb, shard))
     local = 0.0
     if shard:
-        loss = answer_loss(r.bb, shard, reduction="sum") / tokens
+        loss = answer_loss(m.bb, shard, reduction="sum") / tokens
         (loss * scale).backward()
         local = loss.item()
-    r.dist.sum_grads(params)
-    torch.nn.utils.clip_grad_norm_(params, r.cfg.train.grad_clip)
+    m.dist.sum_grads(params)
+    torch.nn.utils.clip_grad_norm_(params, clip)
     if importance is not None:
-        arithmetic.update_importance(importance, r.params, r.cfg.controller.importance_beta)
+        arithmetic.update_importance(importance, m.params, beta)
     optimizer.step()
-    return r.dist.sum(local)
+    return m.dist.sum(local)
 
 
-@torch.no_grad()
 def forgetting_signal(r: Run, task: TaskState) -> float:
     """The loss on one fresh random memory batch, no gradient (train or eval mode, controller.fs_mode)."""
     batch = r.memory.sample_batch(r.cfg.memory.batch_size, task.mem_rng)
-    if r.cfg.controller.fs_mode == "eval":
-        r.bb.model.eval()
-    shard = r.dist.shard(batch)
     r.reseed(1)
-    local = answer_loss(r.bb, shard, reduction="sum").item() if shard else 0.0
-    loss = r.dist.sum(local) / r.dist.sum(answer_tokens(r.bb, shard))
-    r.bb.model.train()
+    loss = memory_loss(r.learner, batch, eval_mode=r.cfg.controller.fs_mode == "eval")
     task.costs.monitor_examples += len(batch)
     task.costs.forward_passes += 1
+    return loss
+
+
+@torch.no_grad()
+def memory_loss(m: Learner, batch: list[Example], eval_mode: bool) -> float:
+    """The mean answer loss per token of `batch`, no gradient, in eval mode (dropout off) if asked."""
+    if eval_mode:
+        m.bb.model.eval()
+    shard = m.dist.shard(batch)
+    local = answer_loss(m.bb, shard, reduction="sum").item() if shard else 0.0
+    loss = m.dist.sum(local) / m.dist.sum(answer_tokens(m.bb, shard))
+    m.bb.model.train()
     return loss
 
 
@@ -552,7 +589,7 @@ def merge(
     for _ in range(decision.burst):
         batch = r.memory.sample_batch(cfg.memory.batch_size, task.mem_rng)
         lr = optimizer.param_groups[0]["lr"]
-        loss = optimize(r, batch, optimizer, task.imp_out if track else None, cfg.controller.burst_loss_scale)
+        loss = train_step(r, batch, optimizer, task.imp_out if track else None, cfg.controller.burst_loss_scale)
         task.costs.burst_examples += len(batch)
         task.costs.forward_passes += 1
         task.costs.backward_passes += 1
@@ -590,17 +627,17 @@ def track_best(r: Run, stage: Stage, task: TaskState) -> None:
     """checkpoint.keep=best_dev(_loss): score the adapter on a few dev examples of every seen task (this
     reads past-task dev data beyond the memory) and keep the best state: the highest mean score, or for
     best_dev_loss (the released code) the lowest mean answer loss."""
-    n = r.cfg.checkpoint.best_dev_examples
+    n, batch = r.cfg.checkpoint.best_dev_examples, r.cfg.train.eval_batch_size
     t0 = time.time()
     if r.cfg.checkpoint.keep == "best_dev_loss":
-        values = [-dev_loss(r, r.validation[i][:n]) for i in stage.seen]
+        values = [-dev_loss(r.bb, r.dist, r.validation[i][:n], batch) for i in stage.seen]
     else:
-        values = [score_task(r, i, r.validation[i][:n])[0] for i in stage.seen]
+        values = [score(r.bb, r.dist, r.validation[i][:n], eval_settings(r.specs[i], r.cfg))[0] for i in stage.seen]
     task.costs.eval_examples += n * len(stage.seen)
     task.costs.eval_seconds += time.time() - t0
-    score = sum(values) / len(values)
-    if score > task.best_score:
-        task.best_score, task.best = score, snapshot(r.params)
+    mean = sum(values) / len(values)
+    if mean > task.best_score:
+        task.best_score, task.best = mean, snapshot(r.params)
 
 
 def evaluate_tasks(
@@ -614,12 +651,9 @@ def evaluate_tasks(
     for i in which:
         spec = r.specs[i]
         for split in r.cfg.eval.splits:
-            examples = r.data[i].split(split)
-            if shared:
-                compute = functools.partial(score_task, r, i, examples)
-                value, n, metric = r.shared.score(shared, r.params, examples, eval_settings(r, i), compute)
-            else:
-                value, n, metric = score_task(r, i, examples)
+            examples, settings = r.data[i].split(split), eval_settings(spec, r.cfg)
+            compute = functools.partial(score, r.bb, r.dist, examples, settings)
+            value, n, metric = r.shared.score(shared, r.params, examples, settings, compute) if shared else compute()
             costs.eval_examples += n
             r.events.add(
                 "evals",
@@ -638,35 +672,34 @@ def evaluate_tasks(
 
 
 @torch.no_grad()
-def dev_loss(r: Run, examples: list[Example]) -> float:
+def dev_loss(bb: Backbone, dist: Dist, examples: list[Example], batch_size: int) -> float:
     """Mean answer loss per token over `examples` in eval mode, in batches (ranks sum their shards)."""
-    r.bb.model.eval()
-    shard, total = r.dist.shard(examples), 0.0
-    size = r.cfg.train.eval_batch_size
-    for s in range(0, len(shard), size):
-        total += answer_loss(r.bb, shard[s : s + size], reduction="sum").item()
-    r.bb.model.train()
-    return r.dist.sum(total) / max(1, r.dist.sum(answer_tokens(r.bb, shard)))
+    bb.model.eval()
+    shard, total = dist.shard(examples), 0.0
+    for s in range(0, len(shard), batch_size):
+        total += answer_loss(bb, shard[s : s + batch_size], reduction="sum").item()
+    bb.model.train()
+    return dist.sum(total) / max(1, dist.sum(answer_tokens(bb, shard)))
 
 
-def eval_settings(r: Run, i: int) -> dict:
-    """How task i is scored: the arguments of model.evaluate beside the model and the examples (a shared
+def eval_settings(spec: TaskSpec, cfg: RunConfig) -> dict:
+    """How a task is scored: the arguments of model.evaluate beside the model and the examples (a shared
     evaluation is keyed by exactly these)."""
-    spec, ev = r.specs[i], r.cfg.eval
     return {
         "options": spec.labels,
-        "mode": ev.mode if spec.labels else "generate",
-        "batch_size": r.cfg.train.eval_batch_size,
-        "max_new_tokens": ev.max_new_tokens,
-        "rouge_stemmer": ev.rouge_stemmer,
+        "mode": cfg.eval.mode if spec.labels else "generate",
+        "batch_size": cfg.train.eval_batch_size,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "rouge_stemmer": cfg.eval.rouge_stemmer,
     }
 
 
-def score_task(r: Run, i: int, examples: list[Example]) -> tuple[float, int, str]:
-    """(value, n, metric) of task i on `examples`; each rank scores its shard and the sums are combined."""
-    res = evaluate(r.bb, r.dist.shard(examples), **eval_settings(r, i))
-    n = r.dist.sum(res.n)
-    return r.dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric
+def score(bb: Backbone, dist: Dist, examples: list[Example], settings: dict) -> tuple[float, int, str]:
+    """(value, n, metric) on `examples` scored with `settings` (eval_settings); each rank scores its shard
+    and the sums are combined."""
+    res = evaluate(bb, dist.shard(examples), **settings)
+    n = dist.sum(res.n)
+    return dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric
 
 
 # ------------------------------------------------------------------------------------------------ small parts
@@ -700,11 +733,6 @@ def check_shared(out: Path, dist: Dist) -> None:
     seen = marker.read_text().strip() if marker.exists() else ""
     if int(dist.sum(0.0 if seen == str(token) else 1.0)):
         raise RuntimeError(f"data-parallel workers do not all see {out}: the run folder must be on shared storage")
-
-
-def previous_status(out: Path) -> str | None:
-    path = out / "manifest.json"
-    return json.loads(path.read_text()).get("status") if path.exists() else None
 
 
 def _silent(*_args) -> None:

@@ -6,7 +6,9 @@ Tune metrics: `tasks_done` (the fidelity for ASHA/HyperBand, counted across orde
 for each of the sweep's objectives, and `objective`, the first of them (the one a scheduler stops on).
 Finished orders contribute their final value and the running order its value so far (its dev accuracy
 over the tasks seen, its compute so far). A finished order counts with the metrics of its run
-(aimray.results.run_summary, in memory), under the sweep's names (ORDER_METRICS).
+(aimray.results.run_summary, in memory) under their own names (ORDER_METRICS), plus its compute. The
+per-order values themselves travel as rows (trial_orders.parquet, aimray.launch.tune), never in metric
+names.
 """
 
 from __future__ import annotations
@@ -27,15 +29,9 @@ OBJECTIVES = {
     "training data: rehearsal (replayed and burst) plus monitoring (forgetting-signal) examples",
 }
 SENSES = {name: "min" if name == "compute" else "max" for name in OBJECTIVES}
-# The sweep's name (o<order>/<name> in Tune's metrics, trials.parquet and best.md) of each run metric.
-ORDER_METRICS = {
-    "dev_op": "dev_op",
-    "dev_bwt": "dev_bwt",
-    "op": "test_op",
-    "bwt": "test_bwt",
-    "fwt_base": "test_fwt_base",
-    "compute": "compute",
-}
+# The metrics an order of a trial is summarised by: the run's (test op, bwt, fwt_base; dev_op, dev_bwt),
+# under the names every run table uses, and its compute
+ORDER_METRICS = ("op", "bwt", "fwt_base", "dev_op", "dev_bwt", "compute")
 
 
 def extra_examples(costs: dict) -> float:
@@ -44,10 +40,10 @@ def extra_examples(costs: dict) -> float:
 
 
 def order_summary(run_metrics: dict[str, float], costs: dict | None = None) -> dict[str, float]:
-    """One finished order's run metrics (aimray.results.run_summary) and compute (its costs) under the
-    sweep's names: dev_op, dev_bwt, test_op, test_bwt, test_fwt_base, compute; NaN where undefined."""
+    """One finished order's run metrics (aimray.results.run_summary) and compute (its costs): ORDER_METRICS,
+    NaN where undefined."""
     values = {**run_metrics, "compute": extra_examples(costs) if costs is not None else math.nan}
-    return {name: float(values.get(key, math.nan)) for key, name in ORDER_METRICS.items()}
+    return {name: float(values.get(name, math.nan)) for name in ORDER_METRICS}
 
 
 def combine(kind: str, values: list[dict[str, float]]) -> float:
@@ -111,13 +107,11 @@ class ObjectiveTracker:
         return self._metrics(len(self.finished) * self.num_tasks, self.orders[len(self.finished) - 1], self.finished)
 
     def _metrics(self, tasks_done: int, order: int, summaries: list[dict]) -> dict:
-        """tasks_done, order, the objective over `summaries`, and every finished order's summary as
-        o<order>/<name> (every report carries them: Tune keeps the last one)."""
+        """tasks_done, order (the one running) and the objective over `summaries`, each objective's value
+        under objective/<name>."""
         out = {"tasks_done": tasks_done, "order": order, "objective": combine(self.kind, summaries)}
         for kind in self.kinds:
             out[f"objective/{kind}"] = combine(kind, summaries)
-        for summary in self.finished:
-            out.update({f"o{summary['order']}/{k}": v for k, v in summary.items() if k != "order"})
         return out
 
     def state_dict(self) -> dict:

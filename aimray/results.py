@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from aimray import metrics
 from aimray.events import read_events
+from aimray.manifest import Manifest
 from aimray.methods import METHODS
 
 
@@ -42,10 +42,10 @@ def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, li
 
 def collect(out: Path) -> RunResult:
     """Read a finished run's events back into accuracy matrices, metrics and merge counts."""
-    manifest = read_manifest(out)
+    manifest = Manifest.read(out)
     evals = read_events(out, "evals").to_pylist()
-    test, base = accuracy_matrix(evals, manifest["tasks"], "test")
-    dev, _ = accuracy_matrix(evals, manifest["tasks"], "dev")
+    test, base = accuracy_matrix(evals, manifest.tasks, "test")
+    dev, _ = accuracy_matrix(evals, manifest.tasks, "dev")
     summary = run_summary(run_shape(manifest), test, dev, base)
     merges: dict[str, int] = {}
     for r in read_events(out, "merges").to_pylist():
@@ -55,15 +55,15 @@ def collect(out: Path) -> RunResult:
         for k, v in row.items():
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "task_index":
                 costs[k] = costs.get(k, 0) + v
-    return RunResult(out, manifest["tasks"], test, dev, base, summary, merges, costs)
+    return RunResult(out, manifest.tasks, test, dev, base, summary, merges, costs)
 
 
-def run_shape(manifest: dict) -> str:
+def run_shape(manifest: Manifest) -> str:
     """The run's shape (sequential, joint, independent) as its manifest records it; manifests older than the
     field name only their method, whose shape is looked up (sequential if the method is unknown)."""
-    if "shape" in manifest:
-        return manifest["shape"]
-    method = METHODS.get(manifest.get("method", ""))
+    if manifest.shape:
+        return manifest.shape
+    method = METHODS.get(manifest.method)
     return method.shape if method is not None else "sequential"
 
 
@@ -90,10 +90,6 @@ def fwt_vs_single_task(shape: str, tasks, test, single_tasks, single_test) -> fl
         return float("nan")
     single = dict(zip(single_tasks, np.diag(np.asarray(single_test, dtype=float)), strict=True))
     return metrics.forward_transfer_paper(np.asarray(test, dtype=float), [single.get(t, np.nan) for t in tasks])
-
-
-def read_manifest(out: Path) -> dict:
-    return json.loads((Path(out) / "manifest.json").read_text())
 
 
 def result_json(result: RunResult) -> dict:

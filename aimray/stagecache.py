@@ -37,7 +37,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ from aimray import assets
 from aimray.checkpoint import Checkpointer, CheckpointError, write_folder
 from aimray.distributed import LOCAL, Dist
 from aimray.files import read_json, write_json_atomic
+from aimray.manifest import Manifest
 from aimray.model import Backbone, cpu_name, resolve_path
 from aimray.tasks.spec import Example
 
@@ -224,14 +225,14 @@ class Shared:
         self.record = {"dir": str(cache.folder), "base_evals": dict(counts), "evals": dict(counts)} if cache else {}
         self.key: str | None = None  # the first stage's key, once looked up
 
-    def manifest(self) -> dict:
-        """The manifest's part: {"cache": what the run took from the cache}."""
-        return {"cache": self.record}
+    def recorded(self, manifest: Manifest) -> Manifest:
+        """`manifest` with what the run took from the cache so far (a copy)."""
+        return replace(manifest, cache=json.loads(json.dumps(self.record)))
 
-    def resume(self, manifest: dict) -> None:
+    def resume(self, manifest: Manifest) -> None:
         """Carry on the counts that earlier attempts of the run recorded in its manifest."""
         if self.cache is not None:
-            earlier = manifest.get("cache") or {}
+            earlier = manifest.cache or {}
             self.record.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
 
     def stage(self, reads: dict, start: Tensors, examples: list[Example], device: torch.device) -> StageEntry | None:
@@ -244,6 +245,10 @@ class Shared:
             return None
         self.record["stage"] = {"key": self.key[:16], "hit": True, "seconds_saved": round(entry.seconds, 1)}
         return entry
+
+    def describe(self, entry: StageEntry) -> str:
+        """Where a stage's result came from, for the run's log."""
+        return f"from the stage cache ({entry.seconds:.0f} s saved)"
 
     def store_stage(self, entry: StageEntry) -> None:
         if self.cache is None or self.key is None:

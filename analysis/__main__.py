@@ -12,6 +12,7 @@ import pandas as pd
 
 from aimray.cliargs import ArgumentParser, check_out_dir, error_text, positive_int
 from analysis import figures as F
+from analysis import report as R
 from analysis import tables as T
 from analysis.load import NotAStudyError, Study, open_study
 
@@ -72,76 +73,88 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
     runs = T.run_metrics(study) if split == "test" else _dev_metrics(study)
     if runs.empty:
         raise NotAStudyError(f"{study.root}: no finished run to analyse")
+    headline = write_method_tables(study, runs, tables, split, report)
+    if study.kind == "sweep" and study.trials is not None:
+        headline = write_sweep_tables(study, tables, figs, bins, report)
+    write_run_figures(study, runs, figs, split, report)
+    (out / "report.md").write_text("\n".join(report) + "\n")
+    return headline
+
+
+def write_method_tables(study: Study, runs: pd.DataFrame, tables: Path, split: str, report: list[str]) -> str:
+    """runs.parquet and the method (or trial) table as markdown, CSV and LaTeX; returns the markdown."""
     runs.drop(columns=["test"]).to_parquet(tables / "runs.parquet", index=False)
     by = "trial" if study.kind == "sweep" else "method"
-    table = T.method_table(runs, by=by)
-    cells = T.comparison(table, by=by)
+    table, per_order = T.method_table(runs, by=by), T.order_table(runs, by=by)
+    cells = R.comparison(table, by=by, per_order=per_order)
     table.to_csv(tables / "methods.csv", index=False)
-    headline = T.markdown(cells)
+    per_order.to_csv(tables / "methods_by_order.csv", index=False)
+    headline = R.markdown(cells)
     (tables / "methods.md").write_text(headline)
     (tables / "methods.tex").write_text(
-        T.latex(cells, caption=f"{split} metrics (points), mean ± std over orders and seeds", label="tab:methods")
+        R.latex(cells, caption=f"{split} metrics (points), mean ± std over orders and seeds", label="tab:methods")
     )
     report += [f"## {'Trials' if by == 'trial' else 'Methods'} ({split})", "", headline]
     _log(f"tables/methods.md ({len(table)} rows)")
+    return headline
 
-    if study.kind == "sweep" and study.trials is not None:
-        best = T.best_cells(T.best_trials(study))
-        (tables / "best.md").write_text(T.markdown(best))
-        headline = "Best trials (objective on dev; test for reporting):\n\n" + T.markdown(best)
-        # With fewer than 3 completed trials (ASHA stops most of a small sweep), early-stopped trials count
-        # too: their objective covers only the orders they finished, which the report says.
-        completed = int((study.trials.status == "completed").sum())
-        everything = completed < 3
-        sens = T.sensitivity(study, bins=bins, completed_only=not everything)
-        sens.to_csv(tables / "sensitivity.csv", index=False)
-        (tables / "sensitivity.md").write_text(T.markdown(T.sensitivity_cells(sens)))
-        (tables / "sensitivity.tex").write_text(T.latex(T.sensitivity_cells(sens), label="tab:sensitivity"))
-        imp = T.importances(study, completed_only=not everything)
-        imp.to_csv(tables / "importances.csv", index=False)
-        (tables / "importances.md").write_text(T.markdown(imp))
-        which = (
-            f"all {len(study.trials)} trials, early-stopped ones included (only {completed} completed): their "
-            "objective covers the orders they finished"
-            if everything
-            else f"the {completed} completed trials"
-        )
-        report += [
-            "## Best trials",
-            "",
-            T.markdown(best),
-            "## Sensitivity",
-            "",
-            f"Over {which}.",
-            "",
-            T.markdown(T.sensitivity_cells(sens)),
-            "## Parameter importances",
-            "",
-            f"Over {which}.",
-            "",
-            T.markdown(imp),
-        ]
-        _log("tables/best.md, sensitivity.md, importances.md")
-        if len(sens):
-            _save(F.sensitivity_curves(sens, noise=T.dev_example_worth(study)), figs, "sensitivity", report)
-        _save(F.optimization_history(study), figs, "optimization_history", report)
-        if len(imp):
-            _save(F.importance_bars(imp), figs, "importances", report)
-        front = T.pareto_front(study)
-        if len(T.objective_columns(study.trials)):
-            (tables / "pareto.md").write_text(T.markdown(T.pareto_cells(front)))
-            report += ["## Pareto front (dev objectives; test for reporting)", "", T.markdown(T.pareto_cells(front))]
-            _save(F.pareto_fronts(study), figs, "pareto", report)
-            for name in T.objective_columns(study.trials):  # what each objective's value depends on
-                per = T.importances(study, completed_only=not everything, objective=f"objective/{name}")
-                (tables / f"importances_{name}.md").write_text(T.markdown(per))
-                report += [f"### Parameter importances for {name}", "", T.markdown(per)]
-        holdout = study.root / "holdout.parquet"
-        if holdout.exists():  # --holdout-orders: the chosen configs beside the defaults on unseen orders
-            lines = T.holdout_lines(pd.read_parquet(holdout))
-            (tables / "holdout.md").write_text("\n".join(lines) + "\n")
-            report += ["", *lines, ""]
 
+def write_sweep_tables(study: Study, tables: Path, figs: Path, bins: int, report: list[str]) -> str:
+    """A sweep's best trials, sensitivity, importances, Pareto front and held-out orders; returns the
+    headline (the best trials)."""
+    best = R.best_cells(T.best_trials(study))
+    (tables / "best.md").write_text(R.markdown(best))
+    # With fewer than 3 completed trials (ASHA stops most of a small sweep), early-stopped trials count
+    # too: their objective covers only the orders they finished, which the report says.
+    completed = int((study.trials.status == "completed").sum())
+    everything = completed < 3
+    sens = T.sensitivity(study, bins=bins, completed_only=not everything)
+    sens.to_csv(tables / "sensitivity.csv", index=False)
+    (tables / "sensitivity.md").write_text(R.markdown(R.sensitivity_cells(sens)))
+    (tables / "sensitivity.tex").write_text(R.latex(R.sensitivity_cells(sens), label="tab:sensitivity"))
+    imp = T.importances(study, completed_only=not everything)
+    imp.to_csv(tables / "importances.csv", index=False)
+    (tables / "importances.md").write_text(R.markdown(imp))
+    which = (
+        f"all {len(study.trials)} trials, early-stopped ones included (only {completed} completed): their "
+        "objective covers the orders they finished"
+        if everything
+        else f"the {completed} completed trials"
+    )
+    report += ["## Best trials", "", R.markdown(best), "## Sensitivity", "", f"Over {which}.", ""]
+    report += [R.markdown(R.sensitivity_cells(sens)), "## Parameter importances", "", f"Over {which}.", ""]
+    report += [R.markdown(imp)]
+    _log("tables/best.md, sensitivity.md, importances.md")
+    if len(sens):
+        _save(F.sensitivity_curves(sens, noise=T.dev_example_worth(study)), figs, "sensitivity", report)
+    _save(F.optimization_history(study), figs, "optimization_history", report)
+    if len(imp):
+        _save(F.importance_bars(imp), figs, "importances", report)
+    write_pareto(study, tables, figs, not everything, report)
+    holdout = study.root / "holdout.parquet"
+    if holdout.exists():  # --holdout-orders: the chosen configs beside the defaults on unseen orders
+        lines = R.holdout_lines(pd.read_parquet(holdout))
+        (tables / "holdout.md").write_text("\n".join(lines) + "\n")
+        report += ["", *lines, ""]
+    return "Best trials (objective on dev; test for reporting):\n\n" + R.markdown(best)
+
+
+def write_pareto(study: Study, tables: Path, figs: Path, completed_only: bool, report: list[str]) -> None:
+    """A multi-objective sweep's Pareto front, and what each objective's value depends on."""
+    if not len(T.objective_columns(study.trials)):
+        return
+    front = T.pareto_front(study)
+    (tables / "pareto.md").write_text(R.markdown(R.pareto_cells(front)))
+    report += ["## Pareto front (dev objectives; test for reporting)", "", R.markdown(R.pareto_cells(front))]
+    _save(F.pareto_fronts(study), figs, "pareto", report)
+    for name in T.objective_columns(study.trials):
+        per = T.importances(study, completed_only=completed_only, objective=f"objective/{name}")
+        (tables / f"importances_{name}.md").write_text(R.markdown(per))
+        report += [f"### Parameter importances for {name}", "", R.markdown(per)]
+
+
+def write_run_figures(study: Study, runs: pd.DataFrame, figs: Path, split: str, report: list[str]) -> None:
+    """Accuracy matrices, forgetting curves and the representative runs' trajectories."""
     shown = representative_runs(study, runs)
     _save(F.accuracy_heatmaps(study, list(shown.path), split), figs, "accuracy_matrices", report)
     if (runs.method != "mtl").any():
@@ -150,8 +163,6 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
         if len(study.steps) and (study.steps.path == r.path).any() and (study.merges.path == r.path).any():
             name = "trajectory_" + r.path.replace("/", "_").strip("._") if r.path != "." else "trajectory"
             _save(F.trajectory(study, r.path), figs, name, report)
-    (out / "report.md").write_text("\n".join(report) + "\n")
-    return headline
 
 
 def representative_runs(study: Study, runs: pd.DataFrame) -> pd.DataFrame:

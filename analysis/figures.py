@@ -74,6 +74,16 @@ def trajectory(study: Study, path: str, task: str | None = None) -> Figure:
     starts = steps.groupby("task_index").global_step.min()
     # consecutive burst steps form one span per merge
     spans = bursts.global_step.groupby((bursts.global_step.diff() != 1).cumsum()).agg(["min", "max"])
+    mark_events(axes, steps, starts, spans, merges)
+    run = study.runs.set_index("path").loc[path]
+    fig.suptitle(f"{run.method}, order {run.order}, seed {run.seed}" + (f", task {task}" if task else ""))
+    fig.tight_layout()
+    return fig
+
+
+def mark_events(axes, steps: pd.DataFrame, starts: pd.Series, spans: pd.DataFrame, merges: pd.DataFrame) -> None:
+    """On every axis: task boundaries (dotted), rehearsal bursts (shaded), merges (dashed, by trigger);
+    the task names on top and the legends."""
     for axis in axes:
         for gs in starts.iloc[1:]:
             axis.axvline(gs - 0.5, color="gray", ls=":", lw=1)
@@ -96,10 +106,6 @@ def trajectory(study: Study, path: str, task: str | None = None) -> Figure:
         h, _ = axis.get_legend_handles_labels()
         if h:
             axis.legend(handles=h + (handles if axis is axes[0] else []), fontsize=7, loc="upper right")
-    run = study.runs.set_index("path").loc[path]
-    fig.suptitle(f"{run.method}, order {run.order}, seed {run.seed}" + (f", task {task}" if task else ""))
-    fig.tight_layout()
-    return fig
 
 
 def accuracy_heatmaps(study: Study, paths: list[str] | None = None, split: str = "test") -> Figure:
@@ -243,7 +249,7 @@ def sensitivity_curves(sens: pd.DataFrame, noise: float | None = None) -> Figure
             ax.axhspan(mid - 100 * noise, mid + 100 * noise, **band)
         ax.errorbar(
             x,
-            100 * g.test_op,
+            100 * g.op,
             yerr=100 * g.order_spread.fillna(0),
             fmt="s--",
             capsize=3,

@@ -1,11 +1,11 @@
 """Open a study folder (one run, a sweep or an ablation study) as tidy pandas DataFrames.
 
 A study folder holds run folders (each with manifest.json and events/<kind>/part-*.parquet, written by
-aimray.events); a sweep (sweeps/tune_controller.py) adds sweep.json and trials.parquet with its runs
-under runs/<trial>/order<k>/, an ablation study (sweeps/ablations.py) runs.parquet with its runs under
-runs/<method>/o<order>-s<seed>/. Runs are found anywhere below the folder, so one run folder
-(`python -m aimray run --out`) is a study too. Reads Parquet and JSON only (the schema from aimray.events):
-never imports torch or ray.
+aimray.events); a sweep (sweeps/tune_controller.py) adds sweep.json, trials.parquet and
+trial_orders.parquet (which trial and order each of its runs is) with its runs under runs/<trial>/order<k>/,
+an ablation study (sweeps/ablations.py) runs.parquet with its runs under runs/<method>/o<order>-s<seed>/.
+Runs are found anywhere below the folder, so one run folder (`python -m aimray run --out`) is a study too.
+Reads Parquet and JSON only (the schema from aimray.events): never imports torch or ray.
 
 A study can also be opened from a URI (`s3://bucket/prefix/sweep`, `gs://...`, anything pyarrow's
 filesystem layer knows; an S3-compatible server by `?endpoint_override=HOST:PORT&scheme=http` or
@@ -16,7 +16,6 @@ state) are mirrored into a local folder, copying only what is new or changed, an
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,10 +28,11 @@ from aimray import results
 from aimray.assets import home
 from aimray.events import SCHEMA_VERSION, SCHEMAS
 from aimray.files import is_uri, local_path, read_json
+from aimray.manifest import Manifest
 from aimray.results import run_shape
+from aimray.sync import Place, StampFiles, sync, visible
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
-MANIFEST_KEYS = ("run_id", "method", "benchmark", "order", "seed", "status", "tasks")
 
 
 class NotAStudyError(ValueError):
@@ -49,6 +49,7 @@ class Study:
     evals: pd.DataFrame  # the accuracy matrices in long form: after_index, eval_task, split, value, ...
     costs: pd.DataFrame
     trials: pd.DataFrame | None  # a sweep's trials table
+    trial_orders: pd.DataFrame | None  # a sweep's per-order results: trial_id, order, path, op, bwt, ...
     ablation: pd.DataFrame | None  # an ablation study's runs table
     space: list[dict]  # a sweep's search space: [{key, kind, values, when}], from sweep.json
     sweep: dict | None  # a sweep's spec (sweep.json)
@@ -107,43 +108,22 @@ def mirror(uri: str, local: Path | None = None) -> Path:
 
 
 def mirror_from(fs: pafs.FileSystem, base: str, local: Path, name: str = "") -> Path:
-    """`mirror` from a pyarrow filesystem and a path on it."""
+    """`mirror` from a pyarrow filesystem and a path on it (aimray.sync: what changed since the last mirror,
+    by the stamps kept beside the copies; what is gone there is gone here)."""
+    uri, src = name or base, Place(fs, base.rstrip("/"))
     try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except (OSError, ValueError, pa.ArrowException) as err:
-        raise NotAStudyError(f"{name or base}: cannot be listed ({err})") from None
-    uri = name or base
-    files = [i for i in infos if i.type == pafs.FileType.File]
-    wanted = set()
-    for info in files:
-        rel = info.path[len(base.rstrip("/")) + 1 :]
-        if any(part in SKIPPED for part in Path(rel).parts[:-1]):
-            continue
-        wanted.add(rel)
-        target = local / rel
-        stamp = f"{info.size}:{info.mtime_ns}"
-        marker = target.with_name(f".{target.name}.stamp")
-        if target.exists() and marker.exists() and marker.read_text() == stamp:
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src:
-            data = src.read()
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-        marker.write_text(stamp)
-    if not wanted:
-        raise NotAStudyError(f"{uri}: no files there")
-    for path in [p for p in local.rglob("*") if p.is_file()]:  # gone from the source: gone here too
-        parts = path.relative_to(local).parts
-        if any(part in SKIPPED for part in parts[:-1]) or (
-            path.name.startswith(".") and not path.name.endswith(".stamp")
-        ):
-            continue  # never mirrored (state, outputs, lock files): left alone
-        original = path.with_name(path.name[1:].removesuffix(".stamp")) if path.name.endswith(".stamp") else path
-        if str(original.relative_to(local)) not in wanted:
-            path.unlink()
+        if not src.files(results_only):
+            raise NotAStudyError(f"{uri}: no files there")
+    except (OSError, pa.ArrowException) as err:
+        raise NotAStudyError(f"{uri}: cannot be listed ({err})") from None
+    local.mkdir(parents=True, exist_ok=True)
+    sync(src, Place.of(local), keep=results_only, stamps=StampFiles(local))
     return local
+
+
+def results_only(rel: str) -> bool:
+    """What the analysis reads: no hidden file, nothing under checkpoints/, ray/ or analysis/ (SKIPPED)."""
+    return visible(rel) and not any(part in SKIPPED for part in Path(rel).parts[:-1])
 
 
 def open_study(root: str | Path) -> Study:
@@ -157,41 +137,35 @@ def open_study(root: str | Path) -> Study:
         raise NotAStudyError(f"{root} holds no aimray run (no manifest.json beside an events/ folder)")
     rows = []
     for folder in folders:
-        manifest = read_json(folder / "manifest.json")
-        if not isinstance(manifest, dict):
-            raise ValueError(f"{folder / 'manifest.json'}: expected a JSON object, got {type(manifest).__name__}")
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
+        manifest = Manifest.read(folder)
+        if manifest.schema_version != SCHEMA_VERSION:
+            version = manifest.schema_version
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
-        missing = [k for k in MANIFEST_KEYS if k not in manifest]
-        if missing:
-            raise ValueError(f"{folder / 'manifest.json'}: no {', '.join(missing)} (keys: {', '.join(manifest)})")
         path = folder.relative_to(root)
         rows.append(
             {
-                "run_id": manifest["run_id"],
-                "method": manifest["method"],
+                "run_id": manifest.run_id,
+                "method": manifest.method,
                 "shape": run_shape(manifest),
-                "benchmark": manifest["benchmark"],
-                "order": manifest["order"],
-                "seed": manifest["seed"],
-                "status": manifest["status"],
-                "tasks": manifest["tasks"],
+                "benchmark": manifest.benchmark,
+                "order": manifest.order,
+                "seed": manifest.seed,
+                "status": manifest.status,
+                "tasks": manifest.tasks,
                 "path": str(path),
-                # a sweep's runs sit in runs/<trial>/order<k>/: the trial they belong to
-                "trial": path.parts[1] if len(path.parts) == 3 and path.parts[0] == "runs" else None,
             }
         )
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
     frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
     trials = read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
+    orders = read_parquet(root / "trial_orders.parquet") if (root / "trial_orders.parquet").exists() else None
+    # a sweep's runs: the trial each belongs to, as trial_orders records it
+    runs["trial"] = runs.path.map(dict(zip(orders.path, orders.trial_id, strict=True))) if orders is not None else None
     ablation = read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
     sweep = read_json(root / "sweep.json") if (root / "sweep.json").exists() else None
     if sweep is not None and not isinstance(sweep, dict):
         raise ValueError(f"{root / 'sweep.json'}: expected a JSON object, got {type(sweep).__name__}")
-    if sweep is None:
-        runs["trial"] = None
     kind = "sweep" if sweep is not None else "ablation" if ablation is not None else "runs"
     space = list(sweep.get("space", [])) if sweep else []
     return Study(
@@ -203,6 +177,7 @@ def open_study(root: str | Path) -> Study:
         frames["evals"],
         frames["costs"],
         trials,
+        orders,
         ablation,
         space,
         sweep,

@@ -1,20 +1,17 @@
 """Tables from a study: per-run metrics, the method / ablation comparison (paired differences with
-bootstrap intervals from analysis.stats: `paired_intervals`), the sweep's sensitivity study and
-parameter importances. Every table is a DataFrame; `markdown` and `latex` render one for a paper. The
-launchers' own summaries are made here too: an ablation study's runs.parquet and ablation.md
-(`ablation_runs`, `ablation_markdown`) and a sweep's best.md (`best_markdown`).
+bootstrap intervals from analysis.stats: `paired_intervals`), per-order means (long form), the sweep's
+sensitivity study and parameter importances, the controller's activity. Every table is a DataFrame of
+numbers; analysis.report turns them into cells, markdown, LaTeX and the reports' words.
 
 Metrics come from aimray.metrics (pure numpy over the accuracy matrix, the functions the Tune objective
-uses), in points (x100) only when rendered.
+uses), as fractions; points (x100) only when rendered.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -111,31 +108,6 @@ def ablation_runs(index: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return index.merge(done, on="run", how="left", validate="many_to_one")
 
 
-def ablation_markdown(table: pd.DataFrame) -> str:
-    """ablation.md from `ablation_runs`: per method (in the table's order), the finished runs and the mean
-    +/- std (points, over orders and seeds) of every metric the table has, the FWT variants named, mean
-    merges and wall seconds; then the runs not finished."""
-    ok = table[table.status == "success"]
-    cols = [c for c in ("op", "bwt", "forgetting", "fwt_paper", "fwt_base") if c in ok]
-    lines = [
-        "| method | runs | " + " | ".join(ABLATION_NAMES[c] for c in cols) + " | merges | wall time (s) |",
-        "|" + "---|" * (len(cols) + 4),
-    ]
-    for method, group in ok.groupby("method", sort=False):
-        cells = [method, str(len(group))] + [_points_mean_std(100 * group[c].dropna()) for c in cols]
-        cells += [f"{group.merges.mean():.1f}", f"{group.wall_seconds.mean():.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    failed = table[table.status != "success"]
-    if len(failed):
-        lines += ["", f"{len(failed)} runs not finished: " + ", ".join(failed.run)]
-    return "\n".join(lines) + "\n"
-
-
-def _points_mean_std(values: pd.Series) -> str:
-    """The mean +/- std of values already in points, two decimals each; "-" when there is none."""
-    return "-" if values.empty else f"{values.mean():.2f} +/- {values.std(ddof=0):.2f}"
-
-
 def method_order(names) -> list[str]:
     """AimMerging first, then its ablations, then the baselines in registry order; unknown names last."""
     known = sorted(METHODS, key=lambda n: (n != "aimmerging", not n.startswith("aimmerging_")))  # stable sort
@@ -146,16 +118,14 @@ def method_order(names) -> list[str]:
 
 
 def method_table(runs: pd.DataFrame, by: str = "method") -> pd.DataFrame:
-    """Rows: methods (or trials, `by`). Columns: for each metric, the mean over seeds per order
-    (`op/o1`, ...) and the mean and std over all orders and seeds (`op/mean`, `op/std`); then runs,
-    merges per run and per task, wall seconds and rehearsal examples per run (means)."""
+    """Rows: methods (or trials, `by`). Columns: for each metric, the mean and std over all orders and
+    seeds (`op/mean`, `op/std`); then runs, merges per run and per task, wall seconds and rehearsal examples
+    per run (means). Per order: `order_table`."""
     out = []
     for key, group in runs.groupby(by, sort=False, dropna=False):
         row: dict = {by: key, "runs": len(group)}
         for m in METRICS:
             values = group[m].dropna()
-            for order, g in group.groupby("order"):
-                row[f"{m}/o{order}"] = g[m].mean()
             row[f"{m}/mean"] = values.mean() if len(values) else math.nan
             row[f"{m}/std"] = values.std(ddof=0) if len(values) else math.nan
         for c in ("merges", "merges_per_task", "wall_seconds", "eval_seconds", "rehearsal_examples"):
@@ -167,21 +137,12 @@ def method_table(runs: pd.DataFrame, by: str = "method") -> pd.DataFrame:
     return table
 
 
-def comparison(table: pd.DataFrame, by: str = "method", metrics_shown=("op", "bwt", "fwt_paper", "fwt_base")):
-    """The method table as display cells (points): per-order OP and BWT, mean +/- std of each metric
-    (columns of metrics no run has are dropped), merges per task, wall time."""
-    shown = [m for m in metrics_shown if table[f"{m}/mean"].notna().any()]
-    orders = sorted({int(c.split("/o")[1]) for c in table.columns if c.startswith("op/o")})
-    cols: dict[str, list[str]] = {by: [str(v) for v in table[by]], "runs": [str(v) for v in table.runs]}
-    for m in shown:
-        if m in ("op", "bwt") and len(orders) > 1:
-            for o in orders:
-                cols[f"{NAMES[m]} o{o}"] = [points(v) for v in table[f"{m}/o{o}"]]
-        pairs = zip(table[f"{m}/mean"], table[f"{m}/std"], strict=True)
-        cols[f"{NAMES[m]} mean ± std"] = [plus_minus(a, b) for a, b in pairs]
-    cols["merges/task"] = [f"{v:.1f}" for v in table.merges_per_task]
-    cols["wall (s)"] = [f"{v:.0f}" for v in table.wall_seconds]
-    return pd.DataFrame(cols)
+def order_table(runs: pd.DataFrame, by: str = "method") -> pd.DataFrame:
+    """Long form, one row per method (or trial, `by`) and order: the runs and each metric's mean over them
+    (seeds)."""
+    groups = runs.groupby([by, "order"], sort=False, dropna=False)
+    table = groups[list(METRICS)].mean().join(groups.size().rename("runs")).reset_index()
+    return table[[by, "order", "runs", *METRICS]]
 
 
 def paired(runs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")) -> pd.DataFrame:
@@ -206,18 +167,6 @@ def paired(runs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op
             row[f"{m}/losses"] = int((diff < -1e-9).sum())
         out.append(row)
     return pd.DataFrame(out)
-
-
-def paired_cells(pairs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")) -> pd.DataFrame:
-    """`paired` as display cells: difference in points, and wins-ties-losses of the reference."""
-    cols: dict[str, list[str]] = {"method": list(pairs.method), "pairs": [str(v) for v in pairs.pairs]}
-    for m in metrics_shown:
-        if pairs[f"{m}/diff"].isna().all():
-            continue
-        cols[f"{reference} − method, {NAMES[m]}"] = [f"{100 * v:+.2f}" if v == v else "–" for v in pairs[f"{m}/diff"]]
-        wtl = zip(pairs[f"{m}/wins"], pairs[f"{m}/ties"], pairs[f"{m}/losses"], strict=True)
-        cols[f"{NAMES[m]} wins-ties-losses"] = [f"{w}-{t}-{lo}" if w + t + lo else "–" for w, t, lo in wtl]
-    return pd.DataFrame(cols)
 
 
 def paired_intervals(
@@ -281,52 +230,6 @@ def _keyed(runs: pd.DataFrame, metric: str) -> dict:
     return {(o, s): float(v) for o, s, v in zip(runs.order, runs.seed, runs[metric], strict=True)}
 
 
-def paired_interval_cells(
-    pairs: pd.DataFrame, reference: str = "aimmerging", metrics_shown=("op", "bwt")
-) -> pd.DataFrame:
-    """`paired_intervals` as display cells (points): per metric, the mean difference with its interval,
-    `mean [lo, hi]` (`interval`), whether the interval contains 0 ("yes": the pairs do not tell the two
-    methods apart at that level; "–": fewer than two pairs), and wins-ties-losses of the reference."""
-    cols: dict[str, list[str]] = {"method": list(pairs.method), "pairs": [str(v) for v in pairs.pairs]}
-    pct = f"{100 * float(pairs.level.iloc[0]):g}%" if len(pairs) else "95%"
-    for m in metrics_shown:
-        if pairs[f"{m}/diff"].isna().all():
-            continue
-        spans = zip(pairs[f"{m}/diff"], pairs[f"{m}/lo"], pairs[f"{m}/hi"], strict=True)
-        cols[f"{reference} − method, {NAMES[m]} mean [{pct} interval]"] = [interval(*v) for v in spans]
-        cols[f"{NAMES[m]}: 0 in interval"] = [
-            "–" if z is None or z != z else ("yes" if z else "no") for z in pairs[f"{m}/contains_zero"]
-        ]
-        wtl = zip(pairs[f"{m}/wins"], pairs[f"{m}/ties"], pairs[f"{m}/losses"], strict=True)
-        cols[f"{NAMES[m]} wins-ties-losses"] = [f"{w}-{t}-{lo}" if w + t + lo else "–" for w, t, lo in wtl]
-    return pd.DataFrame(cols)
-
-
-def interval(point: float, lo: float, hi: float, signed: bool = True) -> str:
-    """`mean [lo, hi]` from fractions, in points with two decimals ("+1.50 [-0.50, +3.00]"; unsigned:
-    "1.50 [..]"); "–" for a missing mean, the mean alone ("+1.50 [–]") without an interval."""
-
-    def fmt(v: float) -> str:
-        return f"{round(100 * v, 2) + 0.0:{'+' if signed else ''}.2f}"
-
-    if point is None or point != point:
-        return "–"
-    if lo is None or hi is None or lo != lo or hi != hi:
-        return f"{fmt(point)} [–]"
-    return f"{fmt(point)} [{fmt(lo)}, {fmt(hi)}]"
-
-
-def points(v: float) -> str:
-    """A fraction in points with two decimals ("–" for a missing value; never "-0.00")."""
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{round(100 * v, 2) + 0.0:.2f}"
-
-
-def plus_minus(mean: float, std: float) -> str:
-    if mean is None or math.isnan(mean):
-        return "–"
-    return f"{points(mean)} ± {points(std)}"
-
-
 # ------------------------------------------------------------------------------------ sweep sensitivity
 
 
@@ -335,19 +238,23 @@ def trial_metrics(study: Study) -> pd.DataFrame:
     (`order_means`)."""
     if study.trials is None:
         raise ValueError(f"{study.root} is not a sweep (no trials.parquet)")
-    return order_means(study.trials)
+    return order_means(study.trials, study.trial_orders)
 
 
-def order_means(trials: pd.DataFrame) -> pd.DataFrame:
-    """A trials table (trials.parquet) with `dev_op`, `dev_bwt`, `test_op`, `test_bwt` (means over the
-    orders' o<k>/<name> columns) and `dev_op_spread`, ... (std over orders, of the same unit) added."""
+ORDER_MEANS = ("op", "bwt", "dev_op", "dev_bwt")
+
+
+def order_means(trials: pd.DataFrame, per_order: pd.DataFrame | None) -> pd.DataFrame:
+    """A trials table (trials.parquet) with, from its finished orders (trial_orders.parquet), the mean of
+    op, bwt (test), dev_op and dev_bwt over orders and their spread across orders (`op_spread`, ...: the
+    std, in the same unit) added; NaN for a trial with no finished order."""
     t = trials.copy()
-    for key in ("dev_op", "dev_bwt", "test_op", "test_bwt"):
-        cols = [c for c in t.columns if re.fullmatch(rf"o\d+/{key}", c)]
-        if cols:
-            t[key] = t[cols].mean(axis=1)
-            t[f"{key}_spread"] = t[cols].std(axis=1, ddof=0)
-    return t
+    done = per_order[per_order.status == "success"] if per_order is not None else None
+    if done is None or done.empty:
+        return t.assign(**{c: math.nan for k in ORDER_MEANS for c in (k, f"{k}_spread")})
+    grouped = done.groupby("trial_id")[list(ORDER_MEANS)]
+    spread = grouped.std(ddof=0).add_suffix("_spread")
+    return t.merge(grouped.mean().join(spread), left_on="trial_id", right_index=True, how="left")
 
 
 def knobs(study: Study) -> list[str]:
@@ -394,10 +301,10 @@ def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.
                     "trials": len(g),
                     "objective": g.objective.mean(),
                     "objective_std": g.objective.std(ddof=0),
-                    "dev_op": g.get("dev_op", pd.Series(dtype=float)).mean(),
-                    "test_op": g.get("test_op", pd.Series(dtype=float)).mean(),
-                    "test_bwt": g.get("test_bwt", pd.Series(dtype=float)).mean(),
-                    "order_spread": g.get("test_op_spread", pd.Series(dtype=float)).mean(),
+                    "dev_op": g.dev_op.mean(),
+                    "op": g.op.mean(),
+                    "bwt": g.bwt.mean(),
+                    "order_spread": g.op_spread.mean(),
                 }
             )
     return pd.DataFrame(rows)
@@ -406,7 +313,7 @@ def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.
 def _bin_label(interval) -> str:
     if isinstance(interval, pd.Interval):
         return f"({interval.left:.4g}, {interval.right:.4g}]"
-    return _cell(interval)
+    return cell(interval)
 
 
 def _bounds(interval, values: pd.Series) -> tuple:
@@ -495,7 +402,7 @@ def best_trials(study: Study, top: int = 5) -> pd.DataFrame:
     """The completed trials ranked by objective (dev), with test OP / BWT means and the searched knobs."""
     t = trial_metrics(study)
     t = t[t.status == "completed"].sort_values("objective", ascending=False).head(top)
-    cols = ["trial_id", "objective", "dev_op", "test_op", "test_bwt", "test_op_spread"]
+    cols = ["trial_id", "objective", "dev_op", "op", "bwt", "op_spread"]
     return t[[c for c in cols if c in t] + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
 
 
@@ -513,22 +420,8 @@ def pareto_front(study: Study) -> pd.DataFrame:
     if not names or "pareto" not in t:
         return t.iloc[:0]
     t = t[(t.status == "completed") & t.pareto]
-    cols = ["trial_id", *[f"objective/{n}" for n in names], "test_op", "test_bwt"]
+    cols = ["trial_id", *[f"objective/{n}" for n in names], "op", "bwt"]
     return t[cols + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
-
-
-def pareto_cells(front: pd.DataFrame) -> pd.DataFrame:
-    """`pareto_front` as display cells: objectives and test metrics in points (compute in examples)."""
-    cells = pd.DataFrame({"trial": front.trial_id})
-    for c in front.columns:
-        if c.startswith("objective/"):
-            cells[c.removeprefix("objective/")] = [_objective_cell(c, v) for v in front[c]]
-    cells["test OP"] = [points(v) for v in front.test_op]
-    cells["test BWT"] = [points(v) for v in front.test_bwt]
-    for c in front.columns:
-        if c.startswith("config/"):
-            cells[c.removeprefix("config/")] = [_cell(v, missing="") for v in front[c]]
-    return cells
 
 
 def hypervolume_history(study: Study) -> pd.DataFrame:
@@ -550,167 +443,6 @@ def hypervolume_history(study: Study) -> pd.DataFrame:
     reference = tuple(values.min(axis=0))
     rows = [(i, stats.hypervolume_2d(values[:i], reference)) for i in range(1, len(values) + 1)]
     return pd.DataFrame(rows, columns=["trials", "hypervolume"])
-
-
-def best_markdown(
-    trials: pd.DataFrame,
-    *,
-    method: str,
-    benchmark: str,
-    orders: Sequence[int],
-    objective: str,
-    seconds: float,
-    top: int = 5,
-    objectives: Sequence[str] | None = None,
-    holdout: pd.DataFrame | None = None,
-    default: dict | None = None,
-    dev_per_task: int | None = None,
-    tasks: int | None = None,
-) -> str:
-    """A sweep's best.md from its trials table (trials.parquet, best objective first): the trial counts
-    by status and the wall time, then the `top` completed trials with their objective (dev), mean test OP
-    and BWT over orders (points) and config values; with several `objectives`, the Pareto front instead;
-    with `holdout` (holdout.parquet), the chosen configs on the held-out orders beside the defaults. With
-    `default` (the preset's point), `dev_per_task` and `tasks`: what the sweep can conclude, i.e. how many
-    points one dev example is worth and whether the best trial beats the default beyond that."""
-    completed = trials[trials.status == "completed"]
-    done = order_means(completed[completed.pareto] if objectives else completed.head(top))
-    config_cols = [c for c in trials.columns if c.startswith("config/")]
-    what = f"objectives {', '.join(objectives)}" if objectives else f"objective {objective}"
-    lines = [
-        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, {what} (dev)",
-        "",
-        f"{len(trials)} trials ({(trials.status == 'completed').sum()} completed, "
-        f"{(trials.status == 'stopped').sum()} stopped early, {(trials.status == 'error').sum()} errors) "
-        f"in {seconds / 60:.1f} min.",
-        "",
-    ]
-    scored = [f"objective/{k}" for k in objectives] if objectives else ["objective"]
-    if objectives:
-        lines += [
-            f"The Pareto front: {len(done)} of {len(completed)} completed trials that no other trial beats "
-            "on every objective.",
-            "",
-        ]
-    names = [c.removeprefix("objective/") for c in scored] if objectives else ["objective"]
-    header = ["trial", *names, "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in done.iterrows():
-        cells = [r.trial_id, *[_objective_cell(c, r[c]) for c in scored]]
-        cells += [f"{100 * r.test_op:.2f}", f"{100 * r.test_bwt:.2f}"]
-        cells += [_cell(r[c], missing="") for c in config_cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    if dev_per_task and tasks and objective in ("dev_op", "dev_op_bwt", "worst_dev_op"):
-        lines += ["", *conclusion_lines(trials, default, dev_per_task, tasks, len(orders))]
-    if holdout is not None and len(holdout):
-        lines += ["", *holdout_lines(holdout, dev_per_task * tasks if dev_per_task and tasks else None)]
-    return "\n".join(lines) + "\n"
-
-
-def conclusion_lines(
-    trials: pd.DataFrame, default: dict | None, dev_per_task: int, tasks: int, orders: int
-) -> list[str]:
-    """What the sweep can and cannot conclude: one dev example's worth in objective points, the spread of
-    dev OP across orders, and the best completed trial against the default point (trial or none)."""
-    worth = 100.0 / (dev_per_task * tasks * orders)  # one dev example in one order, on the mean objective
-    t = order_means(trials[trials.status == "completed"])
-    lines = ["## What this sweep can conclude", ""]
-    lines.append(
-        f"One dev example moves the objective by {worth:.2f} points ({dev_per_task} dev examples per task, {tasks} "
-        f"tasks, {orders} orders)."
-    )
-    if len(t) and "dev_op_spread" in t:
-        lines.append(
-            f"Dev OP spread across orders (std, completed trials): median {100 * t.dev_op_spread.median():.2f} points."
-        )
-    config_cols = [c for c in t.columns if c.startswith("config/")]
-    is_default = pd.Series(False, index=t.index)
-    if default:
-        is_default = pd.Series(
-            [
-                all(_same(r[f"config/{k}"], v) for k, v in default.items() if f"config/{k}" in t)
-                for _, r in t.iterrows()
-            ],
-            index=t.index,
-        )
-    if len(t) < 2 or not is_default.any() or not config_cols:
-        lines.append("No completed default trial to compare the best with.")
-        return lines
-    best, base = t.objective.max(), t[is_default].objective.max()
-    gap = 100 * (best - base)
-    if gap <= 0:
-        lines.append("No trial beats the default (the preset's values) on dev.")
-    elif gap <= worth:
-        lines.append(f"The best trial beats the default by {gap:.2f} points: within one dev example, i.e. noise.")
-    else:
-        lines.append(
-            f"The best trial beats the default by {gap:.2f} points, {gap / worth:.1f} dev examples: beyond one "
-            "example, but with one seed and this many examples a re-run on other seeds (or held-out orders) "
-            "is what tells a better config from a lucky one."
-        )
-    return lines
-
-
-def _same(a, b) -> bool:
-    if isinstance(b, float) or isinstance(a, float):
-        return a is not None and b is not None and abs(float(a) - float(b)) < 1e-9
-    return a == b
-
-
-def _objective_cell(column: str, value: float) -> str:
-    """compute in examples (a count), every other objective in points."""
-    if column.endswith("compute"):
-        return f"{value:.0f}"
-    return f"{100 * value:.2f}"
-
-
-def holdout_lines(holdout: pd.DataFrame, dev_per_order: int | None = None) -> list[str]:
-    """The held-out orders: per config, mean dev and test OP / BWT over those orders and its compute, and
-    its difference from the defaults (the test of whether tuned values carry over to an unseen order); with
-    `dev_per_order` (dev examples per order: per task x tasks), whether each difference on dev exceeds one
-    dev example."""
-    orders = sorted(holdout.order.unique())
-    ok = holdout[holdout.status == "success"]
-    means = ok.groupby("config", sort=False)[["dev_op", "dev_bwt", "test_op", "test_bwt", "compute"]].mean()
-    lines = [
-        f"## On the held-out orders {', '.join(map(str, orders))} (not seen by the search)",
-        "",
-        "| config | dev OP | dev BWT | test OP | test BWT | compute | dev OP vs default | test OP vs default |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    base = means.loc["default"] if "default" in means.index else None
-    readings = []
-    for name, r in means.iterrows():
-        cells = [points(r.dev_op), points(r.dev_bwt), points(r.test_op), points(r.test_bwt), f"{r.compute:.0f}"]
-        if name == "default" or base is None:
-            cells += ["", ""]
-        else:
-            dev_gap, test_gap = 100 * (r.dev_op - base.dev_op), 100 * (r.test_op - base.test_op)
-            cells += [f"{dev_gap:+.2f}", f"{test_gap:+.2f}"]
-            if dev_per_order:
-                worth = 100.0 / (dev_per_order * len(orders))
-                verdict = (
-                    "carries over"
-                    if dev_gap >= worth
-                    else "does not carry over (the defaults do better)"
-                    if dev_gap <= -worth
-                    else "is within one dev example of the defaults"
-                )
-                readings.append(
-                    f"{name} {verdict}: dev OP {dev_gap:+.2f} points, {dev_gap / worth:+.1f} dev examples "
-                    f"(one is {worth:.2f} points here); test OP {test_gap:+.2f} (reported, not chosen on)."
-                )
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if readings:
-        lines += ["", *readings]
-    failed = holdout[holdout.status != "success"]
-    if len(failed):
-        lines += [
-            "",
-            f"{len(failed)} held-out run(s) failed: "
-            + "; ".join(f"{r.config} order {r.order}: {r.error}" for r in failed.itertuples()),
-        ]
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -757,84 +489,8 @@ def controller_activity(study: Study) -> pd.DataFrame:
     return table.set_index("method").loc[method_order(table.method)].reset_index()
 
 
-def controller_cells(table: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "method": table.method,
-            "tasks with a memory": table.tasks,
-            "merges per task": [
-                f"{m:.1f} ({lo}-{hi})"
-                for m, lo, hi in zip(table.merges_per_task, table.min_merges, table.max_merges, strict=True)
-            ],
-            "tasks where S changed": [f"{100 * v:.0f}%" for v in table.s_changed],
-            "S range": [f"{lo}-{hi}" for lo, hi in zip(table.s_min, table.s_max, strict=True)],
-            "triggers": table.triggers,
-        }
-    )
-
-
-def markdown(cells: pd.DataFrame) -> str:
-    """A DataFrame of display cells as a GitHub markdown table."""
-    lines = ["| " + " | ".join(map(str, cells.columns)) + " |", "|" + "---|" * len(cells.columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def latex(cells: pd.DataFrame, caption: str = "", label: str = "") -> str:
-    """A DataFrame of display cells as a booktabs LaTeX table (needs \\usepackage{booktabs})."""
-
-    def esc(v) -> str:
-        s = _cell(v).replace("±", "$\\pm$")
-        for ch in ("_", "%", "&", "#"):
-            s = s.replace(ch, "\\" + ch)
-        return s
-
-    lines = [
-        "\\begin{table}[t]",
-        "\\centering",
-        "\\begin{tabular}{l" + "r" * (len(cells.columns) - 1) + "}",
-        "\\toprule",
-        " & ".join(esc(c) for c in cells.columns) + " \\\\",
-        "\\midrule",
-    ]
-    lines += [" & ".join(esc(v) for v in row) + " \\\\" for row in cells.itertuples(index=False)]
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    if caption:
-        lines.append(f"\\caption{{{esc(caption)}}}")
-    if label:
-        lines.append(f"\\label{{{label}}}")
-    lines.append("\\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(v, missing: str = "–") -> str:
+def cell(v, missing: str = "–") -> str:
     """A value as a table cell: floats to 4 significant digits, `missing` for NaN."""
     if isinstance(v, float):
         return missing if math.isnan(v) else f"{v:.4g}"
     return str(v)
-
-
-def sensitivity_cells(sens: pd.DataFrame) -> pd.DataFrame:
-    """The sensitivity table for display (points)."""
-    return pd.DataFrame(
-        {
-            "knob": sens.knob,
-            "bin": sens.bin,
-            "trials": sens.trials,
-            "objective (dev)": [plus_minus(a, b) for a, b in zip(sens.objective, sens.objective_std, strict=True)],
-            "test OP": [points(v) for v in sens.test_op],
-            "test BWT": [points(v) for v in sens.test_bwt],
-            "order spread": [points(v) for v in sens.order_spread],
-        }
-    )
-
-
-def best_cells(best: pd.DataFrame) -> pd.DataFrame:
-    cells = {"trial": best.trial_id, "objective (dev)": [points(v) for v in best.objective]}
-    for c, name in (("test_op", "test OP"), ("test_bwt", "test BWT"), ("test_op_spread", "order spread")):
-        if c in best:
-            cells[name] = [points(v) for v in best[c]]
-    for c in best.columns:
-        if c.startswith("config/"):
-            cells[c.removeprefix("config/")] = [_cell(v) for v in best[c]]
-    return pd.DataFrame(cells)

@@ -161,7 +161,9 @@ def ray_worker_case(args: argparse.Namespace, out: Path, at: tuple[int, int] = (
     cmd = [sys.executable, "-c", RAY_WORKER, args.preset, args.method, str(args.seed), str(folder), *map(str, at)]
     t0 = time.time()
     subprocess.run([*cmd, *overrides], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    resumed = json.loads((folder / "manifest.json").read_text())["resumed_from"]
+    from aimray.manifest import Manifest
+
+    resumed = Manifest.read(folder).resumed_from
     survived = int((folder / ".failed-once").exists())
     result = {"kills": survived, "at": list(at), "resumed_from": resumed, "seconds": time.time() - t0}
     return {**result, **compare(out / "reference", folder)}

@@ -46,7 +46,7 @@ import psutil
 import torch
 
 from aimray.cliargs import positive_int
-from aimray.config import make_config
+from aimray.config import RunConfig, make_config
 from aimray.loop import batch_for_step, run
 from aimray.model import encode, encode_answer, evaluate, load_backbone, native_bf16
 from aimray.provenance import provenance
@@ -202,8 +202,9 @@ def harness(cfg, out: Path) -> dict:
 
 def resolved(out: Path) -> str:
     """The precision a run used (model.autocast resolved, by the probe where "auto"): bf16 or fp32."""
-    manifest = json.loads((out / "manifest.json").read_text())
-    return "bf16" if manifest["precision"]["autocast"] == "bf16" else "fp32"
+    from aimray.manifest import Manifest
+
+    return "bf16" if Manifest.read(out).precision["autocast"] == "bf16" else "fp32"
 
 
 def costs_of(out: Path) -> dict:
@@ -223,8 +224,7 @@ def costs_of(out: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ["AIMRAY_STAGE_CACHE"] = "off"  # every row computes task 1 itself (a cache hit is no timing)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="smollm2", help="backbone: smollm2 (offline default), HF id or folder")
     ap.add_argument("--batch", type=positive_int, default=8, help="training batch size (default 8)")
@@ -242,28 +242,37 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error(f"--device cuda: this torch ({torch.__version__}) sees no CUDA device")
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else "cpu"
-        if args.device == "auto"
-        else args.device
-    )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = "cuda" if device.type == "cuda" else "cpu"
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args.device = torch.device("cuda" if cuda else "cpu")
+    return args
+
+
+def perf_config(args: argparse.Namespace) -> RunConfig:
+    """A short seqlora run: `--steps-per-task` steps of `--batch` on each of 4 tasks; merges within a few
+    steps per task for the methods that merge (burst = S / 2, as demo's 6 / 3)."""
     overrides = {
-        "model": {"name_or_path": args.model, "max_prompt_tokens": args.seq_len, "device": dev},
+        "model": {"name_or_path": args.model, "max_prompt_tokens": args.seq_len, "device": args.device.type},
         "data": {"train": args.batch * args.steps_per_task, "dev": 4, "test": 8},
         "train": {"batch_size": args.batch, "epochs": 1, "warmup_steps": 1, "lr": 5e-4, "eval_batch_size": 16},
         "memory": {"fraction": None, "per_task": args.batch, "batch_size": args.batch},
-        "controller": {"s0": 2, "m0": 1},  # merges within a few steps per task (burst = S / 2, as demo's 6 / 3)
+        "controller": {"s0": 2, "m0": 1},
         "eval": {"splits": ["test"], "base": False},
     }
-    cfg = make_config(None, overrides, method="seqlora", benchmark="offline-standard", order=1, seed=0)
-    rows: list[dict] = []
-    log = lambda msg: print(f"[perf] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    return make_config(None, overrides, method="seqlora", benchmark="offline-standard", order=1, seed=0)
 
+
+def log(msg: str) -> None:
+    print(f"[perf] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ["AIMRAY_STAGE_CACHE"] = "off"  # every row computes task 1 itself (a cache hit is no timing)
+    args = parse_args(argv)
+    device = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = perf_config(args)
+    rows: list[dict] = []
     log(f"device {device}, {torch.get_num_threads()} threads, native bf16: {native_bf16(device)}")
     n = 4096 if device.type == "cuda" else 2048
     peak = {"fp32": matmul_peak(torch.float32, device, n), "bf16": matmul_peak(torch.bfloat16, device, n)}
@@ -272,27 +281,62 @@ def main(argv: list[str] | None = None) -> int:
     log(f"matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
 
     bb = load_backbone(cfg.model)
-    flops = Flops(bb.model.get_base_model())
-    steps = batches(cfg, bb)
-    sizes = [(sum(map(len, encode(bb, ex))), len(encode(bb, ex)[1])) for b in steps for ex in b]
-    per_train = sum(flops.train(t, a) for t, a in sizes) / len(sizes)
-    per_fwd = per_train / 2
-    pad_fraction = 1 - sum(t for t, _ in sizes) / sum(
-        len(b) * max(sum(map(len, encode(bb, e))) for e in b) for b in steps
-    )
+    work = Workload(cfg, bb)
     log(
-        f"{len(steps)} steps of {args.batch}; mean {sum(t for t, _ in sizes) / len(sizes):.0f} tokens per example, "
-        f"{100 * pad_fraction:.0f}% padding in right-padded batches"
+        f"{len(work.steps)} steps of {args.batch}; mean {work.mean_tokens:.0f} tokens per example, "
+        f"{100 * work.pad_fraction:.0f}% padding in right-padded batches"
     )
-
     with PeakMemory(device) as mem:
-        bare = bare_loop(bb.model.get_base_model().name_or_path, cfg, steps, bb, device)
+        bare = bare_loop(bb.model.get_base_model().name_or_path, cfg, work.steps, bb, device)
     bare_rate = bare["examples"] / bare["seconds"]
-    rows.append(row("bare PEFT loop", "fp32", bare, per_train * bare["examples"], peak, mem, bare_rate))
+    rows.append(row("bare PEFT loop", "fp32", bare, work.per_train * bare["examples"], peak, mem, bare_rate))
     log(f"bare loop: {bare_rate:.2f} examples/s")
     del bb
+    probe_precisions(cfg)
+    with tempfile.TemporaryDirectory(prefix="aimray-perf-", ignore_cleanup_errors=True) as scratch:  # run folders
+        results = harness_rows(cfg, work, Path(scratch), peak, bare_rate, rows)
+        if not args.no_ray:
+            ray_rows(cfg, work, Path(scratch), peak, bare_rate, results[("seqlora", "auto", "off")], rows)
+    eval_rows(cfg, work.flops, args.eval_examples, peak, rows)
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(["python", "benchmarks/perf.py", *(argv if argv is not None else sys.argv[1:])]),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "native_bf16": native_bf16(device),
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "steps": len(work.steps),
+        "mean_tokens": work.mean_tokens,
+        "padding_fraction": work.pad_fraction,
+        "flops_per_example": {"train": work.per_train, "forward": work.per_fwd},
+        "n_body": work.flops.body,
+        "n_head": work.flops.head,
+        "rows": rows,
+        "targets": targets(rows),
+        "provenance": provenance(),
+    }
+    write_report(Path(args.out), "perf", report, markdown(report))
+    return 0
 
-    # model.autocast=auto is resolved by a probe cached per thread count: pay it here, not inside a timed row
+
+class Workload:
+    """The training batches of the perf run, their token counts and the FLOPs of one example."""
+
+    def __init__(self, cfg: RunConfig, bb) -> None:
+        self.flops = Flops(bb.model.get_base_model())
+        self.steps = batches(cfg, bb)
+        sizes = [(sum(map(len, encode(bb, ex))), len(encode(bb, ex)[1])) for b in self.steps for ex in b]
+        self.per_train = sum(self.flops.train(t, a) for t, a in sizes) / len(sizes)
+        self.per_fwd = self.per_train / 2
+        self.mean_tokens = sum(t for t, _ in sizes) / len(sizes)
+        padded = sum(len(b) * max(sum(map(len, encode(bb, e))) for e in b) for b in self.steps)
+        self.pad_fraction = 1 - sum(t for t, _ in sizes) / padded
+
+
+def probe_precisions(cfg: RunConfig) -> None:
+    """model.autocast=auto is resolved by a probe cached per thread count: paid here, not in a timed row."""
     threads = torch.get_num_threads()
     for n in sorted({threads, max(1, (os.cpu_count() or 1) // 2), max(1, os.cpu_count() or 1)}):
         torch.set_num_threads(n)
@@ -300,63 +344,68 @@ def main(argv: list[str] | None = None) -> int:
         log(f"precision for {n} thread(s): {probe['autocast']} ({probe['source']}) {probe.get('step_seconds', '')}")
     torch.set_num_threads(threads)
 
-    scratch = tempfile.TemporaryDirectory(prefix="aimray-perf-", ignore_cleanup_errors=True)  # run folders
-    tmp = Path(scratch.name)
-    # model.compile=train twice: the first run pays the compile (once per machine: inductor's on-disk cache),
-    # the second is what every later run pays (Dynamo's trace, then the cached kernels)
+
+def harness_rows(cfg: RunConfig, work: Workload, tmp: Path, peak: dict, bare_rate: float, rows: list) -> dict:
+    """The harness rows: seqlora with autocast off and auto, replay, aimmerging, and model.compile=train
+    twice (the first run pays the compile, once per machine into inductor's on-disk cache; the second is
+    what every later run pays). Returns each mode's figures."""
     modes = [("seqlora", "off", "off"), ("seqlora", "auto", "off"), ("replay", "auto", "off")]
     modes += [("aimmerging", "auto", "off"), ("seqlora", "auto", "train"), ("seqlora", "auto", "train-again")]
     results = {}
     for method, autocast, compiled in modes:
         model = replace(cfg.model, autocast=autocast, compile=compiled.removesuffix("-again"))
-        c = replace(cfg, method=method, model=model)
         folder = tmp / f"{method}-{autocast}-{compiled}"
-        with PeakMemory(device) as mem:
-            res = harness(c, folder)
+        with PeakMemory(cfg_device(cfg)) as mem:
+            res = harness(replace(cfg, method=method, model=model), folder)
         precision = resolved(folder)
         name = f"harness {method}" + (" (autocast off)" if autocast == "off" else "")
         if compiled != "off":
             name += " (model.compile=train" + (", compiled before)" if compiled.endswith("again") else ")")
-        work = per_train * (res["examples"] + res["burst_examples"]) + per_fwd * res["monitor_examples"]
-        rows.append(row(name, precision, res, work, peak, mem, bare_rate))
+        done = work.per_train * (res["examples"] + res["burst_examples"]) + work.per_fwd * res["monitor_examples"]
+        rows.append(row(name, precision, res, done, peak, mem, bare_rate))
         results[(method, autocast, compiled)] = res
         log(
             f"harness {method} ({precision}): {res['examples'] / res['seconds']:.2f} examples/s, "
             f"{res['merges']} merges, {res['end_to_end']:.0f} s end to end"
         )
+    return results
 
-    if not args.no_ray:
-        from aimray.launch.cluster import ensure_ray, shutdown_ray
-        from aimray.launch.train import Resources, run_with_ray_train
 
-        t0 = time.perf_counter()
-        ensure_ray(num_cpus=os.cpu_count())
-        rows.append({"row": "ray start (local)", "precision": "", "seconds": time.perf_counter() - t0})
-        inproc = results[("seqlora", "auto", "off")]
-        cpus = os.cpu_count() or 1
-        gpus = 1.0 if device.type == "cuda" else 0.0
-        for workers in (1, 2):
-            if device.type == "cuda" and workers > torch.cuda.device_count():
-                log(f"ray {workers} workers: skipped ({torch.cuda.device_count()} GPU)")
-                continue
-            c = replace(cfg, model=replace(cfg.model, autocast="auto"))
-            res_ = Resources(workers, cpus_per_worker=max(1, cpus // workers), gpus_per_worker=gpus, max_failures=0)
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                run_with_ray_train(c, tmp / f"ray{workers}", res_)
-                total = time.perf_counter() - t0
-            res = {"end_to_end": total, **costs_of(tmp / f"ray{workers}")}
-            work = per_train * res["examples"]
-            name = f"ray train {workers} worker{'s' * (workers > 1)}"
-            r = row(name, resolved(tmp / f"ray{workers}"), res, work, peak, mem, bare_rate)
-            r["vs_in_process"] = total / inproc["end_to_end"]
-            rows.append(r)
-            log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
-        shutdown_ray()  # its processes would count in the next rows' memory
-    scratch.cleanup()  # the harness and Ray rows' run folders (tens of MB): read, not kept
+def ray_rows(cfg: RunConfig, work: Workload, tmp: Path, peak: dict, bare_rate: float, inproc: dict, rows: list) -> None:
+    """Ray's start, then the seqlora run in Ray Train with 1 and 2 workers, against the in-process run."""
+    from aimray.launch.cluster import ensure_ray, shutdown_ray
+    from aimray.launch.train import Resources, run_with_ray_train
 
+    device = cfg_device(cfg)
+    t0 = time.perf_counter()
+    ensure_ray(num_cpus=os.cpu_count())
+    rows.append({"row": "ray start (local)", "precision": "", "seconds": time.perf_counter() - t0})
+    cpus = os.cpu_count() or 1
+    gpus = 1.0 if device.type == "cuda" else 0.0
+    for workers in (1, 2):
+        if device.type == "cuda" and workers > torch.cuda.device_count():
+            log(f"ray {workers} workers: skipped ({torch.cuda.device_count()} GPU)")
+            continue
+        c = replace(cfg, model=replace(cfg.model, autocast="auto"))
+        res_ = Resources(workers, cpus_per_worker=max(1, cpus // workers), gpus_per_worker=gpus, max_failures=0)
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            run_with_ray_train(c, tmp / f"ray{workers}", res_)
+            total = time.perf_counter() - t0
+        res = {"end_to_end": total, **costs_of(tmp / f"ray{workers}")}
+        name = f"ray train {workers} worker{'s' * (workers > 1)}"
+        r = row(name, resolved(tmp / f"ray{workers}"), res, work.per_train * res["examples"], peak, mem, bare_rate)
+        r["vs_in_process"] = total / inproc["end_to_end"]
+        rows.append(r)
+        log(f"ray {workers} workers: {total:.0f} s end to end ({r['vs_in_process']:.2f}x in-process)")
+    shutdown_ray()  # its processes would count in the next rows' memory
+
+
+def eval_rows(cfg: RunConfig, flops: Flops, per_task: int, peak: dict, rows: list) -> None:
+    """Label scoring on `per_task` test examples of each task, with autocast off and auto."""
+    device = cfg_device(cfg)
     specs = benchmark_tasks("offline-standard", 1)
-    evalsets = [(spec, spec.load(replace(cfg.data, test=args.eval_examples), 0).test) for spec in specs]
+    evalsets = [(spec, spec.load(replace(cfg.data, test=per_task), 0).test) for spec in specs]
     for autocast in ("off", "auto"):
         bb = load_backbone(replace(cfg.model, autocast=autocast))
         work, seconds, count = 0.0, 0.0, 0
@@ -371,32 +420,14 @@ def main(argv: list[str] | None = None) -> int:
                 work += sum(flops.forward(len(encode(bb, ex)[0]), 1) for ex in examples)
                 work += len(examples) * sum(flops.forward(o, o) for o in options)
         precision = "bf16" if bb.bf16 else "fp32"
-        res = {"seconds": seconds, "examples": count}
-        rows.append(row("eval (label scoring)", precision, res, work, peak, mem, None))
+        rows.append(
+            row("eval (label scoring)", precision, {"seconds": seconds, "examples": count}, work, peak, mem, None)
+        )
         log(f"eval ({precision}): {count / seconds:.1f} examples/s")
 
-    summary = targets(rows)
-    report = {
-        "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(["python", "benchmarks/perf.py", *(argv if argv is not None else sys.argv[1:])]),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "native_bf16": native_bf16(device),
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "steps": len(steps),
-        "mean_tokens": sum(t for t, _ in sizes) / len(sizes),
-        "padding_fraction": pad_fraction,
-        "flops_per_example": {"train": per_train, "forward": per_fwd},
-        "n_body": flops.body,
-        "n_head": flops.head,
-        "rows": rows,
-        "targets": summary,
-        "provenance": provenance(),
-    }
-    write_report(Path(args.out), "perf", report, markdown(report))
-    return 0
+
+def cfg_device(cfg: RunConfig) -> torch.device:
+    return torch.device(cfg.model.device)
 
 
 def write_report(out: Path, stem: str, report: dict, md: str) -> None:

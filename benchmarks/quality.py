@@ -60,7 +60,7 @@ STUDY = {  # --preset study: its own methods, seeds, folder and write-up
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="bench", help="run preset (default bench: 3 hours here for all)")
     parser.add_argument(
@@ -93,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
     add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from aimray import plugins
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if not args.report_only:
         run_study(cfgs, out, args.cpus_per_run)
-    paths = [str(run_dir(out, cfg).relative_to(out)) for cfg in cfgs]
+    paths = {str(run_dir(out, cfg).relative_to(out)): cfg.method for cfg in cfgs}  # run folder -> its method
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # what makes the runs
     command = " ".join(["python", "benchmarks/quality.py", *shown])
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test, Path(args.results))
@@ -136,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def results_markdown(
-    out: Path, paths: list[str], command: str, seconds: float, preset: str, test_per_task: int, results: Path
+    out: Path, paths: dict[str, str], command: str, seconds: float, preset: str, test_per_task: int, results: Path
 ) -> str:
-    """RESULTS.md (at `results`) from the runs at `paths` under the study folder `out` (unfinished ones
-    listed); the controller figure goes to <out>/figures/."""
+    """RESULTS.md (at `results`) from the runs at `paths` (run folder under the study folder `out` -> its
+    method; unfinished ones listed); the controller figure goes to <out>/figures/."""
     from aimray.provenance import provenance
+    from analysis import report as R
     from analysis import tables as T
     from analysis.load import NotAStudyError, open_study
 
@@ -166,7 +170,7 @@ def results_markdown(
     done = study.runs[study.runs.status == "success"]
     missing = [p for p in paths if p not in set(done.path)]
     if len(missing) > 12:  # a long queue: counted per method, in the order the runs start
-        queued = Counter(p.split("/")[1] for p in missing)
+        queued = Counter(paths[p] for p in missing)
         later = "; not yet (queued, in priority order): " + ", ".join(f"{m} {n}" for m, n in queued.items())
     else:
         later = f"; not yet: {', '.join(missing)}" if missing else ""
@@ -175,7 +179,7 @@ def results_markdown(
         return "\n".join([*head, finished + ".", ""])
     runs = T.run_metrics(study)
     table = T.method_table(runs)
-    cells = T.comparison(table, metrics_shown=("op", "bwt", "fwt_paper", "fwt_base"))
+    cells = R.comparison(table, metrics_shown=("op", "bwt", "fwt_paper", "fwt_base"), per_order=T.order_table(runs))
     cells.insert(len(cells.columns) - 1, "rehearsal examples", [f"{v:.0f}" for v in table.rehearsal_examples])
     body = [
         finished + ".",
@@ -186,9 +190,9 @@ def results_markdown(
         "Rehearsal examples: memory examples trained on per run (replayed into the task data, or in bursts). "
         "Wall: seconds per run, training and evaluation, with the runs sharing this machine.",
         "",
-        T.markdown(cells),
+        R.markdown(cells),
         *reading(runs, table, test_per_task),
-        *claims(T.method_table(common_pairs(runs))),
+        *R.claims(T.method_table(common_pairs(runs))),
         *controller_section(study, out, results),
         *cache_section(study, list(done.path)),
     ]
@@ -200,6 +204,7 @@ def controller_section(study, out: Path, results: Path) -> list[str]:
     import os
 
     from analysis import figures
+    from analysis import report as R
     from analysis import tables as T
 
     table = T.controller_activity(study)
@@ -214,7 +219,7 @@ def controller_section(study, out: Path, results: Path) -> list[str]:
         "Tasks with a memory (the second task on; task 1 has nothing to rehearse), finished runs. S: the "
         "interval in force at each merge; a task counts as changed when its merges ran at more than one S.",
         "",
-        T.markdown(T.controller_cells(table)),
+        R.markdown(R.controller_cells(table)),
         "",
         f"![S and Λ at each merge]({link})",
     ]
@@ -230,69 +235,17 @@ def common_pairs(runs):
     return learners[[(o, s) in full for o, s in zip(learners.order, learners.seed, strict=True)]]
 
 
-def claims(table) -> list[str]:
-    """The paper's claims (+1.9 OP and +5.5 BWT over the best baseline, fewer merges than a fixed interval)
-    against this table, in plain words; baselines are the methods that are not AimMerging's ablations or
-    the single-task / joint references."""
-    rows = table.set_index("method")
-    if "aimmerging" not in rows.index:
-        return []
-    baselines = [m for m in rows.index if not m.startswith("aimmerging") and m not in ("single_task", "mtl")]
-    if not baselines:
-        return []
-    lines = ["", "## Against the paper's claims", "", "On the order-seed pairs every method has finished.", ""]
-    aim = rows.loc["aimmerging"]
-    for metric, name, paper in (("op", "OP", 1.9), ("bwt", "BWT", 5.5)):
-        have = rows.loc[baselines, f"{metric}/mean"].dropna()
-        if have.empty:
-            continue
-        best = have.idxmax()
-        diff = 100 * (aim[f"{metric}/mean"] - have.max())
-        verdict = "AimMerging ahead" if diff > 0 else "AimMerging behind" if diff < 0 else "a tie"
-        lines.append(
-            f"- {name}: AimMerging {100 * aim[f'{metric}/mean']:.2f}, the best baseline ({best}) "
-            f"{100 * have.max():.2f}: {diff:+.2f} points ({verdict}; the paper: +{paper} on its benchmarks)."
-        )
-    lines += not_won(rows)
-    if "fixed_interval" in rows.index:
-        a, f = aim.merges_per_task, rows.loc["fixed_interval"].merges_per_task
-        lines.append(
-            f"- Merges: AimMerging {a:.1f} per task (task 1 included), fixed_interval {f:.1f} "
-            f"({'fewer' if a < f else 'not fewer'}, {a / f:.2f}x; the paper: fewer merges than a fixed interval)."
-        )
-    return lines
-
-
-def not_won(rows) -> list[str]:
-    """Every method (ablations and references included) whose mean OP or BWT is level with AimMerging's or
-    above it, in one line per metric; nothing where AimMerging leads all of them."""
-    from analysis import tables as T
-
-    aim = rows.loc["aimmerging"]
-    lines = []
-    for metric, name in (("op", "OP"), ("bwt", "BWT")):
-        own = aim[f"{metric}/mean"]
-        others = rows[f"{metric}/mean"].drop("aimmerging").dropna().sort_values(ascending=False)
-        ahead = [f"{m} {T.points(v)} ({100 * (v - own):+.2f})" for m, v in others.items() if v - own > T.TIE]
-        level = [m for m, v in others.items() if abs(v - own) <= T.TIE]
-        parts = [f"ahead of it: {', '.join(ahead)}"] if ahead else []
-        parts += [f"level with it: {', '.join(level)}"] if level else []
-        if parts:
-            lines.append(f"- Where AimMerging does not win on {name} ({T.points(own)}): {'; '.join(parts)}.")
-    return lines
-
-
 def cache_section(study, paths: list[str]) -> list[str]:
     """What the stage cache saved: compute with / without it, from every finished run's manifest (its
     record of what came from the cache) and the study's costs rows (the task counters' wall seconds)."""
-    from aimray.files import read_json
+    from aimray.manifest import Manifest
 
     costs = study.costs
     spent = float(costs[costs.path.isin(paths)].wall_seconds.sum()) if len(costs) else 0.0
     saved = 0.0
     hits = runs = 0
     for path in paths:
-        cache = read_json(study.root / path / "manifest.json").get("cache") or {}
+        cache = Manifest.read(study.root / path).cache
         if not cache:
             continue
         runs += 1
@@ -314,6 +267,7 @@ def cache_section(study, paths: list[str]) -> list[str]:
 def reading(runs, table, test_per_task: int) -> list[str]:
     """What the table says, from its numbers: the ranking by test OP and AimMerging against every other
     method on the same orders (so a loss is reported as plainly as a win)."""
+    from analysis import report as R
     from analysis import stats
     from analysis import tables as T
 
@@ -341,7 +295,7 @@ def reading(runs, table, test_per_task: int) -> list[str]:
             "the mean difference over the pairs with its 95% bootstrap interval; wins-ties-losses over the "
             "pairs):",
             "",
-            T.markdown(T.paired_interval_cells(pairs)),
+            R.markdown(R.paired_interval_cells(pairs)),
             *interval_notes(pairs, worth),
         ]
     return lines

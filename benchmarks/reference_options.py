@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aimray.config import config_hash, make_config
-    from aimray.loop import check_inputs, previous_status, run
+    from aimray.loop import check_inputs, run
+    from aimray.manifest import status_of
     from aimray.results import collect
 
     try:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         slug = name.split(" ")[0].replace("=", "-").replace(",", "")
         folder = out / "runs" / slug / f"o{order}-{config_hash(cfg)}"
         t0 = time.time()
-        done = previous_status(folder) == "success"
+        done = status_of(folder) == "success"
         results[(name, order)] = collect(folder) if done else run(cfg, folder, log=lambda _: None)
         print(f"[reference] {i}/{len(cfgs)} {name}, order {order}: {'cached' if done else f'{time.time() - t0:.0f} s'}")
     text = options_markdown(results, args.orders, next(iter(cfgs.values())).data.test)

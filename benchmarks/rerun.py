@@ -44,10 +44,10 @@ def rerun(committed: Path, scratch: Path, cache) -> list[str]:
     """Run `committed`'s config again into `scratch`; returns what differs (empty: nothing)."""
     from aimray.config import config_from_dict
     from aimray.loop import run
+    from aimray.manifest import Manifest
 
-    manifest = json.loads((committed / "manifest.json").read_text())
-    values = manifest["config"]
-    precision = manifest.get("precision") or {}
+    manifest = Manifest.read(committed)
+    values, precision = manifest.config, manifest.precision
     values["model"] = {**values["model"], **{k: precision[k] for k in ("autocast", "attention") if k in precision}}
     run(config_from_dict(values), scratch, log=lambda _: None, cache=cache)
     diffs = [kind for kind in KINDS if comparable(scratch, kind) != comparable(committed, kind)]
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="committed run folders (manifest.json, events/)")
     parser.add_argument("--share", action="store_true", help="one fresh stage cache for all the runs, in order")
     args = parser.parse_args(argv)
+    from aimray.manifest import Manifest
     from aimray.stagecache import StageCache
 
     failed = 0
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, committed in enumerate(args.runs):
             t0 = time.time()
             diffs = rerun(committed, Path(tmp) / f"run{i}", cache)
-            shared = json.loads((Path(tmp) / f"run{i}" / "manifest.json").read_text())["cache"].get("stage", {})
+            shared = Manifest.read(Path(tmp) / f"run{i}").cache.get("stage", {})
             taken = " (task 1 from the stage cache)" if shared.get("hit") else ""
             verdict = "differs in " + ", ".join(diffs) if diffs else "identical"
             print(f"{committed}: {verdict}{taken}, {time.time() - t0:.0f} s", flush=True)

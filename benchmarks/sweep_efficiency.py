@@ -50,7 +50,7 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="sweep", help="run preset (default sweep: the demo sweep's runs)")
     parser.add_argument("--orders", type=int_list, default=[1, 2, 3], help="orders (default 1,2,3)")
@@ -64,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report-only", action="store_true", help="replay the searches on the finished grid only")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from aimray.config import deep_merge, make_config, nest, parse_overrides
     from aimray.launch.ablations import run_dir, run_study
@@ -215,12 +219,7 @@ def efficiency_markdown(table: dict, points: list[dict], args, seconds: float, s
         "| knob | value | dev OP | test OP |",
         "|---|---|---|---|",
     ]
-    for key in points[0]:
-        for value in sorted({p[key] for p in points}):
-            chosen = [i for i in done if points[i][key] == value]
-            d = 100 * sum(mean[i] for i in chosen) / len(chosen)
-            t = 100 * sum(test[i] for i in chosen) / len(chosen)
-            lines.append(f"| {key} | {value} | {d:.2f} | {t:.2f} |")
+    lines += knob_rows(done, points, mean, test)
     lines += [
         "",
         f"The grid's best config by dev: {points[grid_best]} (dev OP {100 * mean[grid_best]:.2f}, test OP "
@@ -232,9 +231,56 @@ def efficiency_markdown(table: dict, points: list[dict], args, seconds: float, s
         "| search | seed | trials | compute (order-runs) | chosen config | dev gap | test gap | within 1 |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    rows, summary = search_rows(done, points, n_orders, budget, args.seeds, mean, test, dev_worth)
+    lines += rows
+    reading = (
+        f"Reading: dev and test agree on the grid's order only weakly (rho {rho:.2f}), so finding the grid's "
+        "best dev config is not finding its best test config; at this size a search tells knobs apart only "
+        "where their effect exceeds a few dev examples, and larger dev sets are what would change that."
+        if rho < 0.5
+        else f"Reading: dev and test agree on the grid's order (rho {rho:.2f}): the dev objective is a usable guide."
+    )
+    return "\n".join([*lines, *summary_rows(summary), "", reading]) + "\n"
+
+
+def knob_rows(done: dict, points: list[dict], mean: dict, test: dict) -> list[str]:
+    """| knob | value | dev OP | test OP |: the mean over the grid's configs with that value, in points."""
+    lines = []
+    for key in points[0]:
+        for value in sorted({p[key] for p in points}):
+            chosen = [i for i in done if points[i][key] == value]
+            d = 100 * sum(mean[i] for i in chosen) / len(chosen)
+            t = 100 * sum(test[i] for i in chosen) / len(chosen)
+            lines.append(f"| {key} | {value} | {d:.2f} | {t:.2f} |")
+    return lines
+
+
+def summary_rows(summary: dict[str, list[tuple]]) -> list[str]:
+    """Per search kind: the mean gaps and how many seeds came within 1 point and within one dev example."""
+    lines = [
+        "",
+        "| search | mean dev gap | mean test gap | within 1 point | within one dev example |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, rows in summary.items():
+        gaps = [r for r in rows if not math.isnan(r[0])]
+        mdev = sum(r[0] for r in gaps) / len(gaps) if gaps else math.nan
+        mtest = sum(r[1] for r in gaps) / len(gaps) if gaps else math.nan
+        within = f"{sum(r[2] for r in rows)} of {len(rows)} | {sum(r[3] for r in rows)} of {len(rows)}"
+        lines.append(f"| {kind} | {mdev:.2f} | {mtest:.2f} | {within} |")
+    return lines
+
+
+def search_rows(
+    done: dict, points: list[dict], n_orders: int, budget: float, seeds, mean: dict, test: dict, dev_worth: float
+) -> tuple[list[str], dict[str, list[tuple]]]:
+    """Each search replayed on the grid (TPE + successive halving, random; every seed): its table rows, and
+    per search kind (dev gap, test gap, within 1 point, within one dev example) per seed."""
+    grid_best = max(mean, key=mean.get)
+    lines: list[str] = []
     summary = {}
     for kind in ("tpe", "random"):
-        for seed in args.seeds:
+        for seed in seeds:
             res = replay_search(done, points, n_orders, budget, kind, seed)
             if res["point"] is None:
                 lines.append(f"| {kind} | {seed} | {res['trials']} | {res['compute']} | none completed | | | no |")
@@ -249,25 +295,7 @@ def efficiency_markdown(table: dict, points: list[dict], args, seconds: float, s
                 f"| {kind} | {seed} | {res['trials']} | {res['compute']} | {config} | {dev_gap:.2f} | {test_gap:.2f} "
                 f"| {'yes' if within else 'no'} |"
             )
-    reading = (
-        f"Reading: dev and test agree on the grid's order only weakly (rho {rho:.2f}), so finding the grid's "
-        "best dev config is not finding its best test config; at this size a search tells knobs apart only "
-        "where their effect exceeds a few dev examples, and larger dev sets are what would change that."
-        if rho < 0.5
-        else f"Reading: dev and test agree on the grid's order (rho {rho:.2f}): the dev objective is a usable guide."
-    )
-    lines += [
-        "",
-        "| search | mean dev gap | mean test gap | within 1 point | within one dev example |",
-        "|---|---|---|---|---|",
-    ]
-    for kind, rows in summary.items():
-        gaps = [r for r in rows if not math.isnan(r[0])]
-        mdev = sum(r[0] for r in gaps) / len(gaps) if gaps else math.nan
-        mtest = sum(r[1] for r in gaps) / len(gaps) if gaps else math.nan
-        within = f"{sum(r[2] for r in rows)} of {len(rows)} | {sum(r[3] for r in rows)} of {len(rows)}"
-        lines.append(f"| {kind} | {mdev:.2f} | {mtest:.2f} | {within} |")
-    return "\n".join([*lines, "", reading]) + "\n"
+    return lines, summary
 
 
 def spearman(a: list[float], b: list[float]) -> float:

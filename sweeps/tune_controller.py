@@ -26,7 +26,7 @@ from aimray.cliargs import ArgumentParser, add_plugins_arg, error_text, int_list
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="key=value: a sweep field (num_samples=8, objective=dev_op_bwt) or a fixed run-config value "
@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", help="asha (default), hyperband or none")
     parser.add_argument("--orders", type=int_list, help="comma-separated orders (default: all of the benchmark)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
+    add_cluster_args(parser)
+    add_plugins_arg(parser)
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def add_cluster_args(parser: ArgumentParser) -> None:
+    """Where the sweep runs, where it keeps its state, and what watches it."""
     parser.add_argument("--address", help="join a running Ray cluster (RAY_ADDRESS is honoured)")
     parser.add_argument("--storage", help="shared storage for Ray (needed on a multi-node cluster)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
@@ -101,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Tune's every trial result and Ray Train's INFO lines on the terminal (default: Tune's status "
         "table; Ray's own logs are linked from <out>/ray-logs)",
     )
-    add_plugins_arg(parser)
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
         os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
 

@@ -18,6 +18,7 @@ import pytest
 from aimray.loop import run
 from analysis import __main__ as cli
 from analysis import figures as F
+from analysis import report as R
 from analysis import tables as T
 from analysis.load import NotAStudyError, Study, accuracy_matrix, open_study
 from tests.test_loop import quiet, tiny_config
@@ -101,15 +102,19 @@ def test_method_table_means_per_order_and_over_everything() -> None:
     table = T.method_table(synthetic_runs())
     assert list(table.method) == ["aimmerging", "seqlora"]  # AimMerging first
     row = table.set_index("method").loc["aimmerging"]
-    assert row["op/o1"] == pytest.approx(0.805) and row["op/o2"] == pytest.approx(0.905)
     assert row["op/mean"] == pytest.approx(0.855) and row.runs == 4
     assert row["op/std"] == pytest.approx(np.std([0.8, 0.81, 0.9, 0.91]))
-    cells = T.comparison(table)
+    per_order = T.order_table(synthetic_runs()).set_index(["method", "order"])  # the order is a column
+    assert per_order.op[("aimmerging", 1)] == pytest.approx(0.805) and per_order.op[("aimmerging", 2)] == pytest.approx(
+        0.905
+    )
+    assert per_order.runs[("aimmerging", 1)] == 2
+    cells = R.comparison(table, per_order=T.order_table(synthetic_runs()))
     assert list(cells.columns)[:4] == ["method", "runs", "OP o1", "OP o2"] and "FWT (paper) mean ± std" not in cells
     assert cells.iloc[0]["OP mean ± std"] == f"85.50 ± {100 * np.std([0.8, 0.81, 0.9, 0.91]):.2f}"
-    md = T.markdown(cells)
+    md = R.markdown(cells)
     assert md.startswith("| method | runs | OP o1 |") and md.count("\n") == 4
-    tex = T.latex(cells, caption="c", label="tab:x")
+    tex = R.latex(cells, caption="c", label="tab:x")
     assert "\\toprule" in tex and "$\\pm$" in tex and "\\label{tab:x}" in tex and tex.count("\\\\") == 3
 
 
@@ -122,7 +127,7 @@ def test_paired_compares_runs_of_the_same_order_and_seed() -> None:
     assert pairs.loc["seqlora", "op/diff"] == pytest.approx((0.2 * 3 + (0.91 - 2.0)) / 4)
     assert pairs.loc["seqlora", ["op/wins", "op/ties", "op/losses"]].tolist() == [3, 0, 1]
     assert math.isnan(pairs.loc["seqlora", "fwt_paper/diff"])  # all NaN: no difference, no wins
-    cells = T.paired_cells(pairs.reset_index(), metrics_shown=("op", "fwt_paper"))
+    cells = R.paired_cells(pairs.reset_index(), metrics_shown=("op", "fwt_paper"))
     assert cells.iloc[0].tolist() == ["seqlora", "4", f"{100 * (0.6 - 1.09) / 4:+.2f}", "3-0-1"]
 
 
@@ -141,17 +146,19 @@ def synthetic_sweep(n: int = 24) -> Study:
             "config/c": ["x", "y"] * (n // 2),
         }
     )
-    for order in (1, 2):
-        trials[f"o{order}/dev_op"] = trials.objective + 0.01 * order
-        trials[f"o{order}/test_op"] = trials.objective - 0.01 * order
-        trials[f"o{order}/test_bwt"] = -0.05
+    rows = [
+        (t.trial_id, o, t.objective + 0.01 * o, t.objective - 0.01 * o) for t in trials.itertuples() for o in (1, 2)
+    ]
+    per_order = pd.DataFrame(rows, columns=["trial_id", "order", "dev_op", "op"]).assign(
+        status="success", bwt=-0.05, dev_bwt=0.0
+    )
     space = [
         {"key": "a", "kind": "uniform", "values": [0, 1], "when": []},
         {"key": "b", "kind": "int", "values": [1, 8], "when": []},
         {"key": "c", "kind": "choice", "values": ["x", "y"], "when": []},
     ]
     empty = pd.DataFrame()
-    return Study(Path("synthetic"), "sweep", empty, empty, empty, empty, empty, trials, None, space, {})
+    return Study(Path("synthetic"), "sweep", empty, empty, empty, empty, empty, trials, per_order, None, space, {})
 
 
 def test_sensitivity_bins_and_importances_on_a_known_sweep() -> None:
@@ -168,7 +175,7 @@ def test_sensitivity_bins_and_importances_on_a_known_sweep() -> None:
     # Early-stopped trials count only when asked (a small ASHA sweep completes few trials).
     assert T.sensitivity(s, bins=4, completed_only=False).query("knob == 'a'").trials.sum() == 24
     assert T.importances(s, completed_only=False).set_index("knob").importance.idxmax() == "a"
-    cells = T.sensitivity_cells(sens)
+    cells = R.sensitivity_cells(sens)
     assert list(cells.columns[:3]) == ["knob", "bin", "trials"]
     best = T.best_trials(s, top=3)
     assert list(best.trial_id) == list(s.trials[s.trials.status == "completed"].nlargest(3, "objective").trial_id)

@@ -127,9 +127,8 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
 
 def test_the_claims_say_where_aimmerging_does_not_win() -> None:
     """RESULTS' reading of the paper's claims names every method level with AimMerging or ahead of it."""
-    spec = importlib.util.spec_from_file_location("_quality", ROOT / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality)
+    from analysis import report as R
+
     table = pd.DataFrame(
         {
             "method": ["aimmerging", "aimmerging_no_ls", "fixed_interval", "replay", "single_task"],
@@ -138,7 +137,7 @@ def test_the_claims_say_where_aimmerging_does_not_win() -> None:
             "merges_per_task": [6.8, 21.0, 18.0, 0.0, 0.0],
         }
     )
-    lines = quality.claims(table)
+    lines = R.claims(table)
     assert "- OP: AimMerging 80.92, the best baseline (fixed_interval) 80.67: +0.25 points (AimMerging ahead;" in (
         "\n".join(lines)
     )
@@ -147,7 +146,7 @@ def test_the_claims_say_where_aimmerging_does_not_win() -> None:
     assert "- Where AimMerging does not win on BWT (-1.22): ahead of it: aimmerging_no_ls -0.61 (+0.61)." in lines
     assert any(line.startswith("- Merges: AimMerging 6.8 per task") and "0.38x" in line for line in lines)
     leader = table.assign(**{"op/mean": [0.9, 0.8, 0.8, 0.8, 0.8], "bwt/mean": [0.0, -0.1, -0.1, -0.1, None]})
-    assert not any("does not win" in line for line in quality.claims(leader))
+    assert not any("does not win" in line for line in R.claims(leader))
 
 
 def test_faults_script_kills_resumes_and_writes_its_section(tiny_causal, tmp_path) -> None:

@@ -138,11 +138,16 @@ def test_fwt_vs_single_task_matches_tasks_by_name():
 def test_run_shape_comes_from_the_manifest_not_the_method_name():
     """A study is scored by the shape its runs recorded; manifests older than the field fall back to the
     method's shape (renaming a method later never changes how an old study is scored)."""
+    from aimray.manifest import Manifest
     from aimray.results import run_shape
 
-    assert run_shape({"shape": "independent", "method": "renamed_since"}) == "independent"
-    assert run_shape({"method": "mtl"}) == "joint" and run_shape({"method": "single_task"}) == "independent"
-    assert run_shape({"method": "gone"}) == "sequential"
+    def shape(**fields) -> str:
+        base = {"run_id": "r", "benchmark": "b", "order": 1, "seed": 0, "tasks": [], "config": {}, "status": "success"}
+        return run_shape(Manifest.from_dict({**base, **fields}))
+
+    assert shape(shape="independent", method="renamed_since") == "independent"
+    assert shape(method="mtl") == "joint" and shape(method="single_task") == "independent"
+    assert shape(method="gone") == "sequential"
 
 
 def test_forgetting_starts_at_the_row_a_task_was_learned_in():

@@ -15,7 +15,7 @@ import torch
 
 from aimray.config import ADDED_LATER, config_from_dict, config_hash, make_config
 from aimray.distributed import LOCAL
-from aimray.loop import dev_loss, optimize, set_up, snapshot, track_best
+from aimray.loop import dev_loss, set_up, snapshot, track_best, train_step
 from aimray.memory import RehearsalMemory
 from aimray.model import evaluate, rouge_l, stemmed_rouge_l
 from aimray.tasks.spec import Example
@@ -58,7 +58,7 @@ def test_burst_loss_scale_scales_the_step_by_hand(tiny_causal, tmp_path) -> None
         r = set_up(cfg, tmp_path, quiet, LOCAL, None)
         before = snapshot(r.params)
         batch = r.data[0].train[:4]
-        loss = optimize(r, batch, torch.optim.SGD(list(r.params.values()), lr=1.0), None, scale)
+        loss = train_step(r, batch, torch.optim.SGD(list(r.params.values()), lr=1.0), None, scale)
         moves.append({k: r.params[k].detach() - before[k] for k in before})
         assert loss > 0  # the logged loss is the unscaled one
     for k, full in moves[0].items():
@@ -92,7 +92,7 @@ def test_best_dev_loss_keeps_the_state_with_the_lowest_dev_loss(tiny_causal, tmp
         with torch.no_grad():
             for p in r.params.values():
                 p.add_(shift)
-        losses.append(dev_loss(r, r.data[0].dev[:4]))
+        losses.append(dev_loss(r.bb, r.dist, r.data[0].dev[:4], cfg.train.eval_batch_size))
         track_best(r, stage, task)
     best = min(range(3), key=losses.__getitem__)
     assert task.best_score == pytest.approx(-losses[best])

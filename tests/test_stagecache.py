@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from aimray import stagecache
 from aimray.config import make_config
 from aimray.distributed import LOCAL
-from aimray.loop import run, score_task, set_up, stage_reads
+from aimray.loop import eval_settings, run, score, set_up, stage_reads
 from tests.test_loop import TINY, comparable, quiet, tiny_config
 
 KINDS = ("steps", "merges", "evals", "costs")
@@ -148,7 +148,7 @@ def test_the_untrained_adapter_scores_as_the_base_model_whatever_its_seed(tiny_c
         r = set_up(replace(tiny_config(tiny_causal), seed=seed), stage_cache, quiet, LOCAL, None)
         assert stagecache.adapter_id(r.params) == "untrained"
         examples = examples or [d.test for d in r.data[:2]]  # the same examples (a seed also draws the splits)
-        values.append([score_task(r, i, examples[i]) for i in range(2)])
+        values.append([score(r.bb, r.dist, examples[i], eval_settings(r.specs[i], r.cfg)) for i in range(2)])
         r.params[next(k for k in r.params if "lora_B" in k)].data += 1.0
         assert stagecache.adapter_id(r.params) != "untrained"
     assert values[0] == values[1]

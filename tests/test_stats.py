@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import report as R
 from analysis import stats as S
 from analysis import tables as T
 
@@ -201,7 +202,7 @@ def test_paired_intervals_with_one_seed_per_order_resample_across_orders() -> No
     assert flag(replay["op/contains_zero"]) is True and replay["op/p_improvement"] == pytest.approx(0.5)
     # One pair: a difference, no interval.
     assert single_task.pairs == 1 and math.isnan(single_task["op/lo"]) and flag(single_task["op/contains_zero"]) is None
-    cells = T.paired_interval_cells(pairs)
+    cells = R.paired_interval_cells(pairs)
     assert list(cells.columns) == [
         "method",
         "pairs",
@@ -214,7 +215,7 @@ def test_paired_intervals_with_one_seed_per_order_resample_across_orders() -> No
     ]
     assert cells.iloc[0].tolist()[:5] == ["replay", "3", "+0.00 [-1.00, +1.00]", "yes", "1-1-1"]
     assert cells.iloc[1].tolist()[:5] == ["single_task", "1", "+13.50 [–]", "–", "1-0-0"]
-    assert T.markdown(cells).count("\n") == 4
+    assert R.markdown(cells).count("\n") == 4
 
 
 def test_an_interval_ending_at_a_tie_contains_zero() -> None:
@@ -234,9 +235,9 @@ def test_paired_intervals_refuse_repeated_runs_and_handle_no_pairs() -> None:
 
 
 def test_interval_cells() -> None:
-    assert T.interval(0.015, -0.005, 0.03) == "+1.50 [-0.50, +3.00]"
-    assert T.interval(-0.00001, -0.00002, 0.0, signed=False) == "0.00 [0.00, 0.00]"  # never "-0.00"
-    assert T.interval(0.015, math.nan, math.nan) == "+1.50 [–]" and T.interval(math.nan, 0.0, 0.1) == "–"
+    assert R.interval(0.015, -0.005, 0.03) == "+1.50 [-0.50, +3.00]"
+    assert R.interval(-0.00001, -0.00002, 0.0, signed=False) == "0.00 [0.00, 0.00]"  # never "-0.00"
+    assert R.interval(0.015, math.nan, math.nan) == "+1.50 [–]" and R.interval(math.nan, 0.0, 0.1) == "–"
 
 
 def test_pareto_mask_against_brute_force() -> None:

@@ -10,7 +10,6 @@ both made by analysis.tables from the run folders.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +22,9 @@ from aimray.config import RunConfig, config_hash, make_config
 from aimray.files import write_parquet_atomic
 from aimray.launch.cluster import ensure_ray
 from aimray.loop import check_inputs, run
+from aimray.manifest import status_of
 from aimray.tasks import benchmark_tasks
+from analysis import report as R
 from analysis import tables as T
 from analysis.load import NotAStudyError, open_study
 
@@ -49,8 +50,7 @@ def run_dir(out: Path, cfg: RunConfig) -> Path:
 
 def is_finished(folder: Path) -> bool:
     """Whether the run folder's manifest says the run succeeded."""
-    manifest = folder / "manifest.json"
-    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "success"
+    return status_of(folder) == "success"
 
 
 @ray.remote
@@ -155,7 +155,7 @@ def run_study(
     index = run_index(cfgs, out)
     table = T.ablation_runs(index, finished_metrics(out, list(index.run)))
     write_parquet_atomic(table, out / "runs.parquet")
-    (out / "ablation.md").write_text(T.ablation_markdown(table))
+    (out / "ablation.md").write_text(R.ablation_markdown(table))
     return table
 
 
@@ -165,8 +165,8 @@ def run_index(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:
     rows = []
     for cfg in cfgs:
         folder = run_dir(out, cfg)
-        manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
-        rows.append([cfg.method, cfg.order, cfg.seed, str(folder.relative_to(out)), manifest.get("status", "missing")])
+        status = status_of(folder) or "missing"
+        rows.append([cfg.method, cfg.order, cfg.seed, str(folder.relative_to(out)), status])
     return pd.DataFrame(rows, columns=["method", "order", "seed", "run", "status"])
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from aimray.files import is_uri, local_path
+from aimray.sync import Place, copy_file, sync, visible
 
 
 def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None, str]:
@@ -40,62 +41,35 @@ def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None
 
 @dataclass
 class RemoteFolder:
-    """One run folder's copy under `path` on `fs`: `upload` sends what changed, `download` brings it back."""
+    """One run folder's copy under `path` on `fs`: `upload` sends what changed, `download` brings it back
+    (both through aimray.sync)."""
 
     fs: pafs.FileSystem
     path: str
-    sent: dict[str, tuple[int, int]] = field(default_factory=dict)  # rel path -> (size, mtime_ns) copied
+    sent: dict[str, str] = field(default_factory=dict)  # rel path -> the local file's stamp when copied
+
+    @property
+    def place(self) -> Place:
+        return Place(self.fs, self.path)
 
     def upload(self, local: Path) -> None:
-        """Send what changed since the last upload, the manifest last, and delete what is gone. A folder
-        without a manifest is no run yet (a run that failed before it began): nothing is sent or deleted."""
-        if not (local / "manifest.json").exists():
-            return
-        files = {str(p.relative_to(local)): p for p in local.rglob("*") if p.is_file() and not _hidden(p, local)}
-        manifest = files.pop("manifest.json", None)
-        for rel, p in sorted(files.items()):
-            self._send(rel, p)
-        remote = self._listing()
-        for rel in remote - set(files) - {"manifest.json"}:  # pruned checkpoints, truncated event parts
-            self.fs.delete_file(f"{self.path}/{rel}")
-            self.sent.pop(rel, None)
-        if manifest is not None:
-            self._send("manifest.json", manifest, force=True)
+        """Send what changed since the last upload, delete what is gone, the manifest last. A folder without
+        a manifest is no run yet (a run that failed before it began): nothing is sent or deleted."""
+        if (local / "manifest.json").exists():
+            sync(Place.of(local), self.place, stamps=self.sent, last="manifest.json")
 
     def download(self, local: Path) -> bool:
-        """Copy the remote folder into `local` (a run retried on another node); False when there is none."""
-        remote = self._listing()
-        if "manifest.json" not in remote:
+        """Copy the remote folder into `local` (a run retried on another node), the manifest last, leaving
+        what `local` holds besides; False when there is none."""
+        if "manifest.json" not in self.place.files(visible):
             return False
-        for rel in sorted(remote, key=lambda r: (r == "manifest.json", r)):  # the manifest last, as it went up
-            target = local / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with self.fs.open_input_stream(f"{self.path}/{rel}") as src:
-                target.write_bytes(src.read())
+        sync(self.place, Place.of(local), last="manifest.json", prune=False)
         return True
 
     def restore(self, local: Path) -> bool:
         """`download` unless `local` already holds the run (its manifest): for a run retried on another node,
         or read by a process on another node than the one that ran it; whether anything came."""
         return not (local / "manifest.json").exists() and self.download(local)
-
-    def _send(self, rel: str, p: Path, force: bool = False) -> None:
-        stat = p.stat()
-        stamp = (stat.st_size, stat.st_mtime_ns)
-        if not force and self.sent.get(rel) == stamp:
-            return
-        parent = f"{self.path}/{rel}".rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
-        with self.fs.open_output_stream(f"{self.path}/{rel}") as out:
-            out.write(p.read_bytes())
-        self.sent[rel] = stamp
-
-    def _listing(self) -> set[str]:
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
-        except FileNotFoundError:
-            return set()
-        return {i.path[len(self.path) + 1 :] for i in infos if i.type == pafs.FileType.File}
 
 
 def remote_folder(storage: str, path: str) -> RemoteFolder:
@@ -105,15 +79,8 @@ def remote_folder(storage: str, path: str) -> RemoteFolder:
     return RemoteFolder(fs, f"{base}/{path}")
 
 
-def _hidden(p: Path, root: Path) -> bool:
-    """Lock files, the shared-storage probe and temporary folders stay on the node."""
-    return any(part.startswith(".") for part in p.relative_to(root).parts)
-
-
 def upload_files(fs: pafs.FileSystem, base: str, files: list[Path]) -> None:
     """Copy the sweep's tables (trials.parquet, best.md, ...) to `base` on `fs`."""
-    fs.create_dir(base, recursive=True)
     for p in files:
         if p.exists():
-            with fs.open_output_stream(f"{base}/{p.name}") as out:
-                out.write(p.read_bytes())
+            copy_file(Place.of(p.parent), Place(fs, base), p.name)

@@ -3,11 +3,12 @@
 A sweep spec (YAML, sweeps/configs/) names the method, benchmark, orders, preset, fixed overrides and the
 search space. Each trial runs the same config over every order (in the trial's process, or in a
 TorchTrainer with N workers) and reports after every task: `tasks_done` (the fidelity for ASHA or
-HyperBand) and `objective` (dev data only; aimray.objective). Test metrics ride along for reporting.
+HyperBand) and `objective` (dev data only; aimray.objective). Test metrics are recorded for reporting.
 
 Output under --out:
-    trials.parquet          one row per trial: config columns, objective, per-order dev/test OP/BWT/FWT,
-                            status, wall time
+    trials.parquet          one row per trial: config columns, objective(s), Pareto front, status, wall time
+    trial_orders.parquet    one row per trial and finished order: its run's test OP/BWT/FWT, dev OP/BWT and
+                            compute (long form: the order is a column)
     best.md                 the best configs with dev and test metrics (analysis.tables.best_markdown)
     runs/<trial>/order<k>/  every run's trajectory events, manifest and accuracy matrix
     ray/tune/               Tune's experiment state (--resume continues from it)
@@ -40,11 +41,13 @@ from aimray.files import write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray, link_ray_logs
 from aimray.loop import check_inputs, run
+from aimray.manifest import status_of
 from aimray.methods import get_method
-from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker
+from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker, order_summary
+from aimray.results import collect
 from aimray.tasks import get_benchmark
+from analysis import report as R
 from analysis import stats
-from analysis import tables as T
 from analysis.load import mirror_from
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
@@ -173,9 +176,20 @@ def parse_space(raw: dict) -> tuple[Param, ...]:
 
 
 def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> SweepSpec:
-    """The sweep spec from YAML, then `key=value` overrides (spec fields or config keys), then CLI flags."""
-    raw = read_yaml(path) if path else {}
-    extra = parse_overrides(overrides)
+    """The sweep spec from YAML, then `key=value` overrides (spec fields or config keys), then CLI flags;
+    checked (check_spec) before anything runs."""
+    raw = spec_values(read_yaml(path) if path else {}, parse_overrides(overrides), flags)
+    raw["plugins"] = tuple(plugins.load(raw.get("plugins")))  # before any config names what they register
+    spec = SweepSpec(**raw)
+    if spec.objectives:
+        spec = replace(spec, objective=spec.objectives[0])
+    check_spec(spec)
+    return spec
+
+
+def spec_values(raw: dict, extra: dict, flags: dict) -> dict:
+    """The spec's fields from the YAML mapping, the key=value overrides and the flags, each coerced to its
+    type; ValueError naming an unknown key or a bad value."""
     spec_fields = {f for f in SweepSpec.__dataclass_fields__}
     run_fields = set(RunConfig.__dataclass_fields__)
     for key, value in extra.items():
@@ -214,8 +228,12 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     hints = typing.get_type_hints(SweepSpec)
     for key in set(raw) - {"orders", "holdout_orders", "objectives", "callbacks", "plugins", "overrides", "space"}:
         raw[key] = _coerce(raw[key], hints[key], key)
-    raw["plugins"] = tuple(plugins.load(raw.get("plugins")))  # before any config names what they register
-    spec = SweepSpec(**raw)
+    return raw
+
+
+def check_spec(spec: SweepSpec) -> None:
+    """ValueError naming the field for a spec no sweep could run: resources, objectives, trackers, orders,
+    a method without a sequence, data whose dev is test, or a space with a value the run config refuses."""
     for key in ("concurrency", "workers", "cpus_per_trial", "gpus_per_trial", "gpus_per_worker"):
         if getattr(spec, key) < 0:
             raise ValueError(f"{key}={getattr(spec, key)!r} must be >= 0")
@@ -226,8 +244,6 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
             raise ValueError(f"{where} is unknown; valid: {', '.join(OBJECTIVES)}")
     if len(set(spec.kinds())) != len(spec.kinds()):
         raise ValueError(f"objectives={list(spec.objectives)} names one objective twice")
-    if spec.objectives:
-        spec = replace(spec, objective=spec.objectives[0])
     unknown = [c for c in spec.callbacks if c not in TRACKERS]
     if unknown:
         raise ValueError(f"callbacks: {', '.join(unknown)} unknown; valid: {', '.join(TRACKERS)}")
@@ -251,8 +267,12 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         )
     if spec.num_samples < 1:
         raise ValueError(f"num_samples={spec.num_samples} must be >= 1")
-    # Validate every order, and both ends of every range (every choice), against the run config now, not
-    # in a trial.
+    check_space(spec)
+
+
+def check_space(spec: SweepSpec) -> None:
+    """Every order, and both ends of every range (every choice), against the run config now, not in a trial;
+    then whether the schedule can act within a task at the space's largest values."""
     for order in spec.all_orders():
         trial_config(spec, order, {p.key: p.values[0] for p in spec.space})
         trial_config(spec, order, {p.key: p.values[-1] for p in spec.space})
@@ -260,7 +280,6 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
         for value in p.values[1:-1]:
             trial_config(spec, spec.all_orders()[0], {p.key: value})
     check_expressible(spec)
-    return spec
 
 
 def check_expressible(spec: SweepSpec) -> None:
@@ -432,51 +451,63 @@ def sweep(
     logs = link_ray_logs(out)
     if logs is not None:
         print(f"[sweep] Ray's own logs: {logs} (linked as {out / 'ray-logs'})", flush=True)
-    cluster_cpus = ray.cluster_resources().get("CPU", 1)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
-    if spec.workers == 0:
-        concurrency = spec.concurrency or max(1, int(cluster_cpus // per_trial))
-        resources = {"cpu": per_trial, "gpu": spec.gpus_per_trial}
-    else:  # the trial only drives a TorchTrainer whose workers hold the CPUs (0 is rejected)
-        concurrency = spec.concurrency or max(1, int(cluster_cpus // (spec.workers * per_trial)))
-        resources = {"cpu": 0.1}
-    spec = SweepSpec(
-        **{**asdict(spec), "space": spec.space, "cpus_per_trial": per_trial, "out": str(out), "storage": storage or ""}
-    )
+    spec = replace(spec, cpus_per_trial=per_trial, out=str(out), storage=storage or "")
     (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
-    if resume:
-        tuner = tune.Tuner.restore(
-            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune_config(spec, concurrency),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=storage_path,
-                storage_filesystem=fs,
-                callbacks=tracker_callbacks(spec),
-                verbose=2 if verbose else 1,
-            ),
-        )
     t0 = time.time()
-    grid = tuner.fit()
+    grid = make_tuner(spec, storage_path, fs, resume, verbose).fit()
     if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
         mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
     table = trials_table(grid, spec)
     write_parquet_atomic(table, out / "trials.parquet")
+    per_order = trial_orders(table.get("trial_id", []), spec)
+    write_parquet_atomic(per_order, out / "trial_orders.parquet")
+    write_reports(spec, table, per_order, time.time() - t0)
+    if fs is not None:  # the storage holds the whole study: `python -m analysis <storage>` reads it
+        names = ("sweep.json", "trials.parquet", "trial_orders.parquet", "holdout.parquet", "best.md")
+        storage_lib.upload_files(fs, storage_path, [out / n for n in names])
+    return table
+
+
+def make_tuner(spec: SweepSpec, storage_path: str, fs, resume: bool, verbose: bool) -> tune.Tuner:
+    """Tune's Tuner for the spec (restored from <storage_path>/tune when resuming): trials sized to the
+    cluster."""
+    cluster_cpus = ray.cluster_resources().get("CPU", 1)
+    if spec.workers == 0:
+        concurrency = spec.concurrency or max(1, int(cluster_cpus // spec.cpus_per_trial))
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    else:  # the trial only drives a TorchTrainer whose workers hold the CPUs (0 is rejected)
+        concurrency = spec.concurrency or max(1, int(cluster_cpus // (spec.workers * spec.cpus_per_trial)))
+        resources = {"cpu": 0.1}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), resources)
+    if resume:
+        return tune.Tuner.restore(
+            f"{storage_path}/tune", trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=storage_path,
+        storage_filesystem=fs,
+        callbacks=tracker_callbacks(spec),
+        verbose=2 if verbose else 1,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config(spec, concurrency), run_config=run_config)
+
+
+def write_reports(spec: SweepSpec, table: pd.DataFrame, per_order: pd.DataFrame, seconds: float) -> None:
+    """The held-out orders' runs (holdout.parquet), then best.md."""
+    out = Path(spec.out)
     holdout = run_holdout(spec, table) if spec.holdout_orders else None
     if holdout is not None:
         write_parquet_atomic(holdout, out / "holdout.parquet")
-    best = T.best_markdown(
+    best = R.best_markdown(
         table,
+        per_order,
         method=spec.method,
         benchmark=spec.benchmark,
         orders=spec.tune_orders(),
         objective=spec.objective,
-        seconds=time.time() - t0,
+        seconds=seconds,
         objectives=spec.kinds() if spec.objectives else None,
         holdout=holdout,
         default=default_point(spec) if spec.include_defaults else None,
@@ -484,10 +515,6 @@ def sweep(
         tasks=spec.num_tasks(),
     )
     (out / "best.md").write_text(best)
-    if fs is not None:  # the storage holds the whole study: `python -m analysis <storage>` reads it
-        names = ("sweep.json", "trials.parquet", "holdout.parquet", "best.md")
-        storage_lib.upload_files(fs, storage_path, [out / n for n in names])
-    return table
 
 
 def check_resources(spec: SweepSpec, cluster: dict) -> None:
@@ -533,8 +560,6 @@ def run_holdout(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
     CPUs each; a finished run folder is reused) under <out>/holdout/<name>/order<k>; returns holdout.parquet:
     one row per (config, order) with its dev and test metrics and compute."""
     from aimray.launch.ablations import _run_remote
-    from aimray.objective import order_summary
-    from aimray.results import collect
 
     out = Path(spec.out)
     fs, base = storage_lib.location(spec.storage, out)
@@ -674,8 +699,8 @@ def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
     """trials.parquet: what Tune reports, one row per trial (best objective first): trial_id, status
     (completed, stopped or error), tasks_done, objective, objective/<name> of every objective, pareto
     (completed trials not dominated on the objectives; every completed trial is on the front of one
-    objective's maximum), wall_seconds, config/<key>, o<order>/<name> of every tuned order
-    (aimray.objective.ORDER_METRICS), error. Every other summary is analysis.tables'."""
+    objective's maximum), wall_seconds, config/<key>, error. Per-order values: trial_orders. Every other
+    summary is analysis.tables'."""
     max_t = len(spec.tune_orders()) * spec.num_tasks()
     rows = []
     for result in grid:
@@ -692,9 +717,6 @@ def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
             "wall_seconds": m.get("time_total_s", math.nan),
         }
         row.update({f"config/{k}": v for k, v in config.items()})
-        for order in spec.tune_orders():
-            for key in ORDER_METRICS.values():
-                row[f"o{order}/{key}"] = m.get(f"o{order}/{key}", math.nan)
         row["error"] = repr(result.error)[:500] if result.error else None
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -706,6 +728,27 @@ def trials_table(grid: Iterable[tune.Result], spec: SweepSpec) -> pd.DataFrame:
     table.insert(4 + len(kinds), "pareto", stats.pareto_mask(values, [SENSES[k] for k in kinds]))
     ascending = SENSES[spec.objective] == "min"
     return table.sort_values("objective", ascending=ascending, na_position="last").reset_index(drop=True)
+
+
+def trial_orders(trial_ids: Iterable[str], spec: SweepSpec) -> pd.DataFrame:
+    """trial_orders.parquet: one row per trial and tuned order that has a run folder: trial_id, order, path
+    (the folder under --out), status (its manifest's) and, once it finished, the order's summary
+    (aimray.objective.ORDER_METRICS: op, bwt, fwt_base on test; dev_op, dev_bwt; compute) read from the run
+    itself; NaN before."""
+    rows = []
+    for trial in trial_ids:
+        for order in spec.tune_orders():
+            path = f"runs/{trial}/order{order}"
+            status = status_of(Path(spec.out) / path)
+            if status is None:
+                continue
+            row = {"trial_id": trial, "order": order, "path": path, "status": status}
+            if status == "success":
+                result = collect(Path(spec.out) / path)
+                row.update(order_summary(result.metrics, result.costs))
+            rows.append(row)
+    columns = ["trial_id", "order", "path", "status", *ORDER_METRICS]
+    return pd.DataFrame(rows, columns=columns).astype({"order": "int64"})
 
 
 __all__ = ["SweepSpec", "load_sweep", "sweep", "trials_table"]
