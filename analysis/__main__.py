@@ -102,7 +102,7 @@ def write_method_tables(study: Study, runs: pd.DataFrame, tables: Path, split: s
 def write_sweep_tables(study: Study, tables: Path, figs: Path, bins: int, report: list[str]) -> str:
     """A sweep's best trials, sensitivity, importances, Pareto front and held-out orders; returns the
     headline (the best trials)."""
-    best = R.best_cells(T.best_trials(study))
+    best = R.best_cells(T.best_trials(study), T.knobs(study))
     (tables / "best.md").write_text(R.markdown(best))
     # With fewer than 3 completed trials (ASHA stops most of a small sweep), early-stopped trials count
     # too: their objective covers only the orders they finished, which the report says.
@@ -141,14 +141,15 @@ def write_sweep_tables(study: Study, tables: Path, figs: Path, bins: int, report
 
 def write_pareto(study: Study, tables: Path, figs: Path, completed_only: bool, report: list[str]) -> None:
     """A multi-objective sweep's Pareto front, and what each objective's value depends on."""
-    if not len(T.objective_columns(study.trials)):
+    if not T.objective_names(study):
         return
     front = T.pareto_front(study)
-    (tables / "pareto.md").write_text(R.markdown(R.pareto_cells(front)))
-    report += ["## Pareto front (dev objectives; test for reporting)", "", R.markdown(R.pareto_cells(front))]
+    cells = R.pareto_cells(front, T.objective_names(study), T.knobs(study))
+    (tables / "pareto.md").write_text(R.markdown(cells))
+    report += ["## Pareto front (dev objectives; test for reporting)", "", R.markdown(cells)]
     _save(F.pareto_fronts(study), figs, "pareto", report)
-    for name in T.objective_columns(study.trials):
-        per = T.importances(study, completed_only=completed_only, objective=f"objective/{name}")
+    for name in T.objective_names(study):
+        per = T.importances(study, completed_only=completed_only, objective=name)
         (tables / f"importances_{name}.md").write_text(R.markdown(per))
         report += [f"### Parameter importances for {name}", "", R.markdown(per)]
 

@@ -144,10 +144,10 @@ def pareto_fronts(study: Study) -> Figure:
     (trials.parquet's `pareto`) ringed; last panel, the hypervolume of the front over trials."""
     from itertools import combinations
 
-    from analysis.tables import hypervolume_history, objective_columns
+    from analysis.tables import hypervolume_history, objective_names
 
     t = study.trials
-    names = objective_columns(t)
+    names = objective_names(study)
     pairs = list(combinations(names, 2))
     fig, axes = plt.subplots(1, len(pairs) + 1, figsize=(4 * (len(pairs) + 1), 3.6), squeeze=False)
     done = t[t.status == "completed"]

@@ -168,28 +168,29 @@ def sensitivity_cells(sens: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def best_cells(best: pd.DataFrame) -> pd.DataFrame:
+def best_cells(best: pd.DataFrame, knobs: Sequence[str]) -> pd.DataFrame:
+    """`best_trials` as display cells: objective and test metrics in points, then each knob's value."""
     cells = {"trial": best.trial_id, "objective (dev)": [points(v) for v in best.objective]}
     for c, name in (("op", "test OP"), ("bwt", "test BWT"), ("op_spread", "order spread")):
         if c in best:
             cells[name] = [points(v) for v in best[c]]
-    for c in best.columns:
-        if c.startswith("config/"):
-            cells[c.removeprefix("config/")] = [cell(v) for v in best[c]]
+    for k in knobs:
+        if f"config/{k}" in best:
+            cells[k] = [cell(v) for v in best[f"config/{k}"]]
     return pd.DataFrame(cells)
 
 
-def pareto_cells(front: pd.DataFrame) -> pd.DataFrame:
-    """`pareto_front` as display cells: objectives and test metrics in points (compute in examples)."""
+def pareto_cells(front: pd.DataFrame, objectives: Sequence[str], knobs: Sequence[str]) -> pd.DataFrame:
+    """`pareto_front` as display cells: objectives and test metrics in points (compute in examples), then
+    each knob's value."""
     cells = pd.DataFrame({"trial": front.trial_id})
-    for c in front.columns:
-        if c.startswith("objective/"):
-            cells[c.removeprefix("objective/")] = [_objective_cell(c, v) for v in front[c]]
+    for name in objectives:
+        cells[name] = [_objective_cell(name, v) for v in front[f"objective/{name}"]]
     cells["test OP"] = [points(v) for v in front.op]
     cells["test BWT"] = [points(v) for v in front.bwt]
-    for c in front.columns:
-        if c.startswith("config/"):
-            cells[c.removeprefix("config/")] = [cell(v, missing="") for v in front[c]]
+    for k in knobs:
+        if f"config/{k}" in front:
+            cells[k] = [cell(v, missing="") for v in front[f"config/{k}"]]
     return cells
 
 
@@ -241,6 +242,7 @@ def best_markdown(
     orders: Sequence[int],
     objective: str,
     seconds: float,
+    knobs: Sequence[str] = (),
     top: int = 5,
     objectives: Sequence[str] | None = None,
     holdout: pd.DataFrame | None = None,
@@ -249,15 +251,15 @@ def best_markdown(
     tasks: int | None = None,
 ) -> str:
     """A sweep's best.md from its trials table (trials.parquet, best objective first) and its per-order
-    results (trial_orders.parquet): the trial counts
-    by status and the wall time, then the `top` completed trials with their objective (dev), mean test OP
-    and BWT over orders (points) and config values; with several `objectives`, the Pareto front instead;
-    with `holdout` (holdout.parquet), the chosen configs on the held-out orders beside the defaults. With
+    results (trial_orders.parquet): the trial counts by status and the wall time, then the `top` completed
+    trials with their objective (dev), mean test OP and BWT over orders (points) and the values of the
+    searched `knobs`; with several `objectives`, the Pareto front instead; with `holdout`
+    (holdout.parquet), the chosen configs on the held-out orders beside the defaults. With
     `default` (the preset's point), `dev_per_task` and `tasks`: what the sweep can conclude, i.e. how many
     points one dev example is worth and whether the best trial beats the default beyond that."""
     completed = trials[trials.status == "completed"]
     done = order_means(completed[completed.pareto] if objectives else completed.head(top), per_order)
-    config_cols = [c for c in trials.columns if c.startswith("config/")]
+    config_cols = [f"config/{k}" for k in knobs if f"config/{k}" in trials]
     what = f"objectives {', '.join(objectives)}" if objectives else f"objective {objective}"
     lines = [
         f"# Sweep: {method} on {benchmark}, orders {list(orders)}, {what} (dev)",
@@ -274,8 +276,8 @@ def best_markdown(
             "on every objective.",
             "",
         ]
-    names = [c.removeprefix("objective/") for c in scored] if objectives else ["objective"]
-    header = ["trial", *names, "test OP", "test BWT", *[c.removeprefix("config/") for c in config_cols]]
+    names = list(objectives) if objectives else ["objective"]
+    header = ["trial", *names, "test OP", "test BWT", *[k for k in knobs if f"config/{k}" in trials]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in done.iterrows():
         cells = [r.trial_id, *[_objective_cell(c, r[c]) for c in scored]]
@@ -283,14 +285,15 @@ def best_markdown(
         cells += [cell(r[c], missing="") for c in config_cols]
         lines.append("| " + " | ".join(cells) + " |")
     if dev_per_task and tasks and objective in ("dev_op", "dev_op_bwt", "worst_dev_op"):
-        lines += ["", *conclusion_lines(order_means(trials, per_order), default, dev_per_task, tasks, len(orders))]
+        means = order_means(trials, per_order)
+        lines += ["", *conclusion_lines(means, knobs, default, dev_per_task, tasks, len(orders))]
     if holdout is not None and len(holdout):
         lines += ["", *holdout_lines(holdout, dev_per_task * tasks if dev_per_task and tasks else None)]
     return "\n".join(lines) + "\n"
 
 
 def conclusion_lines(
-    trials: pd.DataFrame, default: dict | None, dev_per_task: int, tasks: int, orders: int
+    trials: pd.DataFrame, knobs: Sequence[str], default: dict | None, dev_per_task: int, tasks: int, orders: int
 ) -> list[str]:
     """What the sweep can and cannot conclude: one dev example's worth in objective points, the spread of
     dev OP across orders, and the best completed trial against the default point (trial or none).
@@ -306,7 +309,7 @@ def conclusion_lines(
         lines.append(
             f"Dev OP spread across orders (std, completed trials): median {100 * t.dev_op_spread.median():.2f} points."
         )
-    config_cols = [c for c in t.columns if c.startswith("config/")]
+    config_cols = [f"config/{k}" for k in knobs if f"config/{k}" in t]
     is_default = pd.Series(False, index=t.index)
     if default:
         is_default = pd.Series(

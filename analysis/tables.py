@@ -258,14 +258,8 @@ def order_means(trials: pd.DataFrame, per_order: pd.DataFrame | None) -> pd.Data
 
 
 def knobs(study: Study) -> list[str]:
-    """The searched config keys, in the order of the search space."""
-    if study.space:
-        return [p["key"] for p in study.space]
-    return [
-        c.removeprefix("config/")
-        for c in (study.trials.columns if study.trials is not None else [])
-        if c.startswith("config/")
-    ]
+    """The searched config keys, in the order of the search space (sweep.json)."""
+    return [p["key"] for p in study.space]
 
 
 def sensitivity(study: Study, bins: int = 4, completed_only: bool = True) -> pd.DataFrame:
@@ -336,15 +330,15 @@ def dev_example_worth(study: Study) -> float | None:
 
 
 def importances(
-    study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True, objective: str = "objective"
+    study: Study, evaluator: str = "ped-anova", seed: int = 0, completed_only: bool = True, objective: str = ""
 ) -> pd.DataFrame:
     """Optuna parameter importances of the objective over the sweep's completed trials, on the search
     space of sweep.json: PED-ANOVA (default; the top quantile is max(10%, 2 trials), so small sweeps work)
     or fANOVA (evaluator="fanova", needs scikit-learn). Only knobs sampled in every trial count (a
     conditional knob is left out). Returns knob, importance (sums to 1), evaluator; empty when fewer than
     2 trials count. completed_only=False also counts early-stopped trials (objective over fewer orders).
-    `objective`: the trials-table column to explain, e.g. "objective/compute" of a multi-objective sweep
-    (minimised objectives are explained as such)."""
+    `objective`: one objective of a multi-objective sweep to explain, e.g. "compute" (minimised objectives
+    are explained as such); "": the sweep's objective."""
     with warnings.catch_warnings():  # optuna's tqdm notice in notebooks; PED-ANOVA is marked experimental
         warnings.simplefilter("ignore")
         import optuna
@@ -355,18 +349,19 @@ def importances(
 def _importances(study: Study, evaluator: str, seed: int, completed_only: bool, optuna, objective: str) -> pd.DataFrame:
     from aimray.objective import SENSES
 
+    column = f"objective/{objective}" if objective else "objective"
     t = trial_metrics(study)
-    t = t[((t.status == "completed") | (not completed_only)) & t[objective].notna()]
+    t = t[((t.status == "completed") | (not completed_only)) & t[column].notna()]
     dists = {p["key"]: _distribution(p) for p in study.space if not p.get("when")}
     dists = {k: d for k, d in dists.items() if f"config/{k}" in t and t[f"config/{k}"].notna().all()}
     if len(t) < 2 or not dists:
         return pd.DataFrame(columns=["knob", "importance", "evaluator"])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sense = SENSES.get(objective.removeprefix("objective/"), "max")
+    sense = SENSES.get(objective or (study.sweep or {}).get("objective", ""), "max")
     ostudy = optuna.create_study(direction="minimize" if sense == "min" else "maximize")
     for r in t.to_dict("records"):
         params = {k: _native(r[f"config/{k}"], d) for k, d in dists.items()}
-        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(r[objective])))
+        ostudy.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(r[column])))
     if evaluator == "fanova":
         ev = optuna.importance.FanovaImportanceEvaluator(seed=seed)
     elif evaluator == "ped-anova":
@@ -406,9 +401,10 @@ def best_trials(study: Study, top: int = 5) -> pd.DataFrame:
     return t[[c for c in cols if c in t] + [f"config/{k}" for k in knobs(study) if f"config/{k}" in t]]
 
 
-def objective_columns(trials: pd.DataFrame) -> list[str]:
-    """The objectives of a multi-objective sweep (trials.parquet's objective/<name> columns; [] if one)."""
-    names = [c.removeprefix("objective/") for c in trials.columns if c.startswith("objective/")]
+def objective_names(study: Study) -> list[str]:
+    """The objectives of a multi-objective sweep, as sweep.json names them ([] with one): trials.parquet
+    holds each as objective/<name>."""
+    names = list((study.sweep or {}).get("objectives") or [])
     return names if len(names) > 1 else []
 
 
@@ -416,7 +412,7 @@ def pareto_front(study: Study) -> pd.DataFrame:
     """A multi-objective sweep's Pareto front: the completed trials trials.parquet marks `pareto`, with
     each objective, test OP / BWT means and the searched knobs; empty for a single-objective sweep."""
     t = trial_metrics(study)
-    names = objective_columns(t)
+    names = objective_names(study)
     if not names or "pareto" not in t:
         return t.iloc[:0]
     t = t[(t.status == "completed") & t.pareto]
@@ -431,7 +427,7 @@ def hypervolume_history(study: Study) -> pd.DataFrame:
     from aimray.objective import SENSES
 
     t = study.trials
-    names = objective_columns(t)[:2]
+    names = objective_names(study)[:2]
     if len(names) < 2:
         return pd.DataFrame(columns=["trials", "hypervolume"])
     done = t[t.status == "completed"].sort_values("trial_id")

@@ -227,9 +227,10 @@ def matched_trials(ref: Path, other: Path) -> list[tuple[Path, Path]]:
     """(reference trial folder, other trial folder) for every reference trial whose config the other sweep
     ran too (trial ids differ between sweeps; configs are seeded)."""
     tables = [pq.read_table(d / "trials.parquet").to_pylist() for d in (ref, other)]
+    knobs = [p["key"] for p in json.loads((ref / "sweep.json").read_text())["space"]]
 
     def key(row: dict) -> tuple:
-        return tuple(sorted((k, v) for k, v in row.items() if k.startswith("config/")))
+        return tuple(row.get(f"config/{k}") for k in knobs)
 
     others = {key(r): r["trial_id"] for r in tables[1]}
     return [(ref / "runs" / r["trial_id"], other / "runs" / others[key(r)]) for r in tables[0] if key(r) in others]

@@ -508,6 +508,7 @@ def write_reports(spec: SweepSpec, table: pd.DataFrame, per_order: pd.DataFrame,
         orders=spec.tune_orders(),
         objective=spec.objective,
         seconds=seconds,
+        knobs=[p.key for p in spec.space],
         objectives=spec.kinds() if spec.objectives else None,
         holdout=holdout,
         default=default_point(spec) if spec.include_defaults else None,
@@ -548,7 +549,7 @@ def holdout_configs(spec: SweepSpec, table: pd.DataFrame) -> dict[str, dict[str,
     chosen = done[done.pareto] if spec.objectives else done.head(1)
     configs: dict[str, dict[str, Any]] = {"default": default_point(spec)}
     for _, row in chosen.iterrows():
-        sampled = {c.removeprefix("config/"): row[c] for c in table.columns if c.startswith("config/")}
+        sampled = {p.key: row[f"config/{p.key}"] for p in spec.space if f"config/{p.key}" in row}
         sampled = {k: _native(v) for k, v in sampled.items() if not _missing(v)}
         if sampled not in configs.values():
             configs[row.trial_id] = sampled
