@@ -147,7 +147,8 @@ def run(
     dist: Dist = LOCAL,
     resume_from: Path | None = None,
     on_checkpoint: OnCheckpoint | None = None,
-    cache: StageCache | str | None = FROM_ENV,
+    cache: StageCache | str | Path | None = FROM_ENV,
+    labels: dict[str, str] | None = None,
 ) -> RunResult:
     """Run (or resume, if `out` holds a checkpoint of the same config) one continual-learning run.
 
@@ -156,11 +157,12 @@ def run(
     `resume_from` names a checkpoint folder to resume from instead of the latest one under `out`.
     `on_checkpoint(stage, step)` is called right after every checkpoint (tests inject faults there).
     `cache`: where task 1 and the evaluations other runs compute too are shared (aimray.stagecache; None:
-    nowhere; default: the folder $AIMRAY_STAGE_CACHE names).
+    nowhere; a folder; default: the folder $AIMRAY_STAGE_CACHE names). `labels` go into the manifest (a
+    sweep's trial: {"trial": id}).
     """
     out = Path(out)
     shared = StageCache.resolve(cache)
-    r = set_up(cfg, out, log, dist, on_checkpoint, shared)  # every check, the data and the backbone: nothing on disk
+    r = set_up(cfg, out, log, dist, on_checkpoint, shared, labels)  # every check, data, backbone: nothing on disk
     out.mkdir(parents=True, exist_ok=True)
     with locked(out / ".lock") if dist.main else contextlib.nullcontext():  # one writer per run folder
         if dist.world > 1:
@@ -203,6 +205,7 @@ def set_up(
     dist: Dist,
     on_checkpoint: OnCheckpoint | None,
     shared: StageCache | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Run:
     """Check the inputs, load the data and the backbone; nothing trained, nothing written yet. `shared`:
     where this run takes and gives the computations other runs share (None: nowhere)."""
@@ -218,7 +221,7 @@ def set_up(
     torch.manual_seed(cfg.seed)
     bb = load_backbone(cfg.model, seed=cfg.seed)
     params = bb.lora_state()
-    manifest = new_manifest(cfg, method.shape, specs, bb)
+    manifest = replace(new_manifest(cfg, method.shape, specs, bb), labels=dict(labels or {}))
     return Run(
         cfg=cfg,
         out=out,
@@ -280,8 +283,7 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     r.events.truncate(r.state.event_parts)
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
     r.manifest.resumed_from = name  # the folder may be a copy under another name (Ray Train's)
-    if (r.out / "manifest.json").exists():  # what earlier attempts shared
-        r.shared.resume(Manifest.read(r.out))
+    r.shared.resume(r.out)  # what earlier attempts took from the computations shared
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))
     return task
 
@@ -402,9 +404,9 @@ def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> lis
     for step in range(task.step, parts.total):
         lr = parts.optimizer.param_groups[0]["lr"]
         loss = inner_step(r, stage, task, parts, step)
-        memory_loss = forgetting_signal(r, task) if parts.merging and task.schedule.needs_memory_loss else None
-        decision = task.schedule.step(memory_loss) if parts.merging else NO_MERGE
-        log_step(r, stage, step, "inner", loss, lr, memory_loss)
+        signal = forgetting_signal(r, task) if parts.merging and task.schedule.needs_memory_loss else None
+        decision = task.schedule.step(signal) if parts.merging else NO_MERGE
+        log_step(r, stage, step, "inner", loss, lr, signal)
         losses.append((loss, lr))
         if decision.merge:
             merge(r, stage, task, step, decision, parts.burst_optimizer, parts.track)

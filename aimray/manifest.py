@@ -32,6 +32,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION  # of the events beside it
     provenance: dict = field(default_factory=dict)  # git commit, package versions, hardware
     plugins: list[str] = field(default_factory=list)  # the modules that registered what the config names
+    labels: dict[str, str] = field(default_factory=dict)  # what the launcher calls the run, e.g. {"trial": id}
     precision: dict = field(default_factory=dict)  # model.autocast and attention as resolved, and why
     status: str = "running"  # one of STATUSES
     started_at: str = ""

@@ -17,11 +17,13 @@ No torch and no Ray here.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 ENV = "AIMRAY_PLUGINS"
 _loaded: dict[str, Path | None] = {}  # module name -> the file or package folder to ship (None: installed)
@@ -31,27 +33,30 @@ class PluginError(ValueError):
     """A plugin that cannot be imported (the message names it)."""
 
 
-def requested(extra: str | Iterable[str] | None = None) -> list[str]:
-    """The plugins named in $AIMRAY_PLUGINS, then in `extra` (a comma-separated string or a list), once each."""
+def requested(extra: str | Iterable[str] | None = None, env: bool = True) -> list[str]:
+    """The plugins named in $AIMRAY_PLUGINS (unless `env` is False), then in `extra` (a comma-separated string
+    or a list), once each."""
     names: list[str] = []
-    for source in (os.environ.get(ENV, ""), extra or ()):
+    for source in (os.environ.get(ENV, "") if env else "", extra or ()):
         items = source.split(",") if isinstance(source, str) else list(source)
         names += [n.strip() for n in items if n.strip() and n.strip() not in names]
     return names
 
 
-def load(extra: str | Iterable[str] | None = None) -> list[str]:
+def load(extra: str | Iterable[str] | None = None, env: bool = True) -> list[str]:
     """Import every requested plugin not imported yet; returns the module names of all loaded so far.
-    Raises PluginError naming the first plugin that fails to import, with the reason."""
-    for name in requested(extra):
-        module = _module_name(name)
-        if module in _loaded:
-            continue
+    Raises PluginError naming the first plugin that fails to import, with the reason. A Ray worker passes
+    the driver's module names with env=False: $AIMRAY_PLUGINS may hold paths that mean nothing in the
+    worker's folder, and the modules came with the job (`sources`)."""
+    for name in requested(extra, env):
         try:
-            imported = importlib.import_module(module)
+            module = _import(name)
+        except PluginError:
+            raise
         except Exception as err:  # a plugin's own error at import time is the plugin's error
             raise PluginError(f"plugin {name!r} failed to import: {type(err).__name__}: {err}") from err
-        _loaded[module] = _shippable(imported)
+        if module is not None:
+            _loaded[module.__name__] = _shippable(module)
     return loaded()
 
 
@@ -66,29 +71,39 @@ def sources() -> list[str]:
     return [str(p) for p in _loaded.values() if p is not None]
 
 
-def _module_name(name: str) -> str:
-    """A module name, or for the path of a .py file its stem, with its folder put on sys.path. The current
-    folder is searched too (a script in sweeps/ does not have it on sys.path)."""
-    if name.endswith(".py") or os.sep in name:
-        path = Path(name).expanduser().resolve()
-        if not path.is_file():
-            raise PluginError(f"plugin {name!r}: {path} is not a file")
-        _add_path(path.parent)
-        return path.stem
-    _add_path(Path.cwd())
-    return name
-
-
-def _add_path(folder: Path) -> None:
-    if str(folder) not in sys.path and not (folder == Path.cwd() and "" in sys.path):
-        sys.path.append(str(folder))
+def _import(name: str) -> ModuleType | None:
+    """Import a module by name (the current folder searched too: a script in sweeps/ does not have it on
+    sys.path) or a .py file by path, under its stem; None when it is loaded already."""
+    if not (name.endswith(".py") or os.sep in name):
+        if name in _loaded:
+            return None
+        if str(Path.cwd()) not in sys.path and "" not in sys.path:
+            sys.path.append(str(Path.cwd()))
+        return importlib.import_module(name)
+    path = Path(name).expanduser().resolve()
+    if not path.is_file():
+        raise PluginError(f"plugin {name!r}: {path} is not a file")
+    present = sys.modules.get(path.stem)
+    if present is not None:
+        if Path(getattr(present, "__file__", "") or "").resolve() != path:
+            raise PluginError(f"plugin {name!r}: a module {path.stem!r} is imported already ({present.__file__})")
+        return None if path.stem in _loaded else present
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # the name Ray's workers import it by (runtime_env py_modules)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]
+        raise
+    return module
 
 
 def _shippable(module) -> Path | None:
     """The file or top-level package folder of a module that is not installed (in site-packages or the
     standard library), else None."""
     top = sys.modules[module.__name__.split(".")[0]]
-    where = getattr(top, "__file__", None)
+    where = getattr(top, "__file__", None) or next(iter(getattr(top, "__path__", [])), None)  # a namespace package
     if where is None:
         return None
     path = Path(where).resolve()

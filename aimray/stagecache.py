@@ -149,12 +149,13 @@ class StageCache:
         self.folder = Path(folder)
 
     @classmethod
-    def resolve(cls, cache: StageCache | str | None) -> StageCache | None:
-        """FROM_ENV: the folder $AIMRAY_STAGE_CACHE names (None when it is "off"); else `cache` itself."""
+    def resolve(cls, cache: StageCache | str | Path | None) -> StageCache | None:
+        """FROM_ENV: the folder $AIMRAY_STAGE_CACHE names (None when it is "off"); a folder: a cache there;
+        else `cache` itself."""
         if cache == FROM_ENV:
             base = root()
             return cls(base) if base is not None else None
-        return cache
+        return cls(Path(cache)) if isinstance(cache, str | Path) else cache
 
     def bind(self, bb: Backbone, dist: Dist = LOCAL) -> Shared:
         return Shared(self, backbone_identity(bb, dist.world), dist)
@@ -229,11 +230,16 @@ class Shared:
         """`manifest` with what the run took from the cache so far (a copy)."""
         return replace(manifest, cache=json.loads(json.dumps(self.record)))
 
-    def resume(self, manifest: Manifest) -> None:
-        """Carry on the counts that earlier attempts of the run recorded in its manifest."""
-        if self.cache is not None:
-            earlier = manifest.cache or {}
-            self.record.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
+    def resume(self, folder: Path) -> None:
+        """Carry on the counts that earlier attempts of the run recorded in its folder's manifest (none when
+        it is missing or unreadable)."""
+        if self.cache is None:
+            return
+        try:
+            earlier = Manifest.read(folder).cache
+        except (FileNotFoundError, ValueError):
+            return
+        self.record.update({k: v for k, v in earlier.items() if k in ("stage", "base_evals", "evals")})
 
     def stage(self, reads: dict, start: Tensors, examples: list[Example], device: torch.device) -> StageEntry | None:
         """A stage's result computed before (every rank has it), or None: compute it and `store_stage`."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +90,10 @@ def copy_file(src: Place, dst: Place, rel: str) -> None:
     dst.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
     with src.fs.open_input_stream(f"{src.path}/{rel}") as stream:
         data = stream.read()
-    if dst.local:
-        tmp = Path(target).with_name(f".{Path(target).name}.tmp")
-        tmp.write_bytes(data)
+    if dst.local:  # a name of this writer's own: two processes mirroring one study never mix their halves
+        fd, tmp = tempfile.mkstemp(prefix=f".{Path(target).name}.", suffix=".tmp", dir=Path(target).parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(tmp, target)
     else:
         with dst.fs.open_output_stream(target) as out:

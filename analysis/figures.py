@@ -131,7 +131,10 @@ def accuracy_heatmaps(study: Study, paths: list[str] | None = None, split: str =
         if k % cols == 0:
             ax.set_ylabel("trained through", fontsize=8)
         run = runs.loc[path]
-        ax.set_title(f"{run.method} o{run.order} s{run.seed}" + (f" ({run.trial})" if run.trial else ""), fontsize=9)
+        ax.set_title(
+            f"{run.method} o{run.order} s{run.seed}" + (f" ({run.trial})" if isinstance(run.trial, str) else ""),
+            fontsize=9,
+        )
     for ax in axes.flat[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label=f"{split} accuracy (%)")

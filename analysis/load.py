@@ -138,8 +138,8 @@ def open_study(root: str | Path) -> Study:
     rows = []
     for folder in folders:
         manifest = Manifest.read(folder)
-        if manifest.schema_version != SCHEMA_VERSION:
-            version = manifest.schema_version
+        if manifest.schema_version != SCHEMA_VERSION or "schema_version" in manifest.absent:
+            version = None if "schema_version" in manifest.absent else manifest.schema_version
             raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
         path = folder.relative_to(root)
         rows.append(
@@ -153,6 +153,7 @@ def open_study(root: str | Path) -> Study:
                 "status": manifest.status,
                 "tasks": manifest.tasks,
                 "path": str(path),
+                "trial": manifest.labels.get("trial"),  # a sweep's run: the trial it belongs to
             }
         )
     runs = pd.DataFrame(rows)
@@ -160,8 +161,9 @@ def open_study(root: str | Path) -> Study:
     frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
     trials = read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
     orders = read_parquet(root / "trial_orders.parquet") if (root / "trial_orders.parquet").exists() else None
-    # a sweep's runs: the trial each belongs to, as trial_orders records it
-    runs["trial"] = runs.path.map(dict(zip(orders.path, orders.trial_id, strict=True))) if orders is not None else None
+    if orders is not None:  # runs written before their manifests named their trial: as trial_orders says
+        recorded = dict(zip(orders.path, orders.trial_id, strict=True))
+        runs["trial"] = [t if t is not None else recorded.get(p) for t, p in zip(runs.trial, runs.path, strict=True)]
     ablation = read_parquet(root / "runs.parquet") if (root / "runs.parquet").exists() else None
     sweep = read_json(root / "sweep.json") if (root / "sweep.json").exists() else None
     if sweep is not None and not isinstance(sweep, dict):

@@ -238,7 +238,21 @@ def trial_metrics(study: Study) -> pd.DataFrame:
     (`order_means`)."""
     if study.trials is None:
         raise ValueError(f"{study.root} is not a sweep (no trials.parquet)")
-    return order_means(study.trials, study.trial_orders)
+    return order_means(study.trials, trial_orders(study))
+
+
+def trial_orders(study: Study) -> pd.DataFrame | None:
+    """A sweep's per-order results: trial_orders.parquet, or while the sweep runs (it is written at the
+    end) the same rows from its finished runs that name their trial."""
+    if study.trial_orders is not None:
+        return study.trial_orders
+    runs = run_metrics(study)
+    if runs.empty or runs.trial.isna().all():
+        return None
+    runs = runs[runs.trial.notna()]
+    return runs.rename(columns={"trial": "trial_id"}).assign(status="success")[
+        ["trial_id", "order", "path", "status", *ORDER_MEANS]
+    ]
 
 
 ORDER_MEANS = ("op", "bwt", "dev_op", "dev_bwt")

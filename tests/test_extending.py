@@ -141,6 +141,26 @@ def test_a_custom_task_through_eval_and_plugin_errors(tmp_path, tiny_causal) -> 
         assert why in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
+def test_a_plugin_file_is_imported_by_its_path_and_workers_ignore_the_environment(tmp_path, monkeypatch) -> None:
+    """A .py plugin is that file (a module of the same name imported already is an error, not a silent
+    stand-in); a worker loads the driver's module names only: $AIMRAY_PLUGINS may hold paths relative to
+    the driver's folder."""
+    from aimray import plugins
+
+    monkeypatch.setattr(plugins, "_loaded", {})
+    (tmp_path / "json.py").write_text("raise RuntimeError('never run')\n")
+    with pytest.raises(plugins.PluginError, match=r"a module 'json' is imported already"):
+        plugins.load(str(tmp_path / "json.py"))
+    (tmp_path / "my_rules.py").write_text("RULES = 3\n")
+    monkeypatch.setenv(plugins.ENV, "nowhere/else.py")
+    monkeypatch.delitem(sys.modules, "my_rules", raising=False)
+    assert plugins.load([str(tmp_path / "my_rules.py")], env=False) == ["my_rules"]
+    assert sys.modules["my_rules"].RULES == 3 and str(tmp_path) not in sys.path
+    assert plugins.load(["my_rules"], env=False) == ["my_rules"]  # a worker: by name, loaded already
+    with pytest.raises(plugins.PluginError, match=r"plugin 'nowhere/else.py': .* is not a file"):
+        plugins.load()
+
+
 def test_plugins_not_installed_travel_to_ray_workers(tmp_path, monkeypatch) -> None:
     """A plugin outside the workers' sys.path (not in the driver's working folder either) reaches them
     through runtime_env py_modules: aimray.launch.cluster.ensure_ray ships what aimray.plugins.sources() lists."""

@@ -176,3 +176,12 @@ def test_a_study_starts_one_run_per_first_task_then_the_ones_that_share_it() -> 
     # a `last` method runs after every other run, at every seed
     ranked = [(c.method, c.seed) for c in priority_order(cfgs, ["aimmerging"], last=["seqlora"])]
     assert {m for m, _ in ranked[-6:]} == {"seqlora"} and {s for _, s in ranked[-6:]} == {0, 1}
+
+
+def test_a_run_takes_a_stage_cache_by_its_folder_none_or_the_environment(tmp_path, monkeypatch) -> None:
+    from aimray.stagecache import FROM_ENV, StageCache
+
+    assert StageCache.resolve(str(tmp_path)).folder == tmp_path == StageCache.resolve(tmp_path).folder
+    assert StageCache.resolve(None) is None and StageCache.resolve(FROM_ENV) is None  # conftest: "off"
+    monkeypatch.setenv("AIMRAY_STAGE_CACHE", str(tmp_path / "shared"))
+    assert StageCache.resolve(FROM_ENV).folder == tmp_path / "shared"

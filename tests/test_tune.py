@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from aimray.launch.tune import define_by_run, load_sweep, parse_space, tpe_sampler
+from aimray.manifest import Manifest
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +73,21 @@ def check_sweep(out: Path, samples: int = 2) -> pd.DataFrame:
         for order in (1, 2, 3):
             run = out / "runs" / trial / f"order{order}"
             assert (run / "matrix.json").exists() and list((run / "events" / "steps").glob("*.parquet"))
+            assert Manifest.read(run).labels == {"trial": trial}  # each run names its trial
     assert "| trial | objective | test OP |" in (out / "best.md").read_text()
+    # Read while the sweep runs (trial_orders.parquet comes at the end): the same per-trial means.
+    from analysis import tables as T
+    from analysis.load import open_study
+
+    means = T.trial_metrics(open_study(out)).set_index("trial_id")[["op", "dev_op", "op_spread"]]
+    (out / "trial_orders.parquet").rename(out / "trial_orders.kept")
+    try:
+        study = open_study(out)
+        assert set(study.runs.trial) == set(table.trial_id)
+        live = T.trial_metrics(study).set_index("trial_id")[["op", "dev_op", "op_spread"]]
+        assert np.allclose(live.loc[means.index].to_numpy(), means.to_numpy())
+    finally:
+        (out / "trial_orders.kept").rename(out / "trial_orders.parquet")
     return table
 
 

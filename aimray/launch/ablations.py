@@ -64,7 +64,7 @@ def _run_remote(
     from aimray.config import config_from_dict
     from aimray.launch.storage import remote_folder
 
-    plugin_modules.load(plugins)
+    plugin_modules.load(plugins, env=False)
 
     cfg = config_from_dict({**cfg_dict, "train": {**cfg_dict["train"], "threads": threads}})
     copy = remote_folder(*remote) if remote is not None else None

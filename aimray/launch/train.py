@@ -82,7 +82,7 @@ def quiet_train_logs() -> None:
 def train_worker(config: dict) -> None:
     """The function every Ray Train worker runs."""
     quiet_train_logs()
-    plugins.load(config["plugins"])  # what registered the config's method, tasks, ... in the driver
+    plugins.load(config["plugins"], env=False)  # what registered the config's method, tasks, ... in the driver
     cfg = config_from_dict(config["run"])
     out = Path(config["out"])
     threads = max(1, int(config["cpus_per_worker"]))
@@ -103,18 +103,8 @@ def train_worker(config: dict) -> None:
             return
         train_report(row, tracker.update(row) if tracker is not None else {})
 
-    fault = config.get("on_checkpoint")  # fault injection from a test or benchmark (aimray.faults), else None
-
-    def on_checkpoint(stage: int, step: int) -> None:
-        """A mid-task checkpoint goes to Ray Train too, so a failed worker is retried from it and not from the
-        task's start (task-end checkpoints ride on the per-task report). Not inside a Tune trial: Tune would
-        take the report for a result, and the sweep's metrics come once per task."""
-        if step > 0 and tracker is None:
-            path = out / "checkpoints" / checkpoint_name(stage, step)  # the one the loop has just written
-            checkpoint = Checkpoint.from_directory(str(path)) if dist.main else None
-            ray.train.report({"stage": stage, "step": step}, checkpoint=checkpoint)
-        if fault is not None:
-            fault(stage, step)
+    # a fault injected by a test or benchmark (aimray.faults) rides on every checkpoint, else None
+    on_checkpoint = checkpoint_reporter(out, dist, tracker is None, config.get("on_checkpoint"))
 
     # A copy in the sweep's storage (rank 0 copies, from whichever node it runs on), brought back first.
     copy = remote_folder(*config["remote"]) if config.get("remote") and dist.main else None
@@ -131,13 +121,37 @@ def train_worker(config: dict) -> None:
         with previous.as_directory() if previous is not None else contextlib.nullcontext() as folder:
             resume = Path(folder) if folder is not None else None
             result = run(
-                cfg, out, log=log, report=report_and_copy, dist=dist, resume_from=resume, on_checkpoint=on_checkpoint
+                cfg,
+                out,
+                log=log,
+                report=report_and_copy,
+                dist=dist,
+                resume_from=resume,
+                on_checkpoint=on_checkpoint,
+                labels=config.get("labels"),
             )
     finally:
         if copy is not None:
             copy.upload(out)
     if tracker is not None and last:
         train_report(last[-1], tracker.finish(result))
+
+
+def checkpoint_reporter(out: Path, dist: Dist, to_train: bool, fault: OnCheckpoint | None) -> OnCheckpoint:
+    """The loop's on_checkpoint in a worker: a mid-task checkpoint goes to Ray Train too (`to_train`), so a
+    failed worker is retried from it and not from the task's start (task-end checkpoints ride on the
+    per-task report); not inside a Tune trial, where Tune would take the report for a result and the
+    sweep's metrics come once per task. Then `fault`, if any."""
+
+    def on_checkpoint(stage: int, step: int) -> None:
+        if step > 0 and to_train:
+            path = out / "checkpoints" / checkpoint_name(stage, step)  # the one the loop has just written
+            checkpoint = Checkpoint.from_directory(str(path)) if dist.main else None
+            ray.train.report({"stage": stage, "step": step}, checkpoint=checkpoint)
+        if fault is not None:
+            fault(stage, step)
+
+    return on_checkpoint
 
 
 def train_report(row: dict, objective: dict) -> None:
@@ -161,11 +175,13 @@ def run_with_ray_train(
     on_checkpoint: OnCheckpoint | None = None,
     tracker: dict | None = None,
     remote: tuple[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> RunResult:
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
     `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one). `remote`
     (storage URI, path under it): rank 0 copies the run folder there after every task and at the end, and
-    the result is read from that copy (rank 0 may have run on another node)."""
+    the result is read from that copy (rank 0 may have run on another node). `labels` go into the run's
+    manifest (a sweep's trial)."""
     out = Path(out).resolve()
     check_inputs([cfg])  # a missing --data-dir, a broken data file or asset: one clear error, before Ray
     out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +202,7 @@ def run_with_ray_train(
             "on_checkpoint": on_checkpoint,
             "tracker": tracker,
             "remote": remote,
+            "labels": labels,
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

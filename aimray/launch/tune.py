@@ -9,13 +9,14 @@ Output under --out:
     trials.parquet          one row per trial: config columns, objective(s), Pareto front, status, wall time
     trial_orders.parquet    one row per trial and finished order: its run's test OP/BWT/FWT, dev OP/BWT and
                             compute (long form: the order is a column)
-    best.md                 the best configs with dev and test metrics (analysis.tables.best_markdown)
+    best.md                 the best configs with dev and test metrics (analysis.report.best_markdown)
     runs/<trial>/order<k>/  every run's trajectory events, manifest and accuracy matrix
     ray/tune/               Tune's experiment state (--resume continues from it)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -48,7 +49,7 @@ from aimray.results import collect
 from aimray.tasks import get_benchmark
 from analysis import report as R
 from analysis import stats
-from analysis.load import mirror_from
+from analysis.load import NotAStudyError, mirror_from
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -372,7 +373,7 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 
 def run_trial(config: dict, spec: SweepSpec) -> None:
     """One Tune trial: the sampled config over every order; reports after every task."""
-    plugins.load(spec.plugins)  # this worker process has not imported them yet
+    plugins.load(spec.plugins, env=False)  # this worker process has not imported them yet
     orders = spec.tune_orders()
     trial_id = tune.get_context().get_trial_id()
     trial_dir = Path(spec.out).resolve() / "runs" / trial_id
@@ -389,23 +390,28 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
             remote = storage_lib.RemoteFolder(fs, f"{base}/{where}") if fs is not None else None
             if remote is not None:
                 remote.restore(out)  # a trial retried on another node carries on from its last copy
-            run_order(cfg, out, tracker, remote)
+            run_order(cfg, out, tracker, remote, labels={"trial": trial_id})
         else:  # the workers report every task (rank 0 copies the folder); the tracker records their run
             from aimray.launch.train import Resources, run_with_ray_train
 
             res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
             copy = (spec.storage, where) if fs is not None else None
-            tracker.finish(run_with_ray_train(cfg, out, res, tracker=tracker.state_dict(), remote=copy))
+            state = tracker.state_dict()
+            tracker.finish(run_with_ray_train(cfg, out, res, tracker=state, remote=copy, labels={"trial": trial_id}))
     tune.report(tracker.final_metrics())
 
 
 def run_order(
-    cfg: RunConfig, out: Path, tracker: ObjectiveTracker, remote: storage_lib.RemoteFolder | None = None
+    cfg: RunConfig,
+    out: Path,
+    tracker: ObjectiveTracker,
+    remote: storage_lib.RemoteFolder | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
     """Run one order in this process, reporting to Tune after every task; the last task's report carries
     the order's summary from the result `run` returns. A run that had finished before (a restored trial)
     reports nothing and is recorded all the same. With `remote`, the run folder is copied to the sweep's
-    storage after every task and at the end."""
+    storage after every task and at the end. `labels` go into the run's manifest (its trial)."""
     last: list[dict] = []
 
     def report(row: dict) -> None:
@@ -416,7 +422,7 @@ def run_order(
         else:
             tune.report(tracker.update(row))
 
-    result = run(cfg, out, report=report, log=lambda _: None)
+    result = run(cfg, out, report=report, log=lambda _: None, labels=labels)
     if remote is not None:
         remote.upload(out)
     metrics = tracker.finish(result)
@@ -457,7 +463,8 @@ def sweep(
     t0 = time.time()
     grid = make_tuner(spec, storage_path, fs, resume, verbose).fit()
     if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
-        mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
+        with contextlib.suppress(NotAStudyError):  # no trial wrote a run (they all failed first): the table says why
+            mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
     table = trials_table(grid, spec)
     write_parquet_atomic(table, out / "trials.parquet")
     per_order = trial_orders(table.get("trial_id", []), spec)
@@ -744,9 +751,12 @@ def trial_orders(trial_ids: Iterable[str], spec: SweepSpec) -> pd.DataFrame:
             if status is None:
                 continue
             row = {"trial_id": trial, "order": order, "path": path, "status": status}
-            if status == "success":
-                result = collect(Path(spec.out) / path)
-                row.update(order_summary(result.metrics, result.costs))
+            try:
+                if status == "success":
+                    result = collect(Path(spec.out) / path)
+                    row.update(order_summary(result.metrics, result.costs))
+            except (OSError, ValueError) as err:  # a damaged copy: the row says so, the sweep's tables go on
+                row["status"] = f"unreadable: {err}"[:200]
             rows.append(row)
     columns = ["trial_id", "order", "path", "status", *ORDER_METRICS]
     return pd.DataFrame(rows, columns=columns).astype({"order": "int64"})
