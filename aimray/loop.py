@@ -650,12 +650,13 @@ def evaluate_tasks(
     score goes through r.shared, counted under that name ("base_evals" or "evals")."""
     scores = {}
     t0 = time.time()
+    through = r.shared.scorer(shared, r.params) if shared else None
     for i in which:
         spec = r.specs[i]
         for split in r.cfg.eval.splits:
             examples, settings = r.data[i].split(split), eval_settings(spec, r.cfg)
             compute = functools.partial(score, r.bb, r.dist, examples, settings)
-            value, n, metric = r.shared.score(shared, r.params, examples, settings, compute) if shared else compute()
+            value, n, metric = through(examples, settings, compute) if through else compute()
             costs.eval_examples += n
             r.events.add(
                 "evals",

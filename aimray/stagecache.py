@@ -37,6 +37,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -263,14 +264,19 @@ class Shared:
             self.cache.store_stage(self.key, entry)
         self.record["stage"] = {"key": self.key[:16], "hit": False, "seconds_saved": 0.0}
 
-    def score(
-        self, counter: str, adapter: Tensors, examples: list[Example], settings: dict, compute
-    ) -> tuple[float, int, str]:
-        """`compute()` = (value, n, metric) of `adapter` on `examples` scored with `settings`, through the
-        cache's eval entries, counted under record[counter] (every rank hits, or every rank scores)."""
+    def scorer(self, counter: str, adapter: Tensors) -> Callable[[list[Example], dict, Callable], tuple]:
+        """`score` for one adapter, identified once (its digest is taken here, not per task and split)."""
         if self.cache is None:
-            return compute()
-        key = eval_key(self.identity, adapter_id(adapter), examples, settings)
+            return lambda examples, settings, compute: compute()
+        return functools.partial(self.score, counter, adapter_id(adapter))
+
+    def score(
+        self, counter: str, adapter: str, examples: list[Example], settings: dict, compute: Callable
+    ) -> tuple[float, int, str]:
+        """`compute()` = (value, n, metric) of the adapter `adapter` (adapter_id) on `examples` scored with
+        `settings`, through the cache's eval entries, counted under record[counter] (every rank hits, or
+        every rank scores)."""
+        key = eval_key(self.identity, adapter, examples, settings)
         entry = self.cache.load_eval(key)
         counts = self.record[counter]
         if self.dist.sum(float(entry is not None)) == self.dist.world:

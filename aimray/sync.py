@@ -33,11 +33,12 @@ class Place:
 
     @classmethod
     def of(cls, location: str | Path) -> Place:
-        """A plain path or file:// URI on the local filesystem (made absolute), else the URI's filesystem."""
+        """A plain path or file:// URI on the local filesystem (made absolute, links resolved), else the
+        URI's filesystem."""
         if is_uri(location):
             fs, path = pafs.FileSystem.from_uri(str(location))
             return cls(fs, path.rstrip("/"))
-        return cls(pafs.LocalFileSystem(), str(local_path(location).absolute()))
+        return cls(pafs.LocalFileSystem(), str(local_path(location).resolve()))
 
     @property
     def local(self) -> bool:

@@ -99,12 +99,12 @@ def mirror(uri: str, local: Path | None = None) -> Path:
     $AIMRAY_HOME/studies named by the URI's hash), copying only files whose size or modification time
     changed; returns the local folder. NotAStudyError when the URI names nothing."""
     try:
-        fs, base = pafs.FileSystem.from_uri(uri)
+        place = Place.of(uri)
     except (OSError, ValueError, pa.ArrowException) as err:
         raise NotAStudyError(f"{uri}: cannot be opened ({err})") from None
     if local is None:
         local = home() / "studies" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    return mirror_from(fs, base, local, name=uri)
+    return mirror_from(place.fs, place.path, local, name=uri)
 
 
 def mirror_from(fs: pafs.FileSystem, base: str, local: Path, name: str = "") -> Path:

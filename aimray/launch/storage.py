@@ -27,16 +27,13 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from aimray.files import is_uri, local_path
 from aimray.sync import Place, copy_file, sync, visible
 
 
 def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None, str]:
     """(filesystem, path) of a sweep's storage: None and a local path, or a URI's filesystem and path."""
-    if storage and is_uri(storage):
-        fs, path = pafs.FileSystem.from_uri(storage)
-        return fs, path.rstrip("/")
-    return None, str((local_path(storage) if storage else default).resolve())
+    place = Place.of(storage or default)
+    return (None if place.local else place.fs), place.path
 
 
 @dataclass
