@@ -2,6 +2,8 @@
 
 python -m aimray tasks [--benchmark B] [--data-dir D]
 python -m aimray eval --benchmark offline-standard [--split test] [--limit N] [--out DIR]
+python -m aimray run --preset smoke --out runs/smoke [key=value ...]
+python -m aimray plan [--preset P] [--model M] [--device cpu|cuda] [--memory 80GiB] [key=value ...]
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from aimray import plugins
+from aimray import plugins, stopping
 from aimray.assets import AssetMissingError
 from aimray.cliargs import (
     ArgumentParser,
@@ -155,13 +157,11 @@ def eval_row(bb, spec, examples: list, args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """One continual-learning run; prints progress, then the accuracy matrix and the CL metrics."""
-    from aimray.config import make_config, parse_overrides
+    from aimray.config import make_config
     from aimray.loop import run
 
     check_out_dir(args.out)
-    overrides = parse_overrides(args.overrides)
-    if args.model is not None:  # --model is model.name_or_path (an override of the same key wins)
-        overrides = {**overrides, "model": {"name_or_path": args.model, **overrides.get("model", {})}}
+    overrides = model_overrides(args)
     cfg = make_config(
         args.preset,
         overrides,
@@ -175,7 +175,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
         os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
     if args.workers == 0:
-        result = run(cfg, args.out)
+        with stopping.on_signals():
+            try:
+                result = run(cfg, args.out)
+            except stopping.StopRequested as stop:
+                print(f"[run] stopped at {stop.where}, checkpoint written: the same command continues", file=sys.stderr)
+                return stop.exit_code
     else:
         from aimray.launch.train import Resources, run_with_ray_train
 
@@ -185,6 +190,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
     return 0
+
+
+def model_overrides(args: argparse.Namespace) -> dict:
+    """The key=value overrides, with --model as model.name_or_path (an override of the same key wins)."""
+    from aimray.config import parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    if args.model is not None:
+        overrides = {**overrides, "model": {"name_or_path": args.model, **overrides.get("model", {})}}
+    return overrides
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """What a run needs in memory and the micro-batch it would use (aimray.plan)."""
+    from aimray import plan
+    from aimray.config import make_config
+
+    cfg = make_config(
+        args.preset, model_overrides(args), method=args.method, benchmark=args.benchmark, order=args.order
+    )
+    memory = plan.parse_bytes(args.memory) if args.memory else None
+    result = plan.make_plan(cfg, args.device, memory)
+    print(plan.to_json(result) if args.json else "\n".join(plan.describe(result)))
+    return 0 if result.micro is not None else 1
 
 
 def format_result(result) -> str:
@@ -222,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tasks_parser(sub)
     add_eval_parser(sub)
     add_run_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 
@@ -313,6 +343,38 @@ def add_run_parser(sub) -> None:
     add_plugins_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=cmd_run)
+
+
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="what a run needs in memory on a device, and the micro-batch it would use",
+        description="Print a run's memory plan: frozen weights, adapter and optimizer state, activations per "
+        "micro-batch at the preset's prompt budget (with and without activation checkpointing), the "
+        "evaluation's peak; whether it fits the device and the largest micro-batch that does (what "
+        "train.micro_batch_size=auto starts from; on a GPU a run confirms it with a short probe). Reads the "
+        "model's configuration only, no weights. Exit status 1 when nothing fits.",
+        epilog="examples: python -m aimray plan --preset paper --model llama-2-7b --device cuda --memory 80GiB; "
+        "python -m aimray plan --preset smoke model.gradient_checkpointing=true. Models known by name (no "
+        "folder needed): t5-large, llama-2-7b, llama-2-13b.",
+    )
+    p.add_argument("--preset", help=f"one of {', '.join(_presets())} (default: the built-in defaults)")
+    p.add_argument(
+        "--model", help="'smollm2' (default), a model folder, an HF id, or t5-large / llama-2-7b / llama-2-13b"
+    )
+    p.add_argument("--method", default="aimmerging", help="the method (default aimmerging)")
+    p.add_argument("--benchmark", default="offline-standard", help="whose tasks set the label count for scoring")
+    p.add_argument("--order", type=int, default=1, help="task order of the benchmark (default 1)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="default cuda")
+    p.add_argument(
+        "--memory",
+        help="the device's memory, e.g. 80GiB (default: this machine's GPU or available RAM; 80GiB "
+        "for cuda where there is no GPU)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_plugins_arg(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=cmd_plan)
 
 
 def _methods() -> list[str]:

@@ -58,6 +58,10 @@ class ModelConfig:
     # "train": each transformer layer runs through torch.compile in training steps (evaluation stays eager),
     # compiled once per machine into inductor's on-disk cache (aimray.model.compile_for_training). "off": eager.
     compile: str = field(default="off", metadata=ADDED_LATER_FIELD)
+    # Activation checkpointing of the transformer layers (non-reentrant): each layer keeps only its input
+    # and recomputes the rest in the backward pass; the same numbers (dropout masks included), less memory,
+    # about one more forward pass of time. Not a part of a run's identity.
+    gradient_checkpointing: bool = field(default=False, metadata=NEUTRAL)
 
     def __post_init__(self) -> None:
         _check(self.lora_r >= 1, "model.lora_r", self.lora_r, "must be >= 1")
@@ -68,6 +72,13 @@ class ModelConfig:
         _one_of("model.autocast", self.autocast, ("auto", "bf16", "off"))
         _one_of("model.attention", self.attention, ("auto", "sdpa", "eager"))
         _one_of("model.compile", self.compile, ("off", "train"))
+        _check(
+            not (self.gradient_checkpointing and self.compile == "train"),
+            "model.gradient_checkpointing",
+            self.gradient_checkpointing,
+            "cannot be combined with model.compile=train (the compiled layers would be recomputed eagerly); "
+            "set one of them off",
+        )
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     eval_batch_size: int = 32
     threads: int = field(default=0, metadata=NEUTRAL)  # torch threads; 0 = leave as is
+    # Gradient accumulation: examples per forward/backward pass (on each data-parallel rank); an optimizer
+    # step sums batch_size / micro_batch_size of them, its gradient the whole batch's. null: the whole batch
+    # in one pass; "auto": the largest that the memory plan fits on the device (aimray.plan; on a GPU
+    # confirmed by a short out-of-memory probe, kept per machine). Every count of the method stays in
+    # optimizer steps. Not a part of a run's identity: with dropout 0 the same numbers up to float rounding
+    # (dropout masks are drawn per pass).
+    micro_batch_size: int | str | None = field(default=None, metadata=NEUTRAL)
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "train.lr", self.lr, "must be > 0")
@@ -92,6 +110,17 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.threads >= 0, "train.threads", self.threads, "must be >= 0")
         _check(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "must be >= 1")
+        micro = self.micro_batch_size
+        if isinstance(micro, str):
+            _check(micro == "auto", "train.micro_batch_size", micro, "must be a positive integer, auto or null")
+        elif micro is not None:
+            _check(micro >= 1, "train.micro_batch_size", micro, "must be >= 1")
+            _check(
+                self.batch_size % micro == 0,
+                "train.micro_batch_size",
+                micro,
+                f"does not divide train.batch_size={self.batch_size}: an optimizer step sums whole micro-batches",
+            )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from aimray import checkpoint, plugins
+from aimray import checkpoint, plan, plugins
 from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskState
 from aimray.config import RunConfig, identity_dict, run_identity
 from aimray.distributed import LOCAL, Dist
@@ -50,6 +50,8 @@ from aimray.model import (
 from aimray.provenance import provenance
 from aimray.results import RunResult, collect, result_json
 from aimray.stagecache import FROM_ENV, Shared, StageCache, StageEntry
+from aimray.step import Learner, memory_loss, optimize
+from aimray.stopping import STOP, Stop, StopRequested
 from aimray.tasks import TaskData, TaskSpec, benchmark_tasks
 from aimray.tasks.spec import Example
 
@@ -84,15 +86,6 @@ def check_inputs(cfgs: Iterable[RunConfig]) -> None:
             models.add(cfg.model.name_or_path)
 
 
-@dataclass(frozen=True)
-class Learner:
-    """What a forward or backward pass needs: the backbone, the live adapter tensors, the ranks."""
-
-    bb: Backbone
-    params: Tensors
-    dist: Dist
-
-
 @dataclass
 class Run:
     """What a run holds: the parts fixed at its start, and its typed, checkpointed progress (`state`)."""
@@ -117,10 +110,12 @@ class Run:
     on_checkpoint: OnCheckpoint | None
     shared: Shared = field(default_factory=lambda: Shared(None))  # computations other runs share (task 1, evals)
     validation: list[list[Example]] = field(default_factory=list)  # per task: where best states are chosen
+    micro: int | None = None  # train.micro_batch_size resolved (aimray.plan.resolve_micro_batch)
+    stop: Stop = field(default_factory=lambda: STOP)  # asked to stop (aimray.stopping): between steps, tasks
 
     @property
     def learner(self) -> Learner:
-        return Learner(self.bb, self.params, self.dist)
+        return Learner(self.bb, self.params, self.dist, self.micro)
 
     def reseed(self, phase: int) -> None:
         """Seed torch (dropout) from (seed, global step, phase, rank): a resumed run and every data-parallel
@@ -149,6 +144,7 @@ def run(
     on_checkpoint: OnCheckpoint | None = None,
     cache: StageCache | str | Path | None = FROM_ENV,
     labels: dict[str, str] | None = None,
+    stop: Stop = STOP,
 ) -> RunResult:
     """Run (or resume, if `out` holds a checkpoint of the same config) one continual-learning run.
 
@@ -158,11 +154,13 @@ def run(
     `on_checkpoint(stage, step)` is called right after every checkpoint (tests inject faults there).
     `cache`: where task 1 and the evaluations other runs compute too are shared (aimray.stagecache; None:
     nowhere; a folder; default: the folder $AIMRAY_STAGE_CACHE names). `labels` go into the manifest (a
-    sweep's trial: {"trial": id}).
+    sweep's trial: {"trial": id}). `stop`: asked to stop (aimray.stopping.on_signals sets the process's),
+    the run finishes its optimizer step, checkpoints, marks itself stopped and raises StopRequested.
     """
     out = Path(out)
     shared = StageCache.resolve(cache)
     r = set_up(cfg, out, log, dist, on_checkpoint, shared, labels)  # every check, data, backbone: nothing on disk
+    r.stop = stop
     out.mkdir(parents=True, exist_ok=True)
     with locked(out / ".lock") if dist.main else contextlib.nullcontext():  # one writer per run folder
         if dist.world > 1:
@@ -184,13 +182,15 @@ def run(
                 rows.append(finish_stage(r, stage, task))
                 if stage.index + 1 < len(r.stages) and report is not None:
                     report(rows[-1])
+                if stage.index + 1 < len(r.stages):
+                    r.stop.check(f"the end of task {stage.index + 1}/{len(r.stages)} ({stage.name})")
             result = collect(out)
             r.write("matrix.json", result_json(result))
             r.write_manifest(status="success", finished_at=now())
         except (Exception, SystemExit, KeyboardInterrupt) as err:
             # SystemExit / KeyboardInterrupt: stopped from outside (a Tune scheduler ending the trial, Ctrl-C).
             # Any other BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill).
-            status = "failed" if isinstance(err, Exception) else "stopped"
+            status = "failed" if isinstance(err, Exception) and not isinstance(err, StopRequested) else "stopped"
             r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
             raise
     if rows and report is not None:  # the last task's report comes once the run's files are complete
@@ -221,7 +221,12 @@ def set_up(
     torch.manual_seed(cfg.seed)
     bb = load_backbone(cfg.model, seed=cfg.seed)
     params = bb.lora_state()
-    manifest = replace(new_manifest(cfg, method.shape, specs, bb), labels=dict(labels or {}))
+    micro, micro_record = plan.resolve_micro_batch(cfg, bb, per_rank=max(1, cfg.train.batch_size // dist.world))
+    if cfg.train.micro_batch_size == "auto":
+        log(
+            f"[run] train.micro_batch_size=auto: {micro} ({micro_record['source']}; {micro_record.get('note', 'fits')})"
+        )
+    manifest = replace(new_manifest(cfg, method.shape, specs, bb), labels=dict(labels or {}), micro_batch=micro_record)
     return Run(
         cfg=cfg,
         out=out,
@@ -243,6 +248,7 @@ def set_up(
         on_checkpoint=on_checkpoint,
         shared=shared.bind(bb, dist) if shared is not None else Shared(None),
         validation=validation,
+        micro=micro,
     )
 
 
@@ -416,9 +422,15 @@ def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> lis
             r.log(progress_line(stage, len(r.stages), task.step, parts.total, task.costs.merges, shown - t0, first))
         if cfg.checkpoint.keep != "last" and task.step % cfg.checkpoint.best_dev_every == 0:
             track_best(r, stage, task)
-        if cfg.checkpoint.every_steps and task.step % cfg.checkpoint.every_steps == 0 and task.step < parts.total:
+        if task.step < parts.total and (every_n(cfg, task.step) or r.stop.signum is not None):
             save_checkpoint(r)
+            r.stop.check(f"task {stage.index + 1}/{len(r.stages)} ({stage.name}), step {task.step}/{parts.total}")
     return losses
+
+
+def every_n(cfg: RunConfig, step: int) -> bool:
+    """checkpoint.every_steps: whether a mid-task checkpoint is due after `step` steps."""
+    return bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
 
 
 def inner_step(r: Run, stage: Stage, task: TaskState, parts: StageParts, step: int) -> float:
@@ -523,40 +535,6 @@ def train_step(
     return optimize(r.learner, batch, optimizer, clip, importance, beta, scale)
 
 
-def optimize(
-    m: Learner,
-    batch: list[Example],
-    optimizer: torch.optim.Optimizer,
-    clip: float,
-    importance: Tensors | None = None,
-    beta: float = 0.0,
-    scale: float = 1.0,
-) -> float:
-    """One optimizer step on the mean answer loss of `batch`: gradients clipped to norm `clip`, the
-    importance EMA updated with `beta` if asked; `scale` multiplies the loss before its backward pass
-    (controller.burst_loss_scale); the unscaled loss is returned.
-
-    Each rank takes its shard and divides its summed loss by the batch's global answer-token count, so the
-    gradients summed over ranks are those of the whole batch on one rank.
-    """
-    params = list(m.params.values())
-    for p in params:
-        p.grad = None
-    shard = m.dist.shard(batch)
-    tokens = m.dist.sum(answer_tokens(m.bb, shard))
-    local = 0.0
-    if shard:
-        loss = answer_loss(m.bb, shard, reduction="sum") / tokens
-        (loss * scale).backward()
-        local = loss.item()
-    m.dist.sum_grads(params)
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    if importance is not None:
-        arithmetic.update_importance(importance, m.params, beta)
-    optimizer.step()
-    return m.dist.sum(local)
-
-
 def forgetting_signal(r: Run, task: TaskState) -> float:
     """The loss on one fresh random memory batch, no gradient (train or eval mode, controller.fs_mode)."""
     batch = r.memory.sample_batch(r.cfg.memory.batch_size, task.mem_rng)
@@ -564,18 +542,6 @@ def forgetting_signal(r: Run, task: TaskState) -> float:
     loss = memory_loss(r.learner, batch, eval_mode=r.cfg.controller.fs_mode == "eval")
     task.costs.monitor_examples += len(batch)
     task.costs.forward_passes += 1
-    return loss
-
-
-@torch.no_grad()
-def memory_loss(m: Learner, batch: list[Example], eval_mode: bool) -> float:
-    """The mean answer loss per token of `batch`, no gradient, in eval mode (dropout off) if asked."""
-    if eval_mode:
-        m.bb.model.eval()
-    shard = m.dist.shard(batch)
-    local = answer_loss(m.bb, shard, reduction="sum").item() if shard else 0.0
-    loss = m.dist.sum(local) / m.dist.sum(answer_tokens(m.bb, shard))
-    m.bb.model.train()
     return loss
 
 

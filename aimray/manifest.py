@@ -34,6 +34,7 @@ class Manifest:
     plugins: list[str] = field(default_factory=list)  # the modules that registered what the config names
     labels: dict[str, str] = field(default_factory=dict)  # what the launcher calls the run, e.g. {"trial": id}
     precision: dict = field(default_factory=dict)  # model.autocast and attention as resolved, and why
+    micro_batch: dict = field(default_factory=dict)  # train.micro_batch_size as resolved (size, source, peaks)
     status: str = "running"  # one of STATUSES
     started_at: str = ""
     resumed_from: str | None = None  # the checkpoint the last attempt resumed from

@@ -128,7 +128,15 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
     if not is_seq2seq or cfg.attention != "auto":
         kwargs["attn_implementation"] = attention_kernel(cfg, device)
     model = auto.from_pretrained(path, dtype=getattr(torch, cfg.dtype), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    return wrap_backbone(model, AutoTokenizer.from_pretrained(path), cfg, device, seed)
+
+
+def wrap_backbone(model, tokenizer, cfg: ModelConfig, device: torch.device, seed: int = 0) -> Backbone:
+    """A loaded LM made a Backbone: checkpointing as configured, frozen, a fresh LoRA adapter, on `device`,
+    its precision resolved (benchmarks/gpu_check.py wraps models built from a configuration this way)."""
+    is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(seed)  # LoRA A is randomly initialised
@@ -144,6 +152,17 @@ def load_backbone(cfg: ModelConfig | None = None, seed: int = 0) -> Backbone:
     if cfg.compile == "train":
         compile_for_training(bb)
     return bb
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation checkpointing of every transformer layer, non-reentrant (the adapter's gradients flow
+    without the inputs requiring grad; dropout masks are replayed): transformers' own switch, under the name
+    this version has."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def compile_for_training(bb: Backbone) -> int:
@@ -335,7 +354,9 @@ def answer_loss(bb: Backbone, batch: Sequence[Example], reduction: str = "mean")
         labels, lmask = _right_pad([a for _, a in pairs], pad)
         labels[lmask == 0] = -100
         with bb.autocast():
-            logits = bb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).logits
+            logits = bb.model(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev), use_cache=False
+            ).logits
     else:
         ids, mask = _left_pad([p + a for p, a in pairs], pad)
         n_ans = max(len(a) for _, a in pairs)

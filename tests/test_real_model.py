@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -101,3 +102,57 @@ def test_smoke_run_of_aimmerging_on_the_real_backbone(tmp_path) -> None:
     assert all(0 <= v <= 1 for row in matrix["test"] for v in row)
     assert matrix["test"][0] != matrix["base_test"]  # training the first task changed the scores
     assert len(read_events(out, "steps")) >= 4 * 8 and len(read_events(out, "costs")) == 4
+
+
+def test_accumulation_changes_no_merge_decision_on_the_real_backbone(smollm2) -> None:
+    """The real SmolLM2 (fp32, no dropout, 48-token prompts), 8 optimizer steps on amazon with the forgetting
+    signal on a memory of wordnet examples, batch 4 in one pass and in passes of 2: the same step losses and
+    signals (to 1e-4: 30 layers of float rounding), and AimMerging's controller, fed each run's signals and
+    learning signals, merges at the same steps with the same triggers, S and M. (The whole loop's
+    equivalence, bursts and fusion included, is tests/test_scale.py's, on the tiny model.)"""
+    from aimray.config import make_config
+    from aimray.distributed import LOCAL
+    from aimray.merging import arithmetic, signals
+    from aimray.merging.controller import make_schedule
+    from aimray.methods import METHODS
+    from aimray.step import Learner, memory_loss, optimize
+
+    controller = make_config("smoke", {"controller": {"s0": 2, "m0": 1}}).controller
+    train = TASKS["amazon"].load(SplitSizes(32, 4, 4), 0).train
+    memory = TASKS["wordnet"].load(SplitSizes(16, 4, 4), 0).train
+    params = smollm2.lora_state()
+    start = {k: p.detach().clone() for k, p in params.items()}
+    dropouts = [m for m in smollm2.model.modules() if isinstance(m, torch.nn.Dropout)]
+    saved = (dict(smollm2.precision), [m.p for m in dropouts], smollm2.config, smollm2._encoded)
+    smollm2.precision, smollm2._encoded = {"autocast": "off"}, {}
+    smollm2.config = dataclasses.replace(smollm2.config, max_prompt_tokens=48)
+    for m in dropouts:
+        m.p = 0.0
+    traces = []
+    try:
+        for micro in (None, 2):
+            for k, p in params.items():
+                p.data.copy_(start[k])
+            learner = Learner(smollm2, params, LOCAL, micro)
+            optimizer = torch.optim.AdamW(list(params.values()), lr=1e-3)
+            schedule = make_schedule(METHODS["aimmerging"].schedule, controller)
+            anchor, values, decisions = start, [], []
+            for step in range(8):
+                values.append(optimize(learner, train[4 * step : 4 * step + 4], optimizer, clip=1.0))
+                values.append(memory_loss(learner, memory[4 * (step % 4) : 4 * (step % 4) + 4], eval_mode=False))
+                decision = schedule.step(values[-1])
+                if decision.merge:
+                    decisions.append((step, decision.trigger, decision.interval, decision.burst))
+                    delta = arithmetic.difference(params, anchor)
+                    schedule.merged(signals.learning_signal(delta, decision.interval))
+                    anchor = {k: p.detach().clone() for k, p in params.items()}
+            traces.append((values, decisions))
+    finally:
+        for k, p in params.items():
+            p.data.copy_(start[k])
+        smollm2.precision, smollm2.config, smollm2._encoded = saved[0], saved[2], saved[3]
+        for m, p in zip(dropouts, saved[1], strict=True):
+            m.p = p
+    (whole, merges), (passes, micro_merges) = traces
+    assert len(merges) >= 2 and merges == micro_merges, (merges, micro_merges)
+    assert all(abs(a - b) <= 1e-4 * abs(a) for a, b in zip(whole, passes, strict=True)), (whole, passes)

@@ -81,10 +81,12 @@ def split_cluster(tmp_path):
 def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket(s3, split_cluster, tiny_causal):
     """--storage s3://... on a two-node cluster whose worker node cannot see --out (its own tmpfs there):
     two trials at once on orders 1 and 2, the driver SIGKILLed once a run has reached the bucket and
-    resumed; the trial that ran on the worker wrote its runs where the driver cannot read them, and yet --out
-    holds every trajectory at the end, brought home from the bucket, as are the runs on held-out order 3;
+    resumed (no tables before the end; finished runs not run again); the trial that ran on the worker wrote
+    its runs where the driver cannot read them, and yet --out holds every trajectory at the end, brought home
+    from the bucket, as are the runs on held-out order 3;
     the bucket also holds Tune's state and the sweep's tables: the analysis of the bucket and of --out agree,
-    and the Optuna journal holds every trial."""
+    and the Optuna journal holds every trial with the objective the sweep's table records. (This test also
+    stands for a two-node cluster on a shared folder: the same kill and resume, with less to bring home.)"""
     import subprocess as sp
 
     import pandas as pd
@@ -117,9 +119,13 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     assert committed(fs, "studies/split/runs"), "no run reached the bucket in 10 minutes"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not (out / "trials.parquet").exists()  # the sweep's tables come at its end only
+    finished = finished_runs(fs, "studies/split/runs")
     resumed = sweep_cli(out, tiny_causal, *extra, "--resume", env=env, stdout=sp.PIPE, stderr=sp.STDOUT)
     stdout, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, stdout[-4000:]
+    # runs finished before the kill were not run again (their manifests in the bucket are as they were)
+    assert finished and finished.items() <= finished_runs(fs, "studies/split/runs").items()
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 2 and (trials.status == "completed").all()
     spans = []
@@ -160,18 +166,27 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
         study_name="aimray-sweep",
         storage=optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal"))),
     )
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2  # with the objectives Tune recorded (TPE's history survives Tuner.restore)
+    assert sorted(round(t.value, 9) for t in complete) == sorted(round(v, 9) for v in trials.objective)
+
+
+def finished_runs(fs, base: str) -> dict[str, str]:
+    """{manifest path: finished_at} of the run folders under `base` whose manifest says success."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    except OSError:
+        return {}
+    done = {}
+    for info in infos:
+        if info.path.endswith("manifest.json"):
+            with fs.open_input_stream(info.path) as f:
+                manifest = json.loads(f.read())
+            if manifest.get("status") == "success":
+                done[info.path] = manifest["finished_at"]
+    return done
 
 
 def committed(fs, base: str) -> bool:
     """Whether some run folder under `base` has a manifest saying success (its copy is complete)."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except OSError:
-        return False
-    for info in infos:
-        if info.path.endswith("manifest.json"):
-            with fs.open_input_stream(info.path) as f:
-                if json.loads(f.read()).get("status") == "success":
-                    return True
-    return False
+    return bool(finished_runs(fs, base))

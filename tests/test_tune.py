@@ -4,10 +4,8 @@ Llama: unit tests only). The driver is the real CLI, sweeps/tune_controller.py."
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ import pytest
 
 from aimray.launch.tune import define_by_run, load_sweep, parse_space, tpe_sampler
 from aimray.manifest import Manifest
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
@@ -225,90 +222,6 @@ def analyse(study: Path, headline: str) -> set[str]:
     assert proc.returncode == 0 and headline in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
     assert (study / "analysis" / "report.md").exists()
     return {p.name for p in (study / "analysis" / "figures").iterdir()}
-
-
-@pytest.fixture
-def two_node_cluster(tmp_path):
-    """Two `ray start` nodes on this machine, in their own temp dir; stopped by their processes only."""
-    temp = Path("/tmp") / f"aimray-ray-{os.getpid()}-{free_port()}"  # short: Ray's socket paths are limited
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # token auth stays on: every node and client use it
-    env.pop("RAY_ADDRESS", None)
-    ray = str(Path(sys.executable).parent / "ray")
-    head = [
-        ray,
-        "start",
-        "--head",
-        f"--port={port}",
-        "--num-cpus=1",
-        f"--temp-dir={temp}",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
-    worker = [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--disable-usage-stats"]
-    try:
-        for cmd in (head, worker):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-        yield f"127.0.0.1:{port}"
-    finally:
-        # Stop only this cluster: every process whose command line names its temp dir or its port.
-        for pattern in (str(temp), f"127.0.0.1:{port}", f"gcs-address=[^ ]*:{port}"):
-            subprocess.run(["pkill", "-9", "-f", pattern], check=False)
-        time.sleep(1)
-
-
-def test_sweep_on_a_two_node_cluster_and_resume_after_the_driver_is_killed(two_node_cluster, tiny_causal, tmp_path):
-    out = tmp_path / "sweep"
-    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115
-    env = {"RAY_AUTH_MODE": "token"}
-    proc = sweep_cli(
-        out,
-        tiny_causal,
-        "--address",
-        two_node_cluster,
-        "--concurrency",
-        "1",
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    # Kill the driver mid-sweep: once the first trial has finished all its orders.
-    deadline = time.time() + 600
-    while time.time() < deadline and not list((out / "runs").glob("*/order3/matrix.json")):
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
-        time.sleep(0.5)
-    assert list((out / "runs").glob("*/order3/matrix.json")), "no trial finished its orders in 10 minutes"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "trials.parquet").exists()
-    finished = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/order*/matrix.json")}
-    resumed = sweep_cli(
-        out,
-        tiny_causal,
-        "--address",
-        two_node_cluster,
-        "--resume",
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    stdout, _ = resumed.communicate(timeout=900)
-    assert resumed.returncode == 0, stdout[-4000:]
-    # Finished runs were not run again (their results were not rewritten).
-    assert finished and all(p.stat().st_mtime_ns == t for p, t in finished.items())
-    table = check_sweep(out)
-    # The searcher's Optuna study (<out>/optuna.journal) came through the kill: every trial is in it, complete,
-    # with the objective Tune recorded (TPE's history survives Tuner.restore).
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna.journal")))
-    trials = optuna.load_study(study_name="aimray-sweep", storage=storage).trials
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 2, [(t.number, t.state, t.value) for t in trials]
-    assert sorted(round(t.value, 9) for t in complete) == sorted(round(v, 9) for v in table.objective)
 
 
 def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:

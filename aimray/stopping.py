@@ -1,0 +1,74 @@
+"""Stopping when asked: SIGINT (Ctrl-C) and SIGTERM (Kubernetes, Slurm, spot preemption) alike.
+
+Within `on_signals()`, the first signal asks the run to stop: the loop finishes the optimizer step (or the
+merge) in progress, writes a checkpoint, marks its manifest "stopped" and raises `StopRequested`, whose
+`exit_code` is 130 for SIGINT and 143 for SIGTERM, as a shell reports a process those signals ended. A
+second signal stops at once (the default action of that signal). Outside `on_signals()` nothing changes:
+a run inside Ray or Tune keeps their own handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequested(Exception):
+    """A run stopped on request at a step boundary, its checkpoint written."""
+
+    def __init__(self, signum: int, where: str) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at {where}")
+        self.signum, self.where = signum, where
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@dataclass
+class Stop:
+    """Whether a stop was asked for, and by which signal (None: keep going)."""
+
+    signum: int | None = None
+
+    def check(self, where: str) -> None:
+        """Raise StopRequested saying `where` if a stop was asked for."""
+        if self.signum is not None:
+            raise StopRequested(self.signum, where)
+
+
+STOP = Stop()  # the process's: signal handlers are process-wide too
+
+
+@contextlib.contextmanager
+def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterator[Stop]:
+    """SIGINT and SIGTERM ask `stop` to stop (once; a second signal stops at once), inside the block only.
+    In a thread other than the main one (where handlers cannot be set) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.signum is not None:  # the second: at once, as if no handler were there
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        stop.signum = signum
+        name = signal.Signals(signum).name
+        log(f"[run] {name}: stopping after the current step, with a checkpoint (again to stop at once)")
+
+    for s in SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        stop.signum = None

@@ -1,0 +1,76 @@
+"""Stopping when asked (aimray.stopping): SIGTERM and SIGINT stop `python -m aimray run --workers 0` at a
+step boundary with a checkpoint, one line and exit 143 / 130; the same command continues to the result an
+uninterrupted run has (tiny random-init Llama: unit tests only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aimray.events import SCHEMAS
+from aimray.loop import run
+from tests.test_loop import TINY, comparable, quiet, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(model: str) -> list[str]:
+    flat = [f"{section}.{k}={'null' if v is None else v}" for section, d in TINY.items() for k, v in d.items()]
+    return [*flat, f"model.name_or_path={model}"]
+
+
+def stop_during(cmd: list[str], sig: int, marker: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `cmd`, send `sig` once a progress line contains `marker`; (the process, seconds it took to end)."""
+    env = {**os.environ, "AIMRAY_PROGRESS_S": "0"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    sent = time.time()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    seconds = time.time() - sent
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err), seconds
+
+
+def test_sigterm_and_sigint_stop_a_run_with_a_checkpoint_and_the_same_command_continues(tiny_causal, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "aimray", "run", "--workers", "0", "--out", str(out), *tiny_args(tiny_causal)]
+    for sig, code, marker in ((signal.SIGTERM, 143, "task 2/4 (amazon): step"), (signal.SIGINT, 130, "task 3/4")):
+        proc, seconds = stop_during(cmd, sig, marker)
+        assert proc.returncode == code, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and seconds < 30
+        assert "[run] stopped at task" in proc.stderr and "the same command continues" in proc.stderr
+        assert f"[run] {signal.Signals(sig).name}: stopping after the current step" in proc.stdout
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "stopped" and "StopRequested" in manifest["error"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming from checkpoint" in done.stdout
+    assert json.loads((out / "manifest.json").read_text())["status"] == "success"
+    whole = tmp_path / "whole"
+    run(tiny_config(tiny_causal), whole, log=quiet)
+    for kind in SCHEMAS:
+        assert comparable(whole, kind) == comparable(out, kind), kind
+
+
+def test_a_second_signal_stops_at_once() -> None:
+    script = (
+        "import os, signal, time\n"
+        "from aimray.stopping import on_signals\n"
+        "with on_signals(log=lambda _: None) as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    assert stop.signum == signal.SIGTERM\n"
+        "    print('asked', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "asked\n" and proc.returncode == -signal.SIGTERM
