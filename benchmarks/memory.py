@@ -237,14 +237,44 @@ def write(path: Path, out: Path, results: dict, device: str) -> None:
         (out / "memory.md").write_text(table(results, machine))
 
 
+def targets(results: dict) -> list[str]:
+    """The issue's targets read off the rows at batch 32 x 512 tokens, bf16 autocast."""
+    rows = {key(r): r for r in results.values() if r.get("measured")}
+    whole, ckpt = rows.get("bf16/b32/t512/ckpt0/m32"), rows.get("bf16/b32/t512/ckpt1/m32")
+    accumulated = rows.get("bf16/b32/t512/ckpt0/m8")
+    lines = []
+    if whole and ckpt:
+        cut, slower = whole["measured"] / ckpt["measured"], ckpt["step_seconds"] / whole["step_seconds"]
+        lines.append(
+            f"- Checkpointing at batch 32 x 512: activation memory cut {cut:.1f}x (target >= 3x) at "
+            f"{slower:.2f}x the step time (target <= 1.4x)."
+        )
+    if whole and accumulated:
+        ratio = accumulated["step_seconds"] / whole["step_seconds"]
+        lines.append(f"- Accumulation of 4 x 8 against one batch of 32: {ratio:.2f}x the step time (target <= 1.15x).")
+    ratios = [r["predicted"] / r["measured"] for r in rows.values()]
+    if ratios:
+        inside = sum(abs(x - 1) <= 0.25 for x in ratios)
+        lines.append(
+            f"- Predictions: {inside} of {len(ratios)} within 25% of the measured peak (ratios "
+            f"{min(ratios):.2f}-{max(ratios):.2f})."
+        )
+    return lines
+
+
 def table(results: dict, machine: dict) -> str:
     lines = [
         "# Memory of a training step: the plan's prediction beside the measured peak",
         "",
         f"`python benchmarks/memory.py`, {machine['date']}, {machine['cpu']} ({machine['cores']} cores), real "
-        "SmolLM2-135M-Instruct, LoRA r 8 on q/v (dropout 0.05), SDPA attention, AdamW. Peak: resident memory "
-        "above the loaded model. Predicted: aimray.plan's activations of the micro-batch plus the adapter's "
-        "gradients and AdamW moments. Step: seconds of the second optimizer step (all micro-batches).",
+        "SmolLM2-135M-Instruct, LoRA r 8 on q/v (dropout 0.05), SDPA attention, AdamW, one process per row. "
+        "Measured: the allocator's peak in one optimizer step, the most tensor bytes alive at once beyond the "
+        "weights and the optimizer's state (as torch.cuda.max_memory_allocated on a GPU). Predicted: aimray.plan's "
+        "activations of the micro-batch plus the adapter's gradients and AdamW moments; ratio = predicted / "
+        "measured. RSS: the first step's peak resident memory above the loaded model (with glibc's and oneDNN's "
+        "own buffers). Step: seconds of the second optimizer step (all micro-batches).",
+        "",
+        *targets(results),
         "",
         "| autocast | batch | budget | checkpointing | micro | predicted GiB | measured GiB | ratio | RSS GiB "
         "| step s |",
