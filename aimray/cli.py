@@ -390,6 +390,8 @@ def _presets() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):  # progress lines as they come, through a pipe or a log collector too
+        sys.stdout.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     try:
         plugins.load(args.plugins)  # before any config names what they register

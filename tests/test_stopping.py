@@ -26,7 +26,7 @@ def tiny_args(model: str) -> list[str]:
 
 def stop_during(cmd: list[str], sig: int, marker: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run `cmd`, send `sig` once a progress line contains `marker`; (the process, seconds it took to end)."""
-    env = {**os.environ, "AIMRAY_PROGRESS_S": "0"}
+    env = {**os.environ, "AIMRAY_PROGRESS_S": "0", "PYTHONUNBUFFERED": "1"}  # each progress line as it comes
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:
