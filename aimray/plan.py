@@ -355,13 +355,13 @@ def resolve_micro_batch(cfg: RunConfig, bb, per_rank: int) -> tuple[int | None, 
     if micro != "auto":
         return micro, ({"size": micro, "source": "config"} if micro else {})
     device = bb.device.type
-    plan = make_plan(cfg, device, arch=read_arch(cfg.model.name_or_path, cfg.model.lora_r, cfg.model.lora_targets))
-    candidates = [m for m in divisors(per_rank) if plan.micro is not None and m <= plan.micro] or [1]
-    record = {"source": "plan", "predicted_peak": plan.peak(candidates[0])}
-    if plan.micro is None:
-        record["note"] = f"the plan fits no micro-batch in {gib(plan.memory)}: 1 tried"
+    made = make_plan(cfg, device)
+    candidates = [m for m in divisors(per_rank) if made.micro is not None and m <= made.micro] or [1]
+    record = {"source": "plan", "predicted_peak": made.peak(candidates[0])}
+    if made.micro is None:
+        record["note"] = f"the plan fits no micro-batch in {gib(made.memory)}: 1 tried"
     if device == "cuda":
-        record.update(probe_micro_batch(bb, candidates, plan.tokens))
+        record.update(probe_micro_batch(bb, candidates, made.tokens))
     record["size"] = record.get("size", candidates[0])
     return record["size"], record
 
