@@ -226,15 +226,38 @@ class ControllerConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     mode: str = "score"  # "score" (label-word likelihood) or "generate" (exact match / ROUGE-L)
+    # several scorings from one run, e.g. [generate, score]: every evaluation row carries its mode, and each
+    # mode gets its own matrices and metrics; the first is the run's headline mode (eval.mode is set to it).
+    # Both come from one pass over each prompt where the model allows (aimray.model.evaluate).
+    modes: tuple[str, ...] = field(default=(), metadata=ADDED_LATER_FIELD)
     splits: tuple[str, ...] = ("test", "dev")
     base: bool = True  # evaluate the untrained adapter first (row 0: the base model, for FWT vs base)
     # generated tokens: 0 = the longest option + 2 (32 + 2 for a task without options); the released code: 128
     max_new_tokens: int = field(default=0, metadata=ADDED_LATER_FIELD)
     # ROUGE-L with the Porter stemmer (rouge-score, extra [reference]): the released code
     rouge_stemmer: bool = field(default=False, metadata=ADDED_LATER_FIELD)
+    # "full": every task after every task on the whole split (T x T); "metrics": the whole split only where
+    # OP, BWT and FWT read (task j and j+1 after task j, every task after the last), the other cells on a
+    # fixed seeded subsample of matrix_subsample examples per task (forgetting curves, marked subsampled)
+    matrix: str = field(default="full", metadata=ADDED_LATER_FIELD)
+    matrix_subsample: int = field(default=20, metadata=ADDED_LATER_FIELD)
 
     def __post_init__(self) -> None:
+        bad_modes = [m for m in self.modes if m not in ("score", "generate")]
+        _check(
+            not bad_modes and len(set(self.modes)) == len(self.modes),
+            "eval.modes",
+            list(self.modes),
+            "must list distinct modes among score, generate",
+        )
+        if self.modes:  # canonical: the headline mode in eval.mode, eval.modes only when there are several
+            object.__setattr__(self, "mode", self.modes[0])
+            if len(self.modes) == 1:
+                object.__setattr__(self, "modes", ())
         _check(self.mode in ("score", "generate"), "eval.mode", self.mode, "must be score or generate")
+        _one_of("eval.matrix", self.matrix, ("full", "metrics"))
+        ok = _is_number(self.matrix_subsample, int) and self.matrix_subsample >= 1
+        _check(ok, "eval.matrix_subsample", self.matrix_subsample, "must be an integer >= 1")
         ok = _is_number(self.max_new_tokens, int) and 0 <= self.max_new_tokens <= 4096
         _check(ok, "eval.max_new_tokens", self.max_new_tokens, "must be an integer in [0, 4096]")
         bad = [s for s in self.splits if s not in ("train", "dev", "test")]
@@ -244,6 +267,11 @@ class EvalConfig:
             self.splits,
             "must be a non-empty subset of train, dev, test",
         )
+
+    @property
+    def all_modes(self) -> tuple[str, ...]:
+        """The scorings a run evaluates, its headline mode first."""
+        return self.modes or (self.mode,)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 2  # 2: costs.eval_seconds
+SCHEMA_VERSION = 3  # 2: costs.eval_seconds; 3: evals.mode, evals.subsample
+READABLE_VERSIONS = (2, 3)  # a version-2 run reads as version 3 (upgrade)
 
 _f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
 
@@ -68,6 +69,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("metric", _str),
             ("value", _f64),
             ("n", _i32),
+            ("mode", _str),  # score (label likelihood) or generate (exact match / ROUGE-L); eval.modes
+            ("subsample", _i32),  # 0: the whole split; N: a fixed seeded N-example subsample (eval.matrix)
         ]
     ),
     "costs": pa.schema(
@@ -135,11 +138,21 @@ class EventWriter:
                     path.unlink()
 
 
-def read_events(out: Path, kind: str) -> pa.Table:
-    """All rows of one kind of a run folder, in write order."""
+def upgrade(table: pa.Table, kind: str, eval_mode: str) -> pa.Table:
+    """A part written with an earlier schema version as the current one: version-2 evals rows get the run's
+    one mode (its config's eval.mode) and subsample 0 (every cell was the whole split)."""
+    if kind == "evals" and "mode" not in table.column_names:
+        table = table.append_column("mode", pa.array([eval_mode] * len(table), _str))
+        table = table.append_column("subsample", pa.array([0] * len(table), _i32))
+    return table
+
+
+def read_events(out: Path, kind: str, eval_mode: str = "score") -> pa.Table:
+    """All rows of one kind of a run folder, in write order (parts of an earlier version upgraded; a
+    version-2 run's evals are in the mode `eval_mode`, its config's)."""
     if kind not in SCHEMAS:
         raise KeyError(f"unknown event kind {kind!r}; valid: {', '.join(SCHEMAS)}")
     paths = sorted((Path(out) / "events" / kind).glob("part-*.parquet"))
     if not paths:
         return SCHEMAS[kind].empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in paths])
+    return pa.concat_tables([upgrade(pq.read_table(p), kind, eval_mode) for p in paths])

@@ -42,7 +42,7 @@ from aimray.model import (
     Backbone,
     answer_loss,
     answer_tokens,
-    evaluate,
+    evaluate_modes,
     load_backbone,
     read_model_config,
     resolve_path,
@@ -611,33 +611,58 @@ def track_best(r: Run, stage: Stage, task: TaskState) -> None:
 def evaluate_tasks(
     r: Run, after_index: int, after_task: str, which: list[int], costs: Costs, shared: str | None = None
 ) -> dict:
-    """Evaluate tasks on the configured splits; one evals row each. Returns {(task, split): value}.
-    `shared`: the adapter is one other runs evaluate too (untrained, or after a shared first stage): each
-    score goes through r.shared, counted under that name ("base_evals" or "evals")."""
+    """Evaluate tasks on the configured splits in every mode (eval.modes, one pass over the prompts); one
+    evals row per task, split and mode. Returns {(task, split): value} in the headline mode. `shared`: the
+    adapter is one other runs evaluate too (untrained, or after a shared first stage): each score goes
+    through r.shared, counted under that name ("base_evals" or "evals")."""
     scores = {}
     t0 = time.time()
     through = r.shared.scorer(shared, r.params) if shared else None
+    modes = r.cfg.eval.all_modes
     for i in which:
         spec = r.specs[i]
+        size = cell_subsample(r.cfg, after_index, i, len(r.stages))
         for split in r.cfg.eval.splits:
-            examples, settings = r.data[i].split(split), eval_settings(spec, r.cfg)
-            compute = functools.partial(score, r.bb, r.dist, examples, settings)
-            value, n, metric = through(examples, settings, compute) if through else compute()
-            costs.eval_examples += n
-            r.events.add(
-                "evals",
-                after_index=after_index,
-                after_task=after_task,
-                eval_index=i,
-                eval_task=spec.name,
-                split=split,
-                metric=metric,
-                value=value,
-                n=n,
-            )
-            scores[(spec.name, split)] = value
+            examples = fixed_subsample(r.data[i].split(split), size, f"{spec.name}/{split}/{r.cfg.seed}")
+            settings = {mode: eval_settings(spec, r.cfg, mode) for mode in modes}
+            compute = functools.partial(score_modes, r.bb, r.dist, examples, settings)
+            got = through(examples, settings, compute) if through else compute(list(modes))
+            costs.eval_examples += len(examples)
+            for mode in modes:
+                value, n, metric = got[mode]
+                r.events.add(
+                    "evals",
+                    after_index=after_index,
+                    after_task=after_task,
+                    eval_index=i,
+                    eval_task=spec.name,
+                    split=split,
+                    metric=metric,
+                    value=value,
+                    n=n,
+                    mode=mode,
+                    subsample=size if len(examples) < len(r.data[i].split(split)) else 0,
+                )
+            scores[(spec.name, split)] = got[modes[0]][0]
     costs.eval_seconds += time.time() - t0
     return scores
+
+
+def cell_subsample(cfg: RunConfig, after_index: int, task: int, stages: int) -> int:
+    """eval.matrix=metrics: 0 (the whole split) where OP, BWT or FWT read the cell - the base row, task j and
+    j+1 after task j, every task after the last - else eval.matrix_subsample; eval.matrix=full: always 0."""
+    if cfg.eval.matrix == "full" or after_index in (0, stages) or task in (after_index - 1, after_index):
+        return 0
+    return cfg.eval.matrix_subsample
+
+
+def fixed_subsample(examples: list[Example], size: int, key: str) -> list[Example]:
+    """`size` examples of a split, the same ones after every task (seeded by task, split and run seed), in
+    split order; the whole split when size is 0 or not smaller."""
+    if size == 0 or size >= len(examples):
+        return examples
+    keep = sorted(random.Random(f"matrix/{key}").sample(range(len(examples)), size))
+    return [examples[k] for k in keep]
 
 
 @torch.no_grad()
@@ -651,12 +676,13 @@ def dev_loss(bb: Backbone, dist: Dist, examples: list[Example], batch_size: int)
     return dist.sum(total) / max(1, dist.sum(answer_tokens(bb, shard)))
 
 
-def eval_settings(spec: TaskSpec, cfg: RunConfig) -> dict:
-    """How a task is scored: the arguments of model.evaluate beside the model and the examples (a shared
-    evaluation is keyed by exactly these)."""
+def eval_settings(spec: TaskSpec, cfg: RunConfig, mode: str | None = None) -> dict:
+    """How a task is scored in one mode (default: the headline one): the arguments of model.evaluate beside
+    the model and the examples (a shared evaluation is keyed by exactly these). A task without options is
+    always generated."""
     return {
         "options": spec.labels,
-        "mode": cfg.eval.mode if spec.labels else "generate",
+        "mode": (mode or cfg.eval.mode) if spec.labels else "generate",
         "batch_size": cfg.train.eval_batch_size,
         "max_new_tokens": cfg.eval.max_new_tokens,
         "rouge_stemmer": cfg.eval.rouge_stemmer,
@@ -664,11 +690,25 @@ def eval_settings(spec: TaskSpec, cfg: RunConfig) -> dict:
 
 
 def score(bb: Backbone, dist: Dist, examples: list[Example], settings: dict) -> tuple[float, int, str]:
-    """(value, n, metric) on `examples` scored with `settings` (eval_settings); each rank scores its shard
-    and the sums are combined."""
-    res = evaluate(bb, dist.shard(examples), **settings)
-    n = dist.sum(res.n)
-    return dist.sum(res.value * res.n) / max(n, 1), int(n), res.metric
+    """(value, n, metric) on `examples` scored with `settings` (eval_settings)."""
+    return score_modes(bb, dist, examples, {"one": settings}, ["one"])["one"]
+
+
+def score_modes(
+    bb: Backbone, dist: Dist, examples: list[Example], settings: dict[str, dict], modes: list[str]
+) -> dict[str, tuple[float, int, str]]:
+    """{mode: (value, n, metric)} for the `modes` of `settings` ({mode: eval_settings}), from one pass over
+    the prompts; each rank scores its shard and the sums are combined."""
+    one = settings[modes[0]]
+    actual = {m: settings[m]["mode"] for m in modes}  # a task without options generates in every mode
+    kw = {k: v for k, v in one.items() if k != "mode"}
+    res = evaluate_modes(bb, dist.shard(examples), modes=sorted(set(actual.values())), **kw)
+    out = {}
+    for m in modes:
+        got = res[actual[m]]
+        n = dist.sum(got.n)
+        out[m] = (dist.sum(got.value * got.n) / max(n, 1), int(n), got.metric)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ small parts

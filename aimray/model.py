@@ -397,10 +397,15 @@ def score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str]
     Seq2seq: the encoder runs once per prompt; the decoder scores every option.
     """
     with bb.autocast():
-        return _score_options(bb, batch, options)
+        return _score_options(bb, batch, options)[1]
 
 
-def _score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str]) -> torch.Tensor:
+def _score_options(
+    bb: Backbone, batch: Sequence[Example], options: Sequence[str], max_new: int = 0
+) -> tuple[list[str] | None, torch.Tensor]:
+    """(greedy answers or None, option log-likelihoods); a causal model with max_new > 0 also decodes the
+    answers, continuing the prompts' KV cache before the options do."""
+    answers = None
     pad = bb.tokenizer.pad_token_id
     dev = bb.device
     model = bb.model.get_base_model()
@@ -422,27 +427,80 @@ def _score_options(bb: Backbone, batch: Sequence[Example], options: Sequence[str
         )
         logp = out.logits.float().log_softmax(-1)
     else:
-        ids, mask = _left_pad(prompts, pad)
-        ids, mask = ids.to(dev), mask.to(dev)
-        kw = _cache_kwarg(model)
-        first = model(
-            input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1
-        )
-        cache = getattr(first, "cache", None) or first.past_key_values
-        cache.batch_repeat_interleave(c)
-        lengths = mask.sum(-1).repeat_interleave(c)
-        rest = model(
-            input_ids=oids_rep,
-            attention_mask=torch.cat([mask.repeat_interleave(c, dim=0), omask_rep], dim=1),
-            position_ids=_positions(omask_rep, lengths),
-            use_cache=False,
-            **{kw: cache},
-        )
-        # Row r, position t: the distribution of option token t (position 0 comes from the prompt pass).
-        logits = torch.cat([first.logits.repeat_interleave(c, dim=0), rest.logits[:, :-1]], dim=1)
-        logp = logits.float().log_softmax(-1)
+        first, cache, mask = _prompt_pass(bb, prompts)
+        if max_new > 0:
+            answers = _greedy_after(bb, first, cache, mask, max_new)
+        logp = _option_logp(bb, first, cache, mask, oids_rep, omask_rep, c)
     tok_logp = logp.gather(-1, oids_rep.unsqueeze(-1)).squeeze(-1) * omask_rep
-    return tok_logp.sum(-1).view(n, c).cpu()
+    return answers, tok_logp.sum(-1).view(n, c).cpu()
+
+
+def _prompt_pass(bb: Backbone, prompts: list[list[int]]) -> tuple[torch.Tensor, object, torch.Tensor]:
+    """Causal: one pass over the left-padded prompts; (last position's logits (n, 1, V), KV cache, mask)."""
+    ids, mask = _left_pad(prompts, bb.tokenizer.pad_token_id)
+    ids, mask = ids.to(bb.device), mask.to(bb.device)
+    model = bb.model.get_base_model()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+    return out.logits, getattr(out, "cache", None) or out.past_key_values, mask
+
+
+def _option_logp(bb: Backbone, first: torch.Tensor, cache, mask: torch.Tensor, oids, omask, c: int) -> torch.Tensor:
+    """Causal: log-probabilities of every option token continuing each cached prompt (row i*c + j: prompt i,
+    option j). The cache is repeated in place, c rows per prompt."""
+    cache.batch_repeat_interleave(c)
+    lengths = mask.sum(-1).repeat_interleave(c)
+    rest = bb.model.get_base_model()(
+        input_ids=oids,
+        attention_mask=torch.cat([mask.repeat_interleave(c, dim=0), omask], dim=1),
+        position_ids=_positions(omask, lengths),
+        use_cache=False,
+        **{_cache_kwarg(bb.model.get_base_model()): cache},
+    )
+    # Row r, position t: the distribution of option token t (position 0 comes from the prompt pass).
+    logits = torch.cat([first.repeat_interleave(c, dim=0), rest.logits[:, :-1]], dim=1)
+    return logits.float().log_softmax(-1)
+
+
+def _greedy_after(bb: Backbone, first: torch.Tensor, cache, mask: torch.Tensor, max_new: int) -> list[str]:
+    """Causal: greedy decoding continuing each cached prompt (what `generate(do_sample=False)` returns), then
+    the cache cropped back to the prompts so that option scoring can reuse it."""
+    model, width = bb.model.get_base_model(), mask.size(1)
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor(eos if isinstance(eos, list) else [eos], device=mask.device)
+    lengths, tok = mask.sum(-1), first[:, -1].argmax(-1)
+    done = torch.zeros_like(tok, dtype=torch.bool)
+    out = []
+    for t in range(max_new):
+        out.append(torch.where(done, bb.tokenizer.pad_token_id, tok))
+        done |= torch.isin(tok, eos)
+        if bool(done.all()) or t == max_new - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        step = model(
+            input_ids=tok[:, None],
+            attention_mask=mask,
+            position_ids=(lengths + t)[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{_cache_kwarg(model): cache},
+        )
+        tok = step.logits[:, -1].argmax(-1)
+    if cache.get_seq_length() > width:  # a negative count removes tokens in every transformers version
+        cache.crop(width - cache.get_seq_length())
+    new = torch.stack(out, dim=1).tolist() if out else [[] for _ in range(mask.size(0))]
+    return [t.strip() for t in bb.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_and_score(
+    bb: Backbone, batch: Sequence[Example], options: Sequence[str], max_new_tokens: int
+) -> tuple[list[str], torch.Tensor]:
+    """Both scorings of a batch from one pass over its prompts (causal models: the greedy answers, then the
+    options' log-likelihoods continuing the same KV cache); seq2seq models run the two one after the other."""
+    if bb.is_seq2seq:
+        return generate_answers(bb, batch, max_new_tokens), score_options(bb, batch, options)
+    with bb.autocast():
+        return _score_options(bb, batch, options, max_new_tokens)
 
 
 @torch.no_grad()
@@ -518,31 +576,53 @@ def evaluate(
     lower-cased exact match, or ROUGE-L when the task has no options. Examples are length-sorted into
     batches so that padding is small; predictions come back in the input order.
     """
-    if mode not in ("score", "generate"):
-        raise ValueError(f"eval mode {mode!r} must be score or generate")
-    if mode == "score" and not options:
-        raise ValueError("label scoring needs the task's options; use mode='generate' for generation tasks")
+    return evaluate_modes(bb, examples, options, (mode,), batch_size, max_new_tokens, rouge_stemmer)[mode]
+
+
+def evaluate_modes(
+    bb: Backbone,
+    examples: Sequence[Example],
+    options: Sequence[str],
+    modes: Sequence[str],
+    batch_size: int = 16,
+    max_new_tokens: int = 0,
+    rouge_stemmer: bool = False,
+) -> dict[str, EvalResult]:
+    """`evaluate` under several modes at once: with both, each batch's prompts are encoded once
+    (generate_and_score), so the second mode costs its option pass or its decoding steps only."""
+    for mode in modes:
+        if mode not in ("score", "generate"):
+            raise ValueError(f"eval mode {mode!r} must be score or generate")
+        if mode == "score" and not options:
+            raise ValueError("label scoring needs the task's options; use mode='generate' for generation tasks")
     was_training = bb.model.training
     bb.model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(encode(bb, examples[i])[0]))
-    preds: list[str] = [""] * len(examples)
+    preds: dict[str, list[str]] = {m: [""] * len(examples) for m in modes}
     max_new = max_new_tokens or max((len(encode_answer(bb, o)) for o in options), default=32) + 2
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = [examples[i] for i in idx]
-        if mode == "score":
-            best = score_options(bb, batch, options).argmax(-1).tolist()
-            answers = [options[b] for b in best]
+        answers = {}
+        if "score" in modes and "generate" in modes:
+            answers["generate"], scores = generate_and_score(bb, batch, options, max_new)
+            answers["score"] = [options[b] for b in scores.argmax(-1).tolist()]
+        elif "score" in modes:
+            answers["score"] = [options[b] for b in score_options(bb, batch, options).argmax(-1).tolist()]
         else:
-            answers = generate_answers(bb, batch, max_new)
-        for i, a in zip(idx, answers, strict=True):
-            preds[i] = a
+            answers["generate"] = generate_answers(bb, batch, max_new)
+        for mode, got in answers.items():
+            for i, a in zip(idx, got, strict=True):
+                preds[mode][i] = a
     bb.model.train(was_training)
+    return {mode: _scored(preds[mode], examples, options, rouge_stemmer) for mode in modes}
+
+
+def _scored(preds: list[str], examples: Sequence[Example], options: Sequence[str], stemmer: bool) -> EvalResult:
+    """Accuracy (lower-cased exact match) for a task with options, else mean ROUGE-L."""
     if options:
         hits = [p.strip().lower() == ex.target.strip().lower() for p, ex in zip(preds, examples, strict=True)]
-        value, metric = sum(hits) / max(len(hits), 1), "accuracy"
-    else:
-        score = stemmed_rouge_l() if rouge_stemmer else rouge_l
-        scores = [score(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
-        value, metric = sum(scores) / max(len(scores), 1), "rouge_l"
-    return EvalResult(metric, value, len(examples), preds)
+        return EvalResult("accuracy", sum(hits) / max(len(hits), 1), len(examples), preds)
+    score = stemmed_rouge_l() if stemmer else rouge_l
+    scores = [score(p, ex.target) for p, ex in zip(preds, examples, strict=True)]
+    return EvalResult("rouge_l", sum(scores) / max(len(scores), 1), len(examples), preds)

@@ -17,17 +17,30 @@ from aimray.methods import METHODS
 class RunResult:
     out: Path
     tasks: list[str]
-    test: np.ndarray  # accuracy matrix a[j][i] on test
+    test: np.ndarray  # accuracy matrix a[j][i] on test, in the headline mode (eval.mode)
     dev: np.ndarray
     base_test: list[float] | None
     metrics: dict[str, float]
     merges: dict[str, int]
     costs: dict[str, float] = field(default_factory=dict)  # the costs rows summed over tasks (aimray.checkpoint.Costs)
+    mode: str = "score"  # the headline mode
+    # every mode the run evaluated (eval.modes): {mode: {"test", "dev", "base_test", "metrics"}}
+    modes: dict[str, dict] = field(default_factory=dict)
+    subsampled: np.ndarray | None = None  # True where a test cell was scored on a subsample (eval.matrix)
 
 
-def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, list[float] | None]:
-    """(a, base): a[j][i] after stage j+1 on task i (NaN where not evaluated); base = row 0 if present."""
-    rows = [r for r in evals if r["split"] == split]
+def run_modes(manifest: Manifest) -> tuple[str, ...]:
+    """The modes a run evaluates, its headline mode first (a config before eval.modes: its eval.mode)."""
+    cfg = manifest.config.get("eval", {})
+    return tuple(cfg.get("modes") or ()) or (cfg.get("mode", "score"),)
+
+
+def accuracy_matrix(
+    evals, tasks: list[str], split: str, mode: str | None = None
+) -> tuple[np.ndarray, list[float] | None]:
+    """(a, base): a[j][i] after stage j+1 on task i (NaN where not evaluated); base = row 0 if present.
+    `mode`: only the rows of that scoring (rows without a mode column belong to every mode)."""
+    rows = [r for r in evals if r["split"] == split and (mode is None or r.get("mode", mode) == mode)]
     stages = max((r["after_index"] for r in rows), default=0)
     a = np.full((stages, len(tasks)), np.nan)
     base = [np.nan] * len(tasks)
@@ -40,13 +53,27 @@ def accuracy_matrix(evals, tasks: list[str], split: str) -> tuple[np.ndarray, li
     return a, (base if has_base else None)
 
 
+def subsample_mask(evals, tasks: list[str], split: str = "test") -> np.ndarray:
+    """True where a cell after training was scored on a subsample (eval.matrix=metrics)."""
+    stages = max((r["after_index"] for r in evals), default=0)
+    mask = np.zeros((stages, len(tasks)), dtype=bool)
+    for r in evals:
+        if r["split"] == split and r["after_index"] > 0 and r.get("subsample", 0):
+            mask[r["after_index"] - 1, r["eval_index"]] = True
+    return mask
+
+
 def collect(out: Path) -> RunResult:
-    """Read a finished run's events back into accuracy matrices, metrics and merge counts."""
+    """Read a finished run's events back into accuracy matrices and metrics (per mode), merge counts."""
     manifest = Manifest.read(out)
-    evals = read_events(out, "evals").to_pylist()
-    test, base = accuracy_matrix(evals, manifest.tasks, "test")
-    dev, _ = accuracy_matrix(evals, manifest.tasks, "dev")
-    summary = run_summary(run_shape(manifest), test, dev, base)
+    modes = run_modes(manifest)
+    evals = read_events(out, "evals", modes[0]).to_pylist()
+    shape = run_shape(manifest)
+    per_mode = {}
+    for mode in modes:
+        test, base = accuracy_matrix(evals, manifest.tasks, "test", mode)
+        dev, _ = accuracy_matrix(evals, manifest.tasks, "dev", mode)
+        per_mode[mode] = {"test": test, "dev": dev, "base_test": base, "metrics": run_summary(shape, test, dev, base)}
     merges: dict[str, int] = {}
     for r in read_events(out, "merges").to_pylist():
         merges[r["trigger"]] = merges.get(r["trigger"], 0) + 1
@@ -55,7 +82,20 @@ def collect(out: Path) -> RunResult:
         for k, v in row.items():
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "task_index":
                 costs[k] = costs.get(k, 0) + v
-    return RunResult(out, manifest.tasks, test, dev, base, summary, merges, costs)
+    head = per_mode[modes[0]]
+    return RunResult(
+        out,
+        manifest.tasks,
+        head["test"],
+        head["dev"],
+        head["base_test"],
+        head["metrics"],
+        merges,
+        costs,
+        modes[0],
+        per_mode,
+        subsample_mask(evals, manifest.tasks),
+    )
 
 
 def run_shape(manifest: Manifest) -> str:
@@ -92,15 +132,25 @@ def fwt_vs_single_task(shape: str, tasks, test, single_tasks, single_test) -> fl
     return metrics.forward_transfer_paper(np.asarray(test, dtype=float), [single.get(t, np.nan) for t in tasks])
 
 
-def result_json(result: RunResult) -> dict:
-    def clean(a):
-        return [[None if np.isnan(v) else float(v) for v in row] for row in np.atleast_2d(a)]
+def _clean(a) -> list[list[float | None]]:
+    return [[None if np.isnan(v) else float(v) for v in row] for row in np.atleast_2d(a)]
 
+
+def _mode_json(m: dict) -> dict:
     return {
-        "tasks": result.tasks,
-        "test": clean(result.test),
-        "dev": clean(result.dev),
-        "base_test": None if result.base_test is None else clean([result.base_test])[0],
-        "metrics": {k: (None if v != v else v) for k, v in result.metrics.items()},
-        "merges": result.merges,
+        "test": _clean(m["test"]),
+        "dev": _clean(m["dev"]),
+        "base_test": None if m["base_test"] is None else _clean([m["base_test"]])[0],
+        "metrics": {k: (None if v != v else v) for k, v in m["metrics"].items()},
     }
+
+
+def result_json(result: RunResult) -> dict:
+    """matrix.json: the headline mode's matrices and metrics at the top (as before eval.modes), every mode's
+    under "modes", and which test cells were subsampled (eval.matrix=metrics)."""
+    head = {"test": result.test, "dev": result.dev, "base_test": result.base_test, "metrics": result.metrics}
+    out = {"tasks": result.tasks, **_mode_json(head), "merges": result.merges, "mode": result.mode}
+    out["modes"] = {mode: _mode_json(m) for mode, m in result.modes.items()}
+    if result.subsampled is not None and result.subsampled.any():
+        out["subsampled"] = result.subsampled.tolist()
+    return out

@@ -264,28 +264,37 @@ class Shared:
             self.cache.store_stage(self.key, entry)
         self.record["stage"] = {"key": self.key[:16], "hit": False, "seconds_saved": 0.0}
 
-    def scorer(self, counter: str, adapter: Tensors) -> Callable[[list[Example], dict, Callable], tuple]:
+    def scorer(self, counter: str, adapter: Tensors) -> Callable[[list[Example], dict, Callable], dict]:
         """`score` for one adapter, identified once (its digest is taken here, not per task and split)."""
         if self.cache is None:
-            return lambda examples, settings, compute: compute()
+            return lambda examples, settings, compute: compute(list(settings))
         return functools.partial(self.score, counter, adapter_id(adapter))
 
     def score(
-        self, counter: str, adapter: str, examples: list[Example], settings: dict, compute: Callable
-    ) -> tuple[float, int, str]:
-        """`compute()` = (value, n, metric) of the adapter `adapter` (adapter_id) on `examples` scored with
-        `settings`, through the cache's eval entries, counted under record[counter] (every rank hits, or
-        every rank scores)."""
-        key = eval_key(self.identity, adapter, examples, settings)
-        entry = self.cache.load_eval(key)
-        counts = self.record[counter]
-        if self.dist.sum(float(entry is not None)) == self.dist.world:
-            counts["hits"] += 1
-            counts["seconds_saved"] = round(counts["seconds_saved"] + entry["seconds"], 1)
-            return entry["value"], entry["n"], entry["metric"]
+        self, counter: str, adapter: str, examples: list[Example], settings: dict[str, dict], compute: Callable
+    ) -> dict[str, tuple[float, int, str]]:
+        """{mode: (value, n, metric)} of the adapter `adapter` (adapter_id) on `examples`, for each mode of
+        `settings` ({mode: that mode's evaluation settings}, each its own cache entry): the entries every
+        rank holds are read, the other modes computed together by `compute(modes)` and stored; counted
+        under record[counter], one hit or miss per entry."""
+        counts, out, missing = self.record[counter], {}, []
+        for mode, one in settings.items():
+            entry = self.cache.load_eval(eval_key(self.identity, adapter, examples, one))
+            if self.dist.sum(float(entry is not None)) == self.dist.world:
+                counts["hits"] += 1
+                counts["seconds_saved"] = round(counts["seconds_saved"] + entry["seconds"], 1)
+                out[mode] = (entry["value"], entry["n"], entry["metric"])
+            else:
+                missing.append(mode)
+        if not missing:
+            return out
         t0 = time.time()
-        value, n, metric = compute()
-        if self.dist.main:
-            self.cache.store_eval(key, {"value": value, "n": n, "metric": metric, "seconds": time.time() - t0})
-        counts["misses"] += 1
-        return value, n, metric
+        computed = compute(missing)
+        seconds = (time.time() - t0) / len(missing)
+        for mode in missing:
+            value, n, metric = out[mode] = computed[mode]
+            if self.dist.main:
+                key = eval_key(self.identity, adapter, examples, settings[mode])
+                self.cache.store_eval(key, {"value": value, "n": n, "metric": metric, "seconds": seconds})
+            counts["misses"] += 1
+        return out

@@ -28,9 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: STUDY/analysis); replaced as a whole when done")
     parser.add_argument("--split", default="test", choices=("test", "dev"), help="split of the method table")
     parser.add_argument("--bins", type=positive_int, default=4, help="quantile bins per numeric knob (default 4)")
+    parser.add_argument(
+        "--mode",
+        choices=("score", "generate"),
+        help="the scoring of the matrices and metrics, for runs that evaluated several (eval.modes); default: "
+        "each run's headline mode (its eval.mode). A sweep's objective columns stay in the headline mode",
+    )
     args = parser.parse_args(argv)
     try:
-        study = open_study(args.study)
+        study = open_study(args.study, mode=args.mode)
         out = Path(args.out) if args.out else study.root / "analysis"
         check_out_dir(out)
         if not (study.runs.status == "success").any():
@@ -67,6 +73,14 @@ def write_all(study: Study, out: Path, split: str, bins: int) -> str:
     tables.mkdir()
     n = len(study.runs)
     report = [f"# Analysis of {study.root.name} ({study.kind}, {n} run{'s' * (n != 1)})", ""]
+    scorings = sorted(set(study.runs["mode"]))
+    report += [f"Scoring: {', '.join(scorings)} (eval.modes; `--mode` picks another the runs evaluated).", ""]
+    if "subsample" in study.evals and (study.evals.subsample > 0).any():
+        report += [
+            "Cells off the metrics' path were scored on a fixed subsample (eval.matrix=metrics): OP, BWT and FWT "
+            "read whole splits only; the forgetting metric and curves include subsampled cells.",
+            "",
+        ]
     unfinished = study.runs[study.runs.status != "success"]
     if len(unfinished):
         report += [f"{len(unfinished)} runs not finished (left out): " + ", ".join(unfinished.path), ""]

@@ -26,10 +26,10 @@ import pyarrow.fs as pafs
 
 from aimray import results
 from aimray.assets import home
-from aimray.events import SCHEMA_VERSION, SCHEMAS
+from aimray.events import READABLE_VERSIONS, SCHEMAS, upgrade
 from aimray.files import is_uri, local_path, read_json
 from aimray.manifest import Manifest
-from aimray.results import run_shape
+from aimray.results import run_modes, run_shape
 from aimray.sync import Place, StampFiles, sync, visible
 
 KINDS = tuple(SCHEMAS)  # steps, merges, evals, costs
@@ -81,10 +81,12 @@ def read_parquet(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
 
 
-def read_parts(paths: list[Path]) -> pd.DataFrame:
-    """Parquet parts as one DataFrame; ValueError naming the part that cannot be read."""
+def read_parts(paths: list[Path], kind: str = "", eval_mode: str = "score") -> pd.DataFrame:
+    """Parquet parts as one DataFrame, parts of an earlier event schema upgraded (aimray.events.upgrade: a
+    version-2 run's evals are in `eval_mode`); ValueError naming the part that cannot be read."""
     try:
-        return ds.dataset([str(p) for p in paths], format="parquet").to_table().to_pandas()
+        tables = [upgrade(ds.dataset(str(p), format="parquet").to_table(), kind, eval_mode) for p in paths]
+        return pa.concat_tables(tables).to_pandas()
     except (pa.ArrowException, OSError) as err:
         for path in paths:
             read_parquet(path)
@@ -126,22 +128,28 @@ def results_only(rel: str) -> bool:
     return visible(rel) and not any(part in SKIPPED for part in Path(rel).parts[:-1])
 
 
-def open_study(root: str | Path) -> Study:
+def open_study(root: str | Path, mode: str | None = None) -> Study:
     """Load every run below `root` (a folder, or a URI: `mirror`); raises NotAStudyError naming the folder
-    when there is none, and ValueError when a run was written with another event schema version."""
+    when there is none, and ValueError when a run was written with an event schema version this analysis
+    does not read. `mode`: the scoring whose evaluations `evals` holds (eval.modes; default: each run's
+    headline mode); ValueError naming a run that did not evaluate in it."""
     root = mirror(str(root)) if is_uri(root) else local_path(root)
     if not root.is_dir():
         raise NotAStudyError(f"{root} is not a folder")
     folders = run_folders(root)
     if not folders:
         raise NotAStudyError(f"{root} holds no aimray run (no manifest.json beside an events/ folder)")
-    rows = []
+    rows, modes = [], {}
     for folder in folders:
         manifest = Manifest.read(folder)
-        if manifest.schema_version != SCHEMA_VERSION or "schema_version" in manifest.absent:
+        if manifest.schema_version not in READABLE_VERSIONS or "schema_version" in manifest.absent:
             version = None if "schema_version" in manifest.absent else manifest.schema_version
-            raise ValueError(f"{folder}: event schema version {version}, this analysis reads {SCHEMA_VERSION}")
+            readable = ", ".join(map(str, READABLE_VERSIONS))
+            raise ValueError(f"{folder}: event schema version {version}, this analysis reads {readable}")
         path = folder.relative_to(root)
+        modes[str(path)] = run_modes(manifest)
+        if mode is not None and mode not in modes[str(path)]:
+            raise ValueError(f"{folder}: evaluated in {', '.join(modes[str(path)])} only, not in mode {mode!r}")
         rows.append(
             {
                 "run_id": manifest.run_id,
@@ -154,11 +162,15 @@ def open_study(root: str | Path) -> Study:
                 "tasks": manifest.tasks,
                 "path": str(path),
                 "trial": manifest.labels.get("trial"),  # a sweep's run: the trial it belongs to
+                "mode": mode or modes[str(path)][0],  # the scoring of its rows in `evals`
             }
         )
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
-    frames = {kind: _with_paths(folders, kind, root) for kind in KINDS}
+    frames = {kind: _with_paths(folders, kind, root, modes) for kind in KINDS}
+    if len(frames["evals"]):  # one scoring per run: `mode`, or the run's headline mode
+        wanted = frames["evals"].path.map(lambda p: mode or modes[p][0])
+        frames["evals"] = frames["evals"][frames["evals"]["mode"] == wanted].reset_index(drop=True)
     trials = read_parquet(root / "trials.parquet") if (root / "trials.parquet").exists() else None
     orders = read_parquet(root / "trial_orders.parquet") if (root / "trial_orders.parquet").exists() else None
     if orders is not None:  # runs written before their manifests named their trial: as trial_orders says
@@ -186,13 +198,14 @@ def open_study(root: str | Path) -> Study:
     )
 
 
-def _with_paths(folders: list[Path], kind: str, root: Path) -> pd.DataFrame:
-    """All rows of one event kind, each with the path of its run folder relative to the study."""
+def _with_paths(folders: list[Path], kind: str, root: Path, modes: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+    """All rows of one event kind, each with the path of its run folder relative to the study (`modes`: each
+    run's eval modes by path, the headline first)."""
     parts = []
     for folder in folders:
         paths = sorted((folder / "events" / kind).glob("part-*.parquet"))
         if paths:
-            frame = read_parts(paths)
+            frame = read_parts(paths, kind, modes[str(folder.relative_to(root))][0])
             frame.insert(0, "path", str(folder.relative_to(root)))
             parts.append(frame)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

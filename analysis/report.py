@@ -249,6 +249,7 @@ def best_markdown(
     default: dict | None = None,
     dev_per_task: int | None = None,
     tasks: int | None = None,
+    mode: str = "score",
 ) -> str:
     """A sweep's best.md from its trials table (trials.parquet, best objective first) and its per-order
     results (trial_orders.parquet): the trial counts by status and the wall time, then the `top` completed
@@ -256,13 +257,14 @@ def best_markdown(
     searched `knobs`; with several `objectives`, the Pareto front instead; with `holdout`
     (holdout.parquet), the chosen configs on the held-out orders beside the defaults. With
     `default` (the preset's point), `dev_per_task` and `tasks`: what the sweep can conclude, i.e. how many
-    points one dev example is worth and whether the best trial beats the default beyond that."""
+    points one dev example is worth and whether the best trial beats the default beyond that. `mode`: the
+    scoring the objective reads (the runs' headline eval.mode)."""
     completed = trials[trials.status == "completed"]
     done = order_means(completed[completed.pareto] if objectives else completed.head(top), per_order)
     config_cols = [f"config/{k}" for k in knobs if f"config/{k}" in trials]
     what = f"objectives {', '.join(objectives)}" if objectives else f"objective {objective}"
     lines = [
-        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, {what} (dev)",
+        f"# Sweep: {method} on {benchmark}, orders {list(orders)}, {what} (dev, {mode} scoring)",
         "",
         f"{len(trials)} trials ({(trials.status == 'completed').sum()} completed, "
         f"{(trials.status == 'stopped').sum()} stopped early, {(trials.status == 'error').sum()} errors) "

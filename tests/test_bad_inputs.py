@@ -581,7 +581,7 @@ CASES = [
     pytest.param(
         "analysis",
         study(lambda root: fake_run(root / "replay", schema_version=SCHEMA_VERSION + 97)),
-        ["{tmp}/study/replay: event schema version 99"],
+        ["{tmp}/study/replay: event schema version 100, this analysis reads 2, 3"],
         id="analysis-schema-from-the-future",
     ),
     pytest.param(

@@ -94,6 +94,19 @@ def test_generation_mode_runs_and_scores_exact_match(backbone) -> None:
     assert res.value == expected
 
 
+def test_both_modes_from_one_pass_equal_each_mode_alone(backbone) -> None:
+    # The causal model decodes greedily from the prompts' KV cache, crops it back and scores the options from
+    # it: answers equal `generate`'s and scores the option pass's, token for token.
+    both = M.evaluate_modes(backbone, EXAMPLES, OPTIONS, ("generate", "score"), batch_size=2, max_new_tokens=6)
+    for mode in ("generate", "score"):
+        alone = evaluate(backbone, EXAMPLES, OPTIONS, mode=mode, batch_size=2, max_new_tokens=6)
+        assert both[mode].predictions == alone.predictions
+        assert both[mode].value == alone.value and both[mode].n == len(EXAMPLES)
+    answers, scores = M.generate_and_score(backbone, EXAMPLES[:3], OPTIONS, 6)
+    assert torch.allclose(scores, M.score_options(backbone, EXAMPLES[:3], OPTIONS), atol=1e-5)
+    assert answers == M.generate_answers(backbone, EXAMPLES[:3], 6)
+
+
 def test_prompt_truncation_cuts_only_the_text(tiny_causal) -> None:
     bb = load_backbone(ModelConfig(name_or_path=tiny_causal, max_prompt_tokens=40))
     long = SPEC.example("word " * 500, "positive")

@@ -507,6 +507,7 @@ def write_reports(spec: SweepSpec, table: pd.DataFrame, per_order: pd.DataFrame,
     holdout = run_holdout(spec, table) if spec.holdout_orders else None
     if holdout is not None:
         write_parquet_atomic(holdout, out / "holdout.parquet")
+    first = trial_config(spec, spec.all_orders()[0], {})
     best = R.best_markdown(
         table,
         per_order,
@@ -519,8 +520,9 @@ def write_reports(spec: SweepSpec, table: pd.DataFrame, per_order: pd.DataFrame,
         objectives=spec.kinds() if spec.objectives else None,
         holdout=holdout,
         default=default_point(spec) if spec.include_defaults else None,
-        dev_per_task=trial_config(spec, spec.all_orders()[0], {}).data.dev,
+        dev_per_task=first.data.dev,
         tasks=spec.num_tasks(),
+        mode=first.eval.mode,
     )
     (out / "best.md").write_text(best)
 
