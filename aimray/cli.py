@@ -25,8 +25,13 @@ from aimray.cliargs import (
     nonnegative_int,
     positive_int,
 )
-from aimray.files import now, write_json_atomic
+from aimray.files import now, read_json, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
+from aimray.tasks.offline import inventory as offline_inventory
+
+# The default backbone's zero-shot scores on the offline tasks, measured with `python -m aimray eval`
+# (its "command" says how); `tasks -v` prints them.
+ZERO_SHOT = Path(__file__).parent / "tasks" / "zero_shot.json"
 
 
 def _sizes(args: argparse.Namespace) -> SplitSizes:
@@ -57,6 +62,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             raise ValueError(f"benchmark {bench.name!r} reads the paper's data: pass --data-dir")
     names = _task_names(args)
     data_dir = args.data_dir if args.data_dir else None
+    inventory = offline_inventory([] if data_dir else names) if args.verbose else {}
+    zero_shot = read_json(ZERO_SHOT) if args.verbose and ZERO_SHOT.exists() else {}
     print(f"{'task':<16} {'train':>6} {'dev':>5} {'test':>5}  {'metric':<8} labels")
     for name in names:
         spec = get_task(name, data_dir)
@@ -66,6 +73,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(f"{name:<16} {sizes}  {spec.metric:<8} {labels}")
         if args.verbose:
             print(f"{'':<16} source: {spec.source}")
+            for line in _inventory_lines(name, inventory, zero_shot):
+                print(f"{'':<16} {line}")
         for note in data.notes:
             if args.verbose or "overlap" in note:  # dev/test overlap is always worth seeing
                 print(f"{'':<16} note: {note}")
@@ -78,6 +87,23 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         for k, order in bench.orders.items():
             print(f"  order {k}: {', '.join(order)}")
     return 0
+
+
+def _inventory_lines(name: str, inventory: dict, zero_shot: dict) -> list[str]:
+    """`tasks -v`: an offline task's unique examples per label, texts shared with other listed tasks, and the
+    recorded zero-shot scores of the default backbone (aimray/tasks/zero_shot.json)."""
+    lines = []
+    if name in inventory:
+        inv = inventory[name]
+        counts = ", ".join(f"{lab} {n}" for lab, n in sorted(inv["labels"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"unique: {inv['unique']} ({counts})")
+        shared = ", ".join(f"{other} {n}" for other, n in sorted(inv["shared"].items()))
+        lines.append(f"texts also in: {shared or 'no other listed task'}")
+    got = zero_shot.get("tasks", {}).get(name)
+    if got:
+        scores = ", ".join(f"{mode} {100 * v:.1f}" for mode, v in got.items())
+        lines.append(f"zero-shot {zero_shot['model']} ({zero_shot['split']}, n={zero_shot['n']}): {scores}")
+    return lines
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -114,10 +140,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rows = []
     try:
         for spec, task_examples in zip(specs, examples, strict=True):
-            rows.append(eval_row(bb, spec, task_examples, args))
+            rows += eval_rows(bb, spec, task_examples, args)
             row = rows[-1]
+            scores = ", ".join(f"{r['mode']} {100 * r['value']:5.1f}" for r in rows if r["task"] == spec.name)
             print(
-                f"[eval] {spec.name:<16} {row['metric']} {100 * row['value']:5.1f}  (chance {_pct(row['chance'])}, "
+                f"[eval] {spec.name:<16} {row['metric']} {scores}  (chance {_pct(row['chance'])}, "
                 f"majority {_pct(row['majority'])}, n={row['n']}, {row['seconds']:.0f} s)",
                 flush=True,
             )
@@ -130,29 +157,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         done = {**manifest, "status": "success", "seconds": time.time() - t0}
         write_json_atomic(out / "manifest.json", done)
         print(f"[eval] wrote {out}/results.json and manifest.json")
-    mean = sum(r["value"] for r in rows) / len(rows)
-    print(f"[eval] mean over {len(rows)} tasks: {100 * mean:.1f}")
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        values = [r["value"] for r in rows if r["mode"] == mode]
+        print(f"[eval] {mode}: mean over {len(values)} tasks {100 * sum(values) / len(values):.1f}")
     return 0
 
 
-def eval_row(bb, spec, examples: list, args: argparse.Namespace) -> dict:
-    """One task's zero-shot score (results.json's row) beside its chance and majority-class baselines."""
-    from aimray.model import evaluate
+def eval_rows(bb, spec, examples: list, args: argparse.Namespace) -> list[dict]:
+    """One task's zero-shot score per mode (results.json's rows) beside its chance and majority-class
+    baselines; `--mode both` scores both from one pass over the prompts."""
+    from aimray.model import evaluate_modes
 
     t0 = time.time()
-    mode = args.mode if spec.labels else "generate"
-    res = evaluate(bb, examples, spec.labels, mode=mode, batch_size=args.batch_size)
+    modes = ("generate", "score") if args.mode == "both" else (args.mode,)
+    modes = modes if spec.labels else ("generate",)
+    results = evaluate_modes(bb, examples, spec.labels, modes, batch_size=args.batch_size)
     counts = Counter(ex.target for ex in examples)
-    return {
-        "task": spec.name,
-        "split": args.split,
-        "metric": res.metric,
-        "value": res.value,
-        "n": res.n,
-        "chance": 1 / len(spec.labels) if spec.labels else None,
-        "majority": max(counts.values()) / len(examples) if spec.labels else None,
-        "seconds": time.time() - t0,
-    }
+    seconds = time.time() - t0
+    return [
+        {
+            "task": spec.name,
+            "split": args.split,
+            "mode": mode,
+            "metric": res.metric,
+            "value": res.value,
+            "n": res.n,
+            "chance": 1 / len(spec.labels) if spec.labels else None,
+            "majority": max(counts.values()) / len(examples) if spec.labels else None,
+            "seconds": seconds,  # of every mode of the task together (one pass over the prompts)
+        }
+        for mode, res in results.items()
+    ]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -278,8 +313,9 @@ def add_eval_parser(sub) -> None:
     p.add_argument(
         "--mode",
         default="score",
-        choices=["score", "generate"],
-        help="score: most likely label word (default); generate: greedy exact match",
+        choices=["score", "generate", "both"],
+        help="score: most likely label word (default); generate: greedy exact match; both: the two from one "
+        "pass over each prompt",
     )
     p.add_argument("--model", default="smollm2", help="'smollm2' (offline default), a folder or an HF id")
     p.add_argument("--max-prompt-tokens", type=int, default=192, help="prompt token budget (default 192)")

@@ -21,6 +21,19 @@ def test_tasks_lists_tasks_sizes_labels_and_orders() -> None:
     assert "order 7: task1572, task363" in proc.stdout and "[needs --data-dir]" in proc.stdout
 
 
+def test_tasks_lists_offline_long_with_sizes_overlap_and_zero_shot() -> None:
+    proc = run("tasks", "--benchmark", "offline-long", "-v")
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines()[1:] if line and not line.startswith(" ")]
+    assert len(listed[: listed.index("benchmarks")]) == 15
+    for k in (4, 5, 6):
+        assert f"  order {k}: " in proc.stdout
+    assert "order 4: corr2cause, hedge, sense, quartz, simlex, socialiqa, sms_spam, afinn" in proc.stdout
+    assert "unique: 768 (no 444, yes 324)" in proc.stdout  # simlex's pool, from the real file
+    assert "texts also in: afinn 1302" in proc.stdout  # sense shares words with afinn
+    assert proc.stdout.count("zero-shot smollm2 (test, n=200): generate ") == 15
+
+
 def test_bad_names_fail_with_the_valid_ones() -> None:
     proc = run("tasks", "--benchmark", "nope")
     assert proc.returncode == 2 and "valid: offline-standard" in proc.stderr

@@ -57,13 +57,21 @@ def test_cli_eval_writes_results_and_manifest(tmp_path) -> None:
         "trec,sms_spam",
         "--limit",
         "6",
+        "--mode",
+        "both",
         "--out",
         str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())
-    assert [r["task"] for r in rows] == ["trec", "sms_spam"] and all(r["n"] == 6 for r in rows)
+    assert [(r["task"], r["mode"]) for r in rows] == [
+        ("trec", "generate"),
+        ("trec", "score"),
+        ("sms_spam", "generate"),
+        ("sms_spam", "score"),
+    ]
+    assert all(r["n"] == 6 for r in rows)
     assert all(0 <= r["value"] <= 1 for r in rows) and rows[0]["chance"] == pytest.approx(1 / 6)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "success" and manifest["provenance"]["versions"]["torch"]

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from aimray.config import make_config
 from aimray.tasks import (
     BENCHMARKS,
     TASKS,
@@ -17,6 +18,7 @@ from aimray.tasks import (
     register_benchmark,
     register_task,
 )
+from aimray.tasks.offline import inventory
 from aimray.tasks.spec import content_hash, format_parts
 from aimray.tasks.splits import balanced_take, check_disjoint, dedupe, make_splits
 
@@ -31,7 +33,7 @@ def test_offline_tasks_registered() -> None:
     ("call", "valid"),
     [
         (lambda: get_task("dbpedia"), "wordnet, amazon"),
-        (lambda: get_benchmark("standart"), "offline-standard, offline-six, standard, long, superni"),
+        (lambda: get_benchmark("standart"), "offline-standard, offline-six, standard, long, offline-long, superni"),
         (lambda: get_benchmark("standard").order(4), "[1, 2, 3]"),
         (lambda: TASKS["trec"].load(SplitSizes(), 0).split("val"), "train, dev, test"),
     ],
@@ -72,6 +74,46 @@ def test_offline_standard_maps_the_four_roles() -> None:
     assert [t.name for t in benchmark_tasks("offline-standard", 1)] == ["wordnet", "amazon", "trec", "bbc"]
     assert bench.orders[2] == ("wordnet", "amazon", "bbc", "trec")
     assert bench.orders[3] == ("trec", "amazon", "bbc", "wordnet")
+
+
+LONG_NEW = ["corr2cause", "hedge", "sense", "quartz", "simlex", "socialiqa", "afinn", "sarcasm", "newsgroups"]
+
+
+def test_offline_long_is_the_long_sequence_role_for_role() -> None:
+    bench = get_benchmark("offline-long")
+    paper = get_benchmark("long")
+    assert sorted(bench.orders) == [4, 5, 6] and set(bench.tasks) == set(OFFLINE) | set(LONG_NEW)
+    assert all(len(set(order)) == 15 for order in bench.orders.values())
+    roles = dict(zip(paper.orders[4], bench.orders[4], strict=True))
+    for k in (5, 6):  # the paper's orders, the same substitution
+        assert bench.orders[k] == tuple(roles[t] for t in paper.orders[k])
+    assert roles["mnli"] == "corr2cause" and roles["yahoo"] == "newsgroups" and roles["amazon"] == "amazon"
+
+
+@pytest.mark.parametrize("name", LONG_NEW)
+def test_offline_long_tasks_read_the_real_files_into_disjoint_balanced_splits(name) -> None:
+    # the long preset's sizes, seeds 0 and 1: every new task has a fixed set of at most 10 label words, at
+    # least 600 unique examples, and disjoint class-balanced splits
+    spec, cfg = TASKS[name], make_config("long", {})
+    assert 2 <= len(spec.labels) <= 10 and spec.source and spec.instruction.endswith("Choose one from the option.")
+    counts = inventory([name])[name]
+    assert counts["unique"] >= 600 and set(counts["labels"]) == set(spec.labels), counts
+    for seed in (0, 1):
+        data = spec.load(cfg.data, seed)
+        assert (len(data.train), len(data.dev), len(data.test)) == (cfg.data.train, cfg.data.dev, cfg.data.test)
+        check_disjoint(name, data.train, data.dev, data.test)
+        test = Counter(e.target for e in data.test)
+        assert max(test.values()) - min(test.values()) <= 1, test
+
+
+def test_offline_long_reports_texts_shared_across_tasks() -> None:
+    inv = inventory(list(get_benchmark("offline-long").tasks))
+    assert len(inv) == 15
+    for name, row in inv.items():  # symmetric: what a task shares with another, the other shares with it
+        for other, n in row["shared"].items():
+            assert inv[other]["shared"][name] == n
+    # the two word-level tasks share many words (asked different questions); the questions share nothing
+    assert inv["afinn"]["shared"]["sense"] > 1000 and not inv["quartz"]["shared"] and not inv["corr2cause"]["shared"]
 
 
 def test_prompt_follows_olora_format() -> None:

@@ -5,6 +5,7 @@ data = get_task("trec").load(SplitSizes(), seed=0)
 """
 
 from aimray.tasks.offline import OFFLINE_TASKS
+from aimray.tasks.offline_long import LONG_TASKS
 from aimray.tasks.registry import (
     BENCHMARKS,
     TASKS,
@@ -17,7 +18,7 @@ from aimray.tasks.registry import (
 )
 from aimray.tasks.spec import Example, SplitSizes, TaskData, TaskSpec
 
-for _spec in OFFLINE_TASKS:
+for _spec in OFFLINE_TASKS + LONG_TASKS:
     register_task(_spec)
 
 # Offline analogue of the paper's Standard CL benchmark: same four roles, same three orders
@@ -113,6 +114,34 @@ register_benchmark(
         },
         needs_data_dir=True,
         about="Long sequence benchmark (15 tasks), orders 4-6",
+    )
+)
+# Offline analogue of the Long sequence: each paper task replaced by the offline task in its role
+# (aimray/tasks/offline_long.py says which and why), the paper's orders 4-6 kept role for role.
+LONG_ROLES = {
+    "mnli": "corr2cause",
+    "cb": "hedge",
+    "wic": "sense",
+    "copa": "quartz",
+    "qqp": "simlex",
+    "boolqa": "socialiqa",
+    "rte": "sms_spam",
+    "imdb": "afinn",
+    "yelp": "tweet_sentiment",
+    "amazon": "amazon",
+    "sst-2": "sarcasm",
+    "dbpedia": "wordnet",
+    "agnews": "bbc",
+    "multirc": "trec",
+    "yahoo": "newsgroups",
+}
+register_benchmark(
+    Benchmark(
+        "offline-long",
+        {k: tuple(LONG_ROLES[t] for t in order) for k, order in BENCHMARKS["long"].orders.items()},
+        needs_data_dir=False,
+        about="offline analogue of the Long sequence (15 tasks, orders 4-6): "
+        + ", ".join(f"{paper}={ours}" for paper, ours in LONG_ROLES.items()),
     )
 )
 register_benchmark(

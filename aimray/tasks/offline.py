@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from aimray.assets import data_dir, home
-from aimray.tasks.spec import SplitSizes, TaskData, TaskSpec
+from aimray.tasks.spec import SplitSizes, TaskData, TaskSpec, content_hash
 from aimray.tasks.splits import dedupe, split_unique
 
 Pairs = list[tuple[str, str]]
@@ -130,6 +130,10 @@ def read_tweets(min_confidence: float = 0.6) -> Pairs:
     ]
 
 
+# Every offline task's de-duplicated pool: (unique (text, label) pairs, duplicates dropped, conflicts dropped).
+POOLS: dict[str, Callable[[], tuple[list[tuple[str, str]], int, int]]] = {}
+
+
 def offline_task(
     name: str, instruction: str, labels: tuple[str, ...], read: Callable[[], Pairs], source: str
 ) -> TaskSpec:
@@ -148,8 +152,22 @@ def offline_task(
         train, dev, test, notes = split_unique(name, pool(str(home())), sizes, seed, spec.example)
         return TaskData(name, train, dev, test, tuple(notes))
 
+    POOLS[name] = lambda: pool(str(home()))
+
     spec = TaskSpec(name, instruction, labels, load, "accuracy", source)
     return spec
+
+
+def inventory(names: list[str]) -> dict[str, dict]:
+    """Per offline task among `names`: its unique examples, their count per label, and how many of its texts
+    (by normalised content hash) each other task of `names` also holds."""
+    hashes = {n: {content_hash(text) for text, _ in POOLS[n]()[0]} for n in names if n in POOLS}
+    out = {}
+    for name, mine in hashes.items():
+        unique = POOLS[name]()[0]
+        shared = {other: len(mine & theirs) for other, theirs in hashes.items() if other != name and mine & theirs}
+        out[name] = {"unique": len(unique), "labels": dict(Counter(lab for _, lab in unique)), "shared": shared}
+    return out
 
 
 OFFLINE_TASKS = [
