@@ -50,6 +50,8 @@ class Costs:
     backward_passes: int = 0
     eval_examples: int = 0
     eval_seconds: float = 0.0  # part of wall_seconds spent evaluating (and tracking the best dev state)
+    monitor_seconds: float = 0.0  # part of wall_seconds spent on forgetting-signal passes
+    merge_seconds: float = 0.0  # part of wall_seconds spent merging: rehearsal bursts and fusion
     wall_seconds: float = 0.0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3  # 2: costs.eval_seconds; 3: evals.mode, evals.subsample
+SCHEMA_VERSION = 3  # 2: costs.eval_seconds; 3: evals.mode, evals.subsample, costs.monitor/merge_seconds
 READABLE_VERSIONS = (2, 3)  # a version-2 run reads as version 3 (upgrade)
 
 _f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
@@ -88,6 +88,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("backward_passes", _i64),
             ("eval_examples", _i64),
             ("eval_seconds", _f64),
+            ("monitor_seconds", _f64),
+            ("merge_seconds", _f64),
             ("wall_seconds", _f64),
         ]
     ),
@@ -138,12 +140,20 @@ class EventWriter:
                     path.unlink()
 
 
+# Columns that differ between two runs that computed the same thing (comparisons leave them out).
+TIMINGS = ("wall_seconds", "eval_seconds", "monitor_seconds", "merge_seconds")
+
+
 def upgrade(table: pa.Table, kind: str, eval_mode: str) -> pa.Table:
     """A part written with an earlier schema version as the current one: version-2 evals rows get the run's
-    one mode (its config's eval.mode) and subsample 0 (every cell was the whole split)."""
+    one mode (its config's eval.mode) and subsample 0 (every cell was the whole split); a column added later
+    (the costs' monitor and merge seconds) is null."""
     if kind == "evals" and "mode" not in table.column_names:
         table = table.append_column("mode", pa.array([eval_mode] * len(table), _str))
         table = table.append_column("subsample", pa.array([0] * len(table), _i32))
+    for name in SCHEMAS.get(kind, pa.schema([])).names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMAS[kind].field(name).type))
     return table
 
 

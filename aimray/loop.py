@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import random
+import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -182,8 +183,9 @@ def run(
                 rows.append(finish_stage(r, stage, task))
                 if stage.index + 1 < len(r.stages) and report is not None:
                     report(rows[-1])
-                if stage.index + 1 < len(r.stages):
-                    r.stop.check(f"the end of task {stage.index + 1}/{len(r.stages)} ({stage.name})")
+                signum = stop_asked(r) if stage.index + 1 < len(r.stages) else None
+                if signum is not None:
+                    raise StopRequested(signum, f"the end of task {stage.index + 1}/{len(r.stages)} ({stage.name})")
             result = collect(out)
             r.write("matrix.json", result_json(result))
             r.write_manifest(status="success", finished_at=now())
@@ -422,10 +424,22 @@ def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> lis
             r.log(progress_line(stage, len(r.stages), task.step, parts.total, task.costs.merges, shown - t0, first))
         if cfg.checkpoint.keep != "last" and task.step % cfg.checkpoint.best_dev_every == 0:
             track_best(r, stage, task)
-        if task.step < parts.total and (every_n(cfg, task.step) or r.stop.signum is not None):
+        signum = stop_asked(r) if task.step < parts.total else None
+        if task.step < parts.total and (every_n(cfg, task.step) or signum is not None):
             save_checkpoint(r)
-            r.stop.check(f"task {stage.index + 1}/{len(r.stages)} ({stage.name}), step {task.step}/{parts.total}")
+            if signum is not None:
+                where = f"task {stage.index + 1}/{len(r.stages)} ({stage.name}), step {task.step}/{parts.total}"
+                raise StopRequested(signum, where)
     return losses
+
+
+def stop_asked(r: Run) -> int | None:
+    """The signal that asked the run to stop, or None; agreed by every data-parallel rank, so that all stop
+    at the same step (a rank that has not seen the request stops as if by SIGTERM)."""
+    signum = r.stop.asked()
+    if r.dist.world > 1 and r.dist.sum(float(signum is not None)) > 0:
+        return signum or signal.SIGTERM
+    return signum
 
 
 def every_n(cfg: RunConfig, step: int) -> bool:
@@ -537,11 +551,13 @@ def train_step(
 
 def forgetting_signal(r: Run, task: TaskState) -> float:
     """The loss on one fresh random memory batch, no gradient (train or eval mode, controller.fs_mode)."""
+    t0 = time.time()
     batch = r.memory.sample_batch(r.cfg.memory.batch_size, task.mem_rng)
     r.reseed(1)
     loss = memory_loss(r.learner, batch, eval_mode=r.cfg.controller.fs_mode == "eval")
     task.costs.monitor_examples += len(batch)
     task.costs.forward_passes += 1
+    task.costs.monitor_seconds += time.time() - t0
     return loss
 
 
@@ -549,6 +565,7 @@ def merge(
     r: Run, stage: Stage, task: TaskState, step: int, decision: Decision, optimizer: torch.optim.Optimizer, track: bool
 ) -> None:
     """delta_in = theta - theta_t; rehearsal burst of M steps; delta_out; fusion; learning signal."""
+    t0 = time.time()
     cfg, params, schedule = r.cfg, r.params, task.schedule
     activations = schedule.state.activations
     trigger_step = r.state.global_step - 1  # the inner step that triggered the merge
@@ -573,6 +590,7 @@ def merge(
     lam = signals.learning_signal(delta_in, decision.interval)
     schedule.merged(lam)
     task.costs.merges += 1
+    task.costs.merge_seconds += time.time() - t0
     r.events.add(
         "merges",
         task_index=stage.index,

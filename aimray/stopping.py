@@ -37,10 +37,15 @@ class Stop:
 
     signum: int | None = None
 
+    def asked(self) -> int | None:
+        """The signal that asked to stop, or None (a subclass may ask elsewhere: aimray.launch.stop)."""
+        return self.signum
+
     def check(self, where: str) -> None:
         """Raise StopRequested saying `where` if a stop was asked for."""
-        if self.signum is not None:
-            raise StopRequested(self.signum, where)
+        signum = self.asked()
+        if signum is not None:
+            raise StopRequested(signum, where)
 
 
 STOP = Stop()  # the process's: signal handlers are process-wide too

@@ -38,9 +38,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from aimray.events import TIMINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("steps", "merges", "evals", "costs")
-TIMINGS = ("wall_seconds", "eval_seconds")
 
 
 def command(args: argparse.Namespace, out: Path, *extra: str) -> list[str]:

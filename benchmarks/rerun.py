@@ -28,11 +28,11 @@ KINDS = ("steps", "merges", "evals", "costs")
 
 def comparable(folder: Path, kind: str) -> list[dict]:
     """The event rows of one kind, timings dropped and NaN made comparable."""
-    from aimray.events import read_events
+    from aimray.events import TIMINGS, read_events
 
     rows = read_events(folder, kind).to_pylist()
     for row in rows:
-        for key in ("wall_seconds", "eval_seconds"):
+        for key in TIMINGS:
             row.pop(key, None)
         for key, value in row.items():
             if isinstance(value, float) and math.isnan(value):

@@ -13,6 +13,11 @@ folder holds trials.parquet, best.md and every run's trajectory. See aimray/laun
 first): trials.parquet marks the Pareto front (`pareto`) and best.md lists it. --holdout-orders leaves
 orders out of the search and then runs the best config (or the whole front) and the defaults on them:
 holdout.parquet and a section of best.md, the test of whether tuned values carry over to an unseen order.
+
+Ctrl-C or SIGTERM (Kubernetes, Slurm, preemption) stops the sweep well: every running trial's run
+finishes its step and checkpoints, Tune saves its state, and the command exits 130 (SIGINT) or 143
+(SIGTERM) saying how many trials finished; no tables are written. The same command with --resume
+continues it. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
 
     from aimray.assets import AssetMissingError
-    from aimray.launch.tune import load_sweep, sweep
+    from aimray.launch.tune import SweepInterrupted, load_sweep, sweep
 
     orders = tuple(args.orders) if args.orders else None
     try:
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError, ImportError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
+    except SweepInterrupted as stopped:
+        print(f"[sweep] {stopped}", file=sys.stderr)
+        return stopped.exit_code
     out = Path(spec.out)
     print((out / "best.md").read_text())
     errors = int((table.status == "error").sum())

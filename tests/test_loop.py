@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aimray.config import make_config
-from aimray.events import SCHEMAS, read_events
+from aimray.events import SCHEMAS, TIMINGS, read_events
 from aimray.faults import KillAt, SimulatedKill
 from aimray.loop import batch_for_step, progress_line, run
 from aimray.merging import arithmetic, signals
@@ -42,8 +42,8 @@ def quiet(_: str) -> None:
 def comparable(out, kind: str) -> list[dict]:
     rows = read_events(out, kind).to_pylist()
     for r in rows:
-        r.pop("wall_seconds", None)
-        r.pop("eval_seconds", None)
+        for key in TIMINGS:
+            r.pop(key, None)
         for k, v in r.items():
             if isinstance(v, float) and v != v:
                 r[k] = "nan"  # NaN != NaN: compare it as a value (mask fusion logs no scalar weights)

@@ -44,9 +44,9 @@ def test_sigterm_and_sigint_stop_a_run_with_a_checkpoint_and_the_same_command_co
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "aimray", "run", "--workers", "0", "--out", str(out), *tiny_args(tiny_causal)]
     for sig, code, marker in ((signal.SIGTERM, 143, "task 2/4 (amazon): step"), (signal.SIGINT, 130, "task 3/4")):
-        proc, seconds = stop_during(cmd, sig, marker)
+        proc, _seconds = stop_during(cmd, sig, marker)
         assert proc.returncode == code, proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr and seconds < 30
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # seconds: measured by faults.py, never asserted
         assert "[run] stopped at task" in proc.stderr and "the same command continues" in proc.stderr
         assert f"[run] {signal.Signals(sig).name}: stopping after the current step" in proc.stdout
         manifest = json.loads((out / "manifest.json").read_text())

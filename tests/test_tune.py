@@ -4,8 +4,10 @@ Llama: unit tests only). The driver is the real CLI, sweeps/tune_controller.py."
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,9 +134,11 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     out = tmp_path / "sweep"
     extra = ["--objectives", "dev_op,dev_bwt,compute", "--holdout-orders", "3", "--callbacks", "mlflow,tensorboard"]
     extra += ["scheduler=none"]  # key=value arguments after the flags
-    proc = sweep_cli(out, tiny_causal, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stop_midway_with_sigterm(out, tiny_causal, extra)
+    proc = sweep_cli(out, tiny_causal, "--resume", *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stdout, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, stdout[-4000:]
+    assert "reported value is ignored" not in stdout  # Optuna's warning on a resumed trial: off the terminal
     assert "# Sweep: aimmerging on offline-standard" in stdout
     table = pd.read_parquet(out / "trials.parquet")
     assert (table.status == "completed").all() and (table.tasks_done == 8).all()  # 2 orders x 4 tasks
@@ -207,13 +211,35 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
     assert len(tracked) == 2 and all(
         {"objective", "tasks_done", "objective/compute"} <= set(r.data.metrics) for r in tracked
     )
-    assert len(list((out / "ray" / "tune").glob("*/events.out.tfevents.*"))) == 2
+    # one TensorBoard run (folder) per trial; a resumed trial adds a file to it, which TensorBoard reads as one
+    assert len({p.parent for p in (out / "ray" / "tune").glob("*/events.out.tfevents.*")}) == 2
     # The same command again is refused before anything is written: the sweep's record stays as it was.
     record = (out / "sweep.json").read_text()
     again = sweep_cli(out, tiny_causal, "--num-samples", "3", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     text, _ = again.communicate(timeout=300)
     assert again.returncode == 2 and "already holds a sweep: pass --resume" in text, text[-2000:]
     assert (out / "sweep.json").read_text() == record
+
+
+def stop_midway_with_sigterm(out: Path, model: str, extra: list[str]) -> None:
+    """Start the sweep and SIGTERM its driver once a run has checkpointed: the running trials' runs finish
+    their step and checkpoint (manifest "stopped"), Tune saves its state, and the driver exits 143 with one
+    line saying how to continue; no tables are written, nothing is dumped on the terminal."""
+    proc = sweep_cli(out, model, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(out.glob("runs/*/order1/checkpoints/latest")):
+        assert proc.poll() is None, proc.communicate()[0][-4000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stdout[-4000:]
+    assert "[sweep] SIGTERM: the running trials checkpoint and stop" in stdout, stdout[-4000:]
+    assert "of 2 trials finished; run the same command with --resume" in stdout, stdout[-4000:]
+    for noise in ("Tuner.restore", "Fatal Python error", "Traceback"):
+        assert noise not in stdout, stdout[-4000:]
+    assert not (out / "best.md").exists() and not (out / "trials.parquet").exists()
+    statuses = [Manifest.read(p.parent).status for p in out.glob("runs/*/order*/manifest.json")]
+    assert "stopped" in statuses and "running" not in statuses and "failed" not in statuses, statuses
 
 
 def analyse(study: Path, headline: str) -> set[str]:

@@ -29,10 +29,12 @@ from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
 from aimray.launch.cluster import ensure_ray, link_ray_logs
+from aimray.launch.stop import RayStop
 from aimray.launch.storage import remote_folder
 from aimray.loop import OnCheckpoint, check_inputs, run
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
+from aimray.stopping import STOP
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ def train_worker(config: dict) -> None:
                 resume_from=resume,
                 on_checkpoint=on_checkpoint,
                 labels=config.get("labels"),
+                stop=RayStop(config["stop"]) if config.get("stop") else STOP,
             )
     finally:
         if copy is not None:
@@ -176,12 +179,14 @@ def run_with_ray_train(
     tracker: dict | None = None,
     remote: tuple[str, str] | None = None,
     labels: dict[str, str] | None = None,
+    stop: str | None = None,
 ) -> RunResult:
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
     `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one). `remote`
     (storage URI, path under it): rank 0 copies the run folder there after every task and at the end, and
     the result is read from that copy (rank 0 may have run on another node). `labels` go into the run's
-    manifest (a sweep's trial)."""
+    manifest (a sweep's trial). `stop`: the name of a sweep's stop flag (aimray.launch.stop) the workers
+    poll."""
     out = Path(out).resolve()
     check_inputs([cfg])  # a missing --data-dir, a broken data file or asset: one clear error, before Ray
     out.mkdir(parents=True, exist_ok=True)
@@ -203,6 +208,7 @@ def run_with_ray_train(
             "tracker": tracker,
             "remote": remote,
             "labels": labels,
+            "stop": stop,
         },
         scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -17,6 +17,7 @@ Output under --out:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -41,11 +42,13 @@ from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, par
 from aimray.files import write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray, link_ray_logs
+from aimray.launch.stop import RayStop, StopFlag, driver_signals, quiet_tune_hints
 from aimray.loop import check_inputs, run
 from aimray.manifest import status_of
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker, order_summary
 from aimray.results import collect
+from aimray.stopping import STOP, Stop
 from aimray.tasks import get_benchmark
 from analysis import report as R
 from analysis import stats
@@ -374,8 +377,31 @@ def default_point(spec: SweepSpec) -> dict[str, Any]:
 def run_trial(config: dict, spec: SweepSpec) -> None:
     """One Tune trial: the sampled config over every order; reports after every task."""
     plugins.load(spec.plugins, env=False)  # this worker process has not imported them yet
-    orders = spec.tune_orders()
     trial_id = tune.get_context().get_trial_id()
+    stop = RayStop(stop_name(spec))
+    stop.report("started", trial_id)
+    try:
+        metrics = run_orders(config, spec, trial_id, stop)
+    except BaseException:
+        if stop.asked() is None:
+            raise
+        # The driver asked the sweep to stop: this trial's run checkpointed and stopped. Tune ends the trial
+        # (its state saved as unfinished: --resume starts it again, and its runs resume from their checkpoints).
+        stop.report("stopped_trial", trial_id)
+        while True:
+            time.sleep(60)
+    stop.report("finished", trial_id)
+    tune.report(metrics)
+
+
+def stop_name(spec: SweepSpec) -> str:
+    """The name of the sweep's stop flag actor: one per sweep folder."""
+    return "aimray-stop-" + hashlib.sha256(str(Path(spec.out).resolve()).encode()).hexdigest()[:12]
+
+
+def run_orders(config: dict, spec: SweepSpec, trial_id: str, stop: RayStop) -> dict:
+    """The sampled config over every order of the trial, in order; returns the trial's final metrics."""
+    orders = spec.tune_orders()
     trial_dir = Path(spec.out).resolve() / "runs" / trial_id
     tracker = ObjectiveTracker(spec.objective, list(orders), spec.num_tasks(), kinds=spec.kinds())
     sampled = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -390,15 +416,16 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
             remote = storage_lib.RemoteFolder(fs, f"{base}/{where}") if fs is not None else None
             if remote is not None:
                 remote.restore(out)  # a trial retried on another node carries on from its last copy
-            run_order(cfg, out, tracker, remote, labels={"trial": trial_id})
+            run_order(cfg, out, tracker, remote, labels={"trial": trial_id}, stop=stop)
         else:  # the workers report every task (rank 0 copies the folder); the tracker records their run
             from aimray.launch.train import Resources, run_with_ray_train
 
             res = Resources(spec.workers, spec.cpus_per_trial, spec.gpus_per_worker)
             copy = (spec.storage, where) if fs is not None else None
             state = tracker.state_dict()
-            tracker.finish(run_with_ray_train(cfg, out, res, tracker=state, remote=copy, labels={"trial": trial_id}))
-    tune.report(tracker.final_metrics())
+            labels = {"trial": trial_id}
+            tracker.finish(run_with_ray_train(cfg, out, res, tracker=state, remote=copy, labels=labels, stop=stop.name))
+    return tracker.final_metrics()
 
 
 def run_order(
@@ -407,6 +434,7 @@ def run_order(
     tracker: ObjectiveTracker,
     remote: storage_lib.RemoteFolder | None = None,
     labels: dict[str, str] | None = None,
+    stop: Stop = STOP,
 ) -> None:
     """Run one order in this process, reporting to Tune after every task; the last task's report carries
     the order's summary from the result `run` returns. A run that had finished before (a restored trial)
@@ -422,7 +450,7 @@ def run_order(
         else:
             tune.report(tracker.update(row))
 
-    result = run(cfg, out, report=report, log=lambda _: None, labels=labels)
+    result = run(cfg, out, report=report, log=lambda _: None, labels=labels, stop=stop)
     if remote is not None:
         remote.upload(out)
     metrics = tracker.finish(result)
@@ -461,7 +489,14 @@ def sweep(
     spec = replace(spec, cpus_per_trial=per_trial, out=str(out), storage=storage or "")
     (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
     t0 = time.time()
-    grid = make_tuner(spec, storage_path, fs, resume, verbose).fit()
+    flag = StopFlag.start(stop_name(spec))
+    quiet_tune_hints()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT is driver_signals'; Tune keeps SIGUSR1
+    with driver_signals(flag) as asked:
+        grid = make_tuner(spec, storage_path, fs, resume, verbose).fit()
+    if asked.signum is not None:  # no tables: a stopped sweep's would read as final
+        done = int((trials_table(grid, spec).get("status", pd.Series(dtype=str)) == "completed").sum())
+        raise SweepInterrupted(asked.signum, done, spec.num_samples)
     if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
         with contextlib.suppress(NotAStudyError):  # no trial wrote a run (they all failed first): the table says why
             mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
@@ -474,6 +509,15 @@ def sweep(
         names = ("sweep.json", "trials.parquet", "trial_orders.parquet", "holdout.parquet", "best.md")
         storage_lib.upload_files(fs, storage_path, [out / n for n in names])
     return table
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped on SIGINT or SIGTERM: its trials checkpointed, Tune's state saved; `--resume`
+    continues it. `exit_code`: 130 or 143."""
+
+    def __init__(self, signum: int, finished: int, trials: int) -> None:
+        super().__init__(f"interrupted: {finished} of {trials} trials finished; run the same command with --resume")
+        self.exit_code = 128 + signum
 
 
 def make_tuner(spec: SweepSpec, storage_path: str, fs, resume: bool, verbose: bool) -> tune.Tuner:
@@ -622,7 +666,8 @@ def tracker_callbacks(spec: SweepSpec) -> list:
                 from ray.air.integrations.mlflow import MLflowLoggerCallback
 
                 uri = spec.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{spec.out}/mlflow.db"
-                callbacks.append(MLflowLoggerCallback(tracking_uri=uri, experiment_name="aimray-sweep"))
+                mlflow_callback = resuming_mlflow(MLflowLoggerCallback)
+                callbacks.append(mlflow_callback(tracking_uri=uri, experiment_name="aimray-sweep"))
             elif name == "wandb":
                 import wandb  # noqa: F401
                 from ray.air.integrations.wandb import WandbLoggerCallback
@@ -634,6 +679,26 @@ def tracker_callbacks(spec: SweepSpec) -> list:
                 f"--callbacks {name}: {err.name} is not installed; pip install 'aimray[tracking]'"
             ) from None
     return callbacks
+
+
+def resuming_mlflow(base: type) -> type:
+    """MLflowLoggerCallback that keeps one MLflow run per trial across `--resume`: a trial the new driver
+    restores continues the run its first driver started (found by the trial_name tag Ray sets)."""
+
+    class ResumingMLflow(base):
+        def log_trial_start(self, trial) -> None:
+            if trial not in self._trial_runs:
+                util = self.mlflow_util
+                found = util._mlflow.search_runs(
+                    experiment_ids=[util.experiment_id],
+                    filter_string=f"tags.trial_name = '{trial}'",
+                    output_format="list",
+                )
+                if found:
+                    self._trial_runs[trial] = found[0].info.run_id
+            super().log_trial_start(trial)
+
+    return ResumingMLflow
 
 
 def optuna_storage(spec: SweepSpec):

@@ -1,0 +1,138 @@
+"""Stopping a sweep well: SIGINT or SIGTERM to the driver reaches every running trial through a named Ray
+actor; each trial's run finishes its step, checkpoints and marks itself stopped; then Tune saves its state
+and the driver exits 130 or 143 with one line saying how to continue (`--resume`).
+
+    flag = StopFlag.start(name)                  # the driver, before Tune starts trials
+    with driver_signals(flag) as asked: ...      # SIGINT/SIGTERM: flag.ask(signum), then Tune's own stop
+    RayStop(name)                                # a trial's aimray.stopping.Stop: polls the flag
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+
+import ray
+
+from aimray.stopping import SIGNALS, Stop
+
+GRACE_S = 25.0  # how long the driver waits for running trials to checkpoint before Tune stops them
+POLL_S = 1.0  # how often a trial asks the flag
+
+
+@ray.remote(num_cpus=0)
+class StopFlag:
+    """The sweep's stop request and which trials have stopped on it (one named actor per sweep)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.running: set[str] = set()
+        self.stopped: set[str] = set()
+
+    def ask(self, signum: int) -> None:
+        self.signum = self.signum or signum
+
+    def asked(self) -> int | None:
+        return self.signum
+
+    def started(self, trial: str) -> None:
+        self.running.add(trial)
+
+    def finished(self, trial: str) -> None:
+        self.running.discard(trial)
+
+    def stopped_trial(self, trial: str) -> None:
+        self.stopped.add(trial)
+
+    def all_stopped(self) -> bool:
+        return self.running <= self.stopped
+
+    @staticmethod
+    def start(name: str):
+        """The flag actor under `name` (a fresh one; a flag left by an earlier driver is replaced)."""
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor(name))
+        return StopFlag.options(name=name).remote()
+
+
+class RayStop(Stop):
+    """A trial's Stop: asks the sweep's flag actor at most every POLL_S seconds; once asked, stays asked. No
+    flag (a trial restored after its driver went away): never asked."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name, self.last, self.flag = name, 0.0, None
+
+    def asked(self) -> int | None:
+        if self.signum is None and time.monotonic() - self.last >= POLL_S:
+            self.last = time.monotonic()
+            try:
+                self.flag = self.flag or ray.get_actor(self.name)
+                self.signum = ray.get(self.flag.asked.remote(), timeout=10)
+            except Exception:
+                self.flag = None
+        return self.signum
+
+    def report(self, method: str, trial: str) -> None:
+        """Tell the flag a trial started, finished or stopped (nothing when there is no flag)."""
+        with contextlib.suppress(Exception):
+            self.flag = self.flag or ray.get_actor(self.name)
+            ray.get(getattr(self.flag, method).remote(trial), timeout=10)
+
+
+@contextlib.contextmanager
+def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
+    """SIGINT and SIGTERM to the driver, inside the block: the first asks the trials to stop (they checkpoint),
+    then, once they all have or GRACE_S has passed, asks Tune to stop (SIGUSR1: Tune saves its state and ends
+    the trials); a second stops at once. Yields a Stop whose signum says whether, and how, it was asked."""
+    asked = Stop()
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+
+    def tune_stops() -> None:
+        deadline = time.monotonic() + GRACE_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if ray.get(flag.all_stopped.remote(), timeout=5):
+                    break
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop: state saved, trials ended
+
+    def handle(signum: int, _frame: object) -> None:
+        if asked.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        asked.signum = signum
+        log(f"[sweep] {signal.Signals(signum).name}: the running trials checkpoint and stop (again to stop at once)")
+        flag.ask.remote(signum)
+        threading.Thread(target=tune_stops, daemon=True).start()
+
+    for s in SIGNALS:
+        signal.signal(s, handle)
+    try:
+        yield asked
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+class _Drop(logging.Filter):
+    """Leaves out log records that point users at Tune's API instead of aimray's `--resume`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not any(hint in text for hint in ("Tuner.restore", "Resume experiment with", "Stop signal received"))
+
+
+def quiet_tune_hints() -> None:
+    """Tune's restore hint off the terminal (aimray's own line says `--resume`), and Optuna's warning that a
+    resumed trial reports a step again (it does: the trial restarts from its runs' checkpoints)."""
+    for name in ("ray.tune", "ray.tune.tune", "ray.tune.impl.tuner_internal", "ray.tune.execution.tune_controller"):
+        logging.getLogger(name).addFilter(_Drop())
+    warnings.filterwarnings("ignore", message=".*reported value is ignored because this step.*")
