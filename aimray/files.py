@@ -111,6 +111,17 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (one we may not signal counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class FolderInUseError(RuntimeError):
     """Another live process holds the folder's lock."""
 

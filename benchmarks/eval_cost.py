@@ -1,8 +1,8 @@
 """What the second scoring costs: label scoring, greedy generation, and both from one pass over each prompt
 (aimray.model.evaluate_modes), side by side in one process on the real SmolLM2.
 
-    python benchmarks/eval_cost.py [--benchmark offline-long] [--preset long] [--examples 50] [--threads 1]
-                                   [--repeats 2] [--out benchmarks/results]
+    python benchmarks/eval_cost.py [--benchmark offline-long] [--preset long] [--model M] [--examples 50]
+                                   [--threads 1] [--repeats 2] [--out benchmarks/results]
 
 Per task of the benchmark: `--examples` test examples with the preset's prompt budget, precision and
 evaluation batch; each way timed `--repeats` times in rotating order, the best time kept. Rows: seconds for
@@ -80,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--benchmark", default="offline-long", help="whose tasks (default offline-long)")
     ap.add_argument("--preset", default="long", help="prompt budget, precision, eval batch (default long)")
+    ap.add_argument("--model", default=None, help="the backbone (default: the preset's, smollm2)")
     ap.add_argument("--examples", type=positive_int, default=50, help="test examples per task (default 50)")
     ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     ap.add_argument("--repeats", type=positive_int, default=2, help="timings per way, best kept (default 2)")
     ap.add_argument("--out", default="benchmarks/results", help="folder for eval_cost.json and .md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = make_config(args.preset, {}, benchmark=args.benchmark)
+    overrides = {"model": {"name_or_path": args.model}} if args.model else {}
+    cfg = make_config(args.preset, overrides, benchmark=args.benchmark)
     bench = get_benchmark(args.benchmark)
     bb = load_backbone(cfg.model, seed=0)
     rows = []

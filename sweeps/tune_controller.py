@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
 
     from aimray.assets import AssetMissingError
+    from aimray.files import FolderInUseError
     from aimray.launch.tune import SweepInterrupted, load_sweep, sweep
 
     orders = tuple(args.orders) if args.orders else None
@@ -156,7 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=args.dashboard,
             verbose=args.verbose,
         )
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, AssetMissingError, ImportError) as err:
+    except (
+        ValueError,
+        KeyError,
+        FileNotFoundError,
+        FileExistsError,
+        FolderInUseError,
+        AssetMissingError,
+        ImportError,
+    ) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     except SweepInterrupted as stopped:

@@ -3,6 +3,7 @@ Llama (unit tests only) and the real offline data; version-2 runs committed by t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,17 @@ from analysis.load import open_study
 from tests.test_loop import quiet, tiny_config
 
 STUDY = Path(__file__).parent.parent / "benchmarks" / "results" / "study"
+
+
+def script(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    path = STUDY.parent.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 MODES = {"eval": {"modes": ["generate", "score"], "matrix": "metrics", "matrix_subsample": 3}}
 
 
@@ -108,3 +120,21 @@ def test_analysis_takes_the_mode_and_reads_version_2_runs(two_runs, tmp_path) ->
     saved = json.loads((old / "matrix.json").read_text())
     np.testing.assert_allclose(res.test, np.array(saved["test"], dtype=float))
     assert res.metrics["op"] == pytest.approx(saved["metrics"]["op"]) and res.mode == "score"
+
+
+def test_the_eval_cost_and_long_runs_scripts_report_both_modes(two_runs, tiny_causal, tmp_path) -> None:
+    """benchmarks/eval_cost.py (each way timed, predictions compared) and benchmarks/long_runs.py (matrices
+    per mode, subsampled cells marked, the time split) on the tiny model and the runs above."""
+    eval_cost, long_runs = (script(name) for name in ("eval_cost", "long_runs"))
+    argv = ["--benchmark", "offline-standard", "--preset", "smoke", "--model", tiny_causal, "--examples", "3"]
+    assert eval_cost.main([*argv, "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "eval_cost.json").read_text())["rows"]
+    assert [r["task"] for r in rows] == ["wordnet", "amazon", "trec", "bbc"]
+    assert all(r["same_predictions"] and r["both_s"] > 0 and r["n"] == 3 for r in rows)
+    both, alone = two_runs
+    assert long_runs.main([str(both), str(alone), "--out", str(tmp_path / "long.md")]) == 0
+    text = (tmp_path / "long.md").read_text()
+    assert "| generate |" in text and "| score |" in text and "Test accuracy (%), generate:" in text
+    assert "*" in text.split("Test accuracy (%), generate:")[1]  # subsampled cells marked
+    assert "| time (s) | training | monitoring | merges | evaluation | tasks in all |" in text
+    assert "Merges per task (tasks 2-4): " in text and "S values per task: " in text  # the aimmerging run

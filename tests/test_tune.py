@@ -250,6 +250,30 @@ def analyse(study: Path, headline: str) -> set[str]:
     return {p.name for p in (study / "analysis" / "figures").iterdir()}
 
 
+def test_one_driver_per_sweep_folder(tmp_path, capsys) -> None:
+    """A second driver on a held sweep folder fails at once naming the holder; the lock file of a driver that
+    died is taken over with a warning; a folder made for a sweep that fails before writing is removed."""
+    from aimray.files import FolderInUseError, locked
+    from aimray.launch.tune import sweep_folder
+
+    out = tmp_path / "sweep"
+    with (
+        locked(out / ".lock"),
+        pytest.raises(FolderInUseError, match=f"in use by another process \\(pid {os.getpid()}\\)"),
+        sweep_folder(out),
+    ):
+        pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".lock").write_text(dead.stdout.strip())
+    with sweep_folder(out):
+        assert (out / ".lock").read_text() == str(os.getpid())
+    assert f"taking over from pid {dead.stdout.strip()}, which is no longer running" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError, match="no GPU"), sweep_folder(fresh):
+        raise ValueError("no GPU")
+    assert not fresh.exists()
+
+
 def test_ablation_script_writes_runs_and_table(tiny_causal, tmp_path) -> None:
     out = tmp_path / "abl"
     cmd = [

@@ -21,9 +21,10 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aimray import plugins
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
-from aimray.files import write_parquet_atomic
+from aimray.files import locked, pid_alive, write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray, link_ray_logs
 from aimray.launch.stop import RayStop, StopFlag, driver_signals, quiet_tune_hints
@@ -472,16 +473,43 @@ def sweep(
     out = Path(spec.out).resolve()
     fs, storage_path = storage_lib.location(storage, out / "ray")
     experiment = f"{storage_path}/tune"
-    restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
-    if resume and not restorable:
-        raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
-    if not resume and restorable:
-        raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
     # a missing --data-dir, a broken data file or asset fails here, before anything is written
     check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())
-    ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
-    check_resources(spec, ray.cluster_resources())  # before anything is written
+    with sweep_folder(out):  # one driver per sweep folder, from here to the end
+        restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
+        if resume and not restorable:
+            raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
+        if not resume and restorable:
+            raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
+        ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
+        check_resources(spec, ray.cluster_resources())  # before anything but the lock is written
+        return run_sweep(spec, out, fs, storage, storage_path, resume, verbose)
+
+
+@contextlib.contextmanager
+def sweep_folder(out: Path) -> Iterator[None]:
+    """Hold <out>/.lock while the sweep runs: a second driver on the same folder fails at once with
+    FolderInUseError naming the holder's pid (the kernel drops the lock when its holder dies; a lock file a
+    dead driver left is taken over with a warning). A folder made here is removed again if the sweep fails
+    before writing anything but the lock."""
+    created, lock = not out.exists(), out / ".lock"
     out.mkdir(parents=True, exist_ok=True)
+    before = lock.read_text().strip() if lock.exists() else ""
+    try:
+        with locked(lock):
+            if before.isdigit() and int(before) != os.getpid() and not pid_alive(int(before)):
+                print(f"[sweep] {out}: taking over from pid {before}, which is no longer running", flush=True)
+            yield
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def run_sweep(
+    spec: SweepSpec, out: Path, fs, storage: str | None, storage_path: str, resume: bool, verbose: bool
+) -> pd.DataFrame:
+    """`sweep` once its folder is held and Ray is up: Tune, then the sweep's tables and reports."""
     logs = link_ray_logs(out)
     if logs is not None:
         print(f"[sweep] Ray's own logs: {logs} (linked as {out / 'ray-logs'})", flush=True)
