@@ -190,3 +190,54 @@ def finished_runs(fs, base: str) -> dict[str, str]:
 def committed(fs, base: str) -> bool:
     """Whether some run folder under `base` has a manifest saying success (its copy is complete)."""
     return bool(finished_runs(fs, base))
+
+
+def test_uploads_ride_out_a_storage_outage_and_a_long_one_names_the_uri(tmp_path, monkeypatch, capsys) -> None:
+    """The S3 server is down when a run folder's upload starts and comes up 3 s later (a real moto server on
+    127.0.0.1): the upload retries with backoff and the copy is complete. An outage longer than the limit
+    fails with one line naming the URI and saying --resume continues."""
+    import threading
+
+    from aimray.launch.storage import RemoteFolder, StorageUnavailableError
+
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    endpoint = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "region": "us-east-1"}
+    fs = pafs.S3FileSystem(**endpoint, allow_bucket_creation=True, connect_timeout=1, request_timeout=2)
+    run = tmp_path / "run"
+    (run / "events").mkdir(parents=True)
+    (run / "events" / "part-00000.parquet").write_bytes(b"x" * 1000)
+    (run / "manifest.json").write_text('{"status": "success"}')
+    servers = []
+
+    def come_back() -> None:
+        time.sleep(3)
+        server = str(Path(sys.executable).parent / "moto_server")
+        servers.append(subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL))
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                fs.create_dir("studies")
+                return
+            except OSError:
+                time.sleep(0.2)
+
+    monkeypatch.setenv("AIMRAY_STORAGE_OUTAGE_S", "60")
+    threading.Thread(target=come_back, daemon=True).start()
+    remote = RemoteFolder(fs, "studies/runs/t1/order1")
+    try:
+        remote.upload(run)
+        retries = capsys.readouterr().err
+        assert "s3://studies/runs/t1/order1: uploading a run folder failed" in retries and "retrying in 1 s" in retries
+        assert fs.get_file_info("studies/runs/t1/order1/manifest.json").size == len('{"status": "success"}')
+        assert fs.get_file_info("studies/runs/t1/order1/events/part-00000.parquet").size == 1000
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+    # the server is gone for good: past the limit, one clear error naming the copy's URI
+    monkeypatch.setenv("AIMRAY_STORAGE_OUTAGE_S", "2")
+    (run / "manifest.json").write_text('{"status": "running"}')
+    with pytest.raises(StorageUnavailableError, match="s3://studies/runs/t1/order1: storage unreachable for"):
+        remote.upload(run)

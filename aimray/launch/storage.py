@@ -22,12 +22,51 @@ checked in 0.04 s; after a task only its new event parts and checkpoint travel.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
 from aimray.sync import Place, copy_file, sync, visible
+
+T = TypeVar("T")
+
+
+class StorageUnavailableError(OSError):
+    """The sweep's storage stayed unreachable longer than the outage limit; the message names the URI."""
+
+
+def outage_limit() -> float:
+    """Seconds a copy to or from the storage keeps retrying through an outage: $AIMRAY_STORAGE_OUTAGE_S
+    (default 300)."""
+    return float(os.environ.get("AIMRAY_STORAGE_OUTAGE_S", "300"))
+
+
+def retrying(what: str, uri: str, call: Callable[[], T], limit: float | None = None) -> T:
+    """`call()`, retried with backoff (1 s doubling to 30 s) while it fails with an OSError (a storage server
+    down, a network gone), for at most `limit` seconds (outage_limit()); then StorageUnavailableError naming
+    `uri`. Every copy is idempotent (aimray.sync sends what the other side lacks), so a retry resumes it."""
+    limit = outage_limit() if limit is None else limit
+    deadline, delay, first = time.monotonic() + limit, 1.0, None
+    while True:
+        try:
+            return call()
+        except OSError as err:
+            first = first or time.monotonic()
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailableError(
+                    f"{uri}: storage unreachable for {time.monotonic() - first:.0f} s while {what} ({err}); "
+                    "run the same command with --resume once it is back"
+                ) from None
+            print(f"[storage] {uri}: {what} failed ({type(err).__name__}); retrying in {delay:.0f} s", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def location(storage: str | None, default: Path) -> tuple[pafs.FileSystem | None, str]:
@@ -49,18 +88,27 @@ class RemoteFolder:
     def place(self) -> Place:
         return Place(self.fs, self.path)
 
+    @property
+    def uri(self) -> str:
+        return f"{self.fs.type_name}://{self.path}"
+
     def upload(self, local: Path) -> None:
-        """Send what changed since the last upload, delete what is gone, the manifest last. A folder without
-        a manifest is no run yet (a run that failed before it began): nothing is sent or deleted."""
+        """Send what changed since the last upload, delete what is gone, the manifest last (retried through a
+        storage outage: `retrying`). A folder without a manifest is no run yet (a run that failed before it
+        began): nothing is sent or deleted."""
         if (local / "manifest.json").exists():
-            sync(Place.of(local), self.place, stamps=self.sent, last="manifest.json")
+            send = functools.partial(sync, Place.of(local), self.place, stamps=self.sent, last="manifest.json")
+            retrying("uploading a run folder", self.uri, send)
 
     def download(self, local: Path) -> bool:
         """Copy the remote folder into `local` (a run retried on another node), the manifest last, leaving
-        what `local` holds besides; False when there is none."""
-        if "manifest.json" not in self.place.files(visible):
+        what `local` holds besides; False when there is none. Retried through an outage."""
+        if "manifest.json" not in retrying(
+            "listing a run folder", self.uri, functools.partial(self.place.files, visible)
+        ):
             return False
-        sync(self.place, Place.of(local), last="manifest.json", prune=False)
+        fetch = functools.partial(sync, self.place, Place.of(local), last="manifest.json", prune=False)
+        retrying("downloading a run folder", self.uri, fetch)
         return True
 
     def restore(self, local: Path) -> bool:
@@ -80,4 +128,5 @@ def upload_files(fs: pafs.FileSystem, base: str, files: list[Path]) -> None:
     """Copy the sweep's tables (trials.parquet, best.md, ...) to `base` on `fs`."""
     for p in files:
         if p.exists():
-            copy_file(Place.of(p.parent), Place(fs, base), p.name)
+            copy = functools.partial(copy_file, Place.of(p.parent), Place(fs, base), p.name)
+            retrying(f"uploading {p.name}", f"{fs.type_name}://{base}", copy)
