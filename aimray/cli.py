@@ -25,7 +25,7 @@ from aimray.cliargs import (
     nonnegative_int,
     positive_int,
 )
-from aimray.files import now, read_json, write_json_atomic
+from aimray.files import DiskFullError, now, read_json, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 from aimray.tasks.offline import inventory as offline_inventory
 
@@ -216,6 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             except stopping.StopRequested as stop:
                 print(f"[run] stopped at {stop.where}, checkpoint written: the same command continues", file=sys.stderr)
                 return stop.exit_code
+            except DiskFullError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
     else:
         from aimray.launch.train import Resources, run_with_ray_train
 

@@ -124,7 +124,11 @@ class EventWriter:
             table = table.replace_schema_metadata({"aimray_schema_version": str(SCHEMA_VERSION)})
             path = folder / f"part-{self.parts:05d}.parquet"
             tmp = folder / f".part-{self.parts:05d}.tmp"
-            pq.write_table(table, tmp)
+            try:
+                pq.write_table(table, tmp)
+            except BaseException:  # a full disk, a kill: no partial part left behind (readers skip .tmp anyway)
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, path)
             rows.clear()
         self.parts += 1

@@ -111,6 +111,16 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+class DiskFullError(OSError):
+    """A run folder's disk filled up while writing; the message names the folder, what was being written,
+    the bytes it needed and the last complete checkpoint."""
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the regular files below `path` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).exists() else 0
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid runs on this machine (one we may not signal counts as running)."""
     try:

@@ -16,10 +16,12 @@ aimray.launch runs this function inside Ray Train workers.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +35,7 @@ from aimray.checkpoint import Checkpointer, Costs, RunState, SavedTask, TaskStat
 from aimray.config import RunConfig, identity_dict, run_identity
 from aimray.distributed import LOCAL, Dist
 from aimray.events import EventWriter
-from aimray.files import locked, now, write_json_atomic
+from aimray.files import DiskFullError, folder_bytes, locked, now, write_json_atomic
 from aimray.manifest import Manifest, status_of
 from aimray.memory import RehearsalMemory
 from aimray.merging import arithmetic, fusion, signals
@@ -193,7 +195,8 @@ def run(
             # SystemExit / KeyboardInterrupt: stopped from outside (a Tune scheduler ending the trial, Ctrl-C).
             # Any other BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill).
             status = "failed" if isinstance(err, Exception) and not isinstance(err, StopRequested) else "stopped"
-            r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
+            with contextlib.suppress(OSError):  # a full disk may not take the manifest either: the error stands
+                r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
             raise
     if rows and report is not None:  # the last task's report comes once the run's files are complete
         report(rows[-1])
@@ -324,11 +327,17 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
 
 def save_checkpoint(r: Run) -> Path | None:
     """Flush the events, then write one checkpoint that records how many event parts it covers (rank 0
-    writes and gets its folder; every rank keeps the same counters)."""
-    r.state.event_parts = r.events.flush()
-    if r.state.task is not None:
-        r.state.task.lap()
-    path = checkpoint.save(r.ckpt, r.state, r.params, r.memory) if r.dist.main else None
+    writes and gets its folder; every rank keeps the same counters). A full disk: DiskFullError (disk_full)."""
+    previous = r.ckpt.latest()
+    try:
+        r.state.event_parts = r.events.flush()
+        if r.state.task is not None:
+            r.state.task.lap()
+        path = checkpoint.save(r.ckpt, r.state, r.params, r.memory) if r.dist.main else None
+    except Exception as err:  # safetensors reports a full disk as its own error, "... (os error 28)"
+        if getattr(err, "errno", None) != errno.ENOSPC and "No space left on device" not in str(err):
+            raise
+        raise disk_full(r.ckpt.root.parent, previous) from None
     if r.on_checkpoint is not None:
         r.on_checkpoint(r.state.stage, r.state.task.step if r.state.task is not None else 0)
     return path
@@ -431,6 +440,23 @@ def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> lis
                 where = f"task {stage.index + 1}/{len(r.stages)} ({stage.name}), step {task.step}/{parts.total}"
                 raise StopRequested(signum, where)
     return losses
+
+
+def disk_full(out: Path, previous: Path | None) -> DiskFullError:
+    """The error of a run whose disk filled up while it wrote its events and checkpoint: the folder, the
+    bytes a checkpoint needs (the last complete one's size), what is free, and what to do. Nothing half-written
+    is left to read: event parts and checkpoints are written under temporary names and renamed when complete."""
+    needed = folder_bytes(previous) if previous is not None else 0
+    free = shutil.disk_usage(out).free
+    last = f"the last complete checkpoint, {previous.name}, is intact" if previous else "no checkpoint yet"
+    return DiskFullError(
+        f"{out}: no space left on device while writing events and a checkpoint (a checkpoint needs about "
+        f"{_size(needed)}, {_size(free)} free); {last}: free space and run the same command",
+    )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def stop_asked(r: Run) -> int | None:
