@@ -228,7 +228,7 @@ class EvalConfig:
     mode: str = "score"  # "score" (label-word likelihood) or "generate" (exact match / ROUGE-L)
     # several scorings from one run, e.g. [generate, score]: every evaluation row carries its mode, and each
     # mode gets its own matrices and metrics; the first is the run's headline mode (eval.mode is set to it).
-    # Both come from one pass over each prompt where the model allows (aimray.model.evaluate).
+    # Both come from one pass over each prompt where the model allows (aimray.model.evaluate_modes).
     modes: tuple[str, ...] = field(default=(), metadata=ADDED_LATER_FIELD)
     splits: tuple[str, ...] = ("test", "dev")
     base: bool = True  # evaluate the untrained adapter first (row 0: the base model, for FWT vs base)

@@ -155,10 +155,12 @@ def upgrade(table: pa.Table, kind: str, eval_mode: str) -> pa.Table:
     if kind == "evals" and "mode" not in table.column_names:
         table = table.append_column("mode", pa.array([eval_mode] * len(table), _str))
         table = table.append_column("subsample", pa.array([0] * len(table), _i32))
-    for name in SCHEMAS.get(kind, pa.schema([])).names:
+    if kind not in SCHEMAS:
+        return table
+    for name in SCHEMAS[kind].names:
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(len(table), SCHEMAS[kind].field(name).type))
-    return table
+    return table.select(SCHEMAS[kind].names)  # the current column order: old and new parts concatenate
 
 
 def read_events(out: Path, kind: str, eval_mode: str = "score") -> pa.Table:

@@ -194,9 +194,7 @@ def run(
         except (Exception, SystemExit, KeyboardInterrupt) as err:
             # SystemExit / KeyboardInterrupt: stopped from outside (a Tune scheduler ending the trial, Ctrl-C).
             # Any other BaseException passes untouched, as a SIGKILL would (aimray.faults.SimulatedKill).
-            status = "failed" if isinstance(err, Exception) and not isinstance(err, StopRequested) else "stopped"
-            with contextlib.suppress(OSError):  # a full disk may not take the manifest either: the error stands
-                r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
+            mark_ended(r, err)
             raise
     if rows and report is not None:  # the last task's report comes once the run's files are complete
         report(rows[-1])
@@ -328,16 +326,16 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
 def save_checkpoint(r: Run) -> Path | None:
     """Flush the events, then write one checkpoint that records how many event parts it covers (rank 0
     writes and gets its folder; every rank keeps the same counters). A full disk: DiskFullError (disk_full)."""
-    previous = r.ckpt.latest()
     try:
         r.state.event_parts = r.events.flush()
         if r.state.task is not None:
             r.state.task.lap()
         path = checkpoint.save(r.ckpt, r.state, r.params, r.memory) if r.dist.main else None
     except Exception as err:  # safetensors reports a full disk as its own error, "... (os error 28)"
-        if getattr(err, "errno", None) != errno.ENOSPC and "No space left on device" not in str(err):
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(err)
+        if not full:
             raise
-        raise disk_full(r.ckpt.root.parent, previous) from None
+        raise disk_full(r.ckpt) from None
     if r.on_checkpoint is not None:
         r.on_checkpoint(r.state.stage, r.state.task.step if r.state.task is not None else 0)
     return path
@@ -442,10 +440,13 @@ def train_steps(r: Run, stage: Stage, task: TaskState, parts: StageParts) -> lis
     return losses
 
 
-def disk_full(out: Path, previous: Path | None) -> DiskFullError:
+def disk_full(ckpt: Checkpointer) -> DiskFullError:
     """The error of a run whose disk filled up while it wrote its events and checkpoint: the folder, the
     bytes a checkpoint needs (the last complete one's size), what is free, and what to do. Nothing half-written
     is left to read: event parts and checkpoints are written under temporary names and renamed when complete."""
+    out, previous = ckpt.root.parent, None
+    with contextlib.suppress(Exception):  # what the disk still holds; the error must come out whatever it is
+        previous = ckpt.latest()
     needed = folder_bytes(previous) if previous is not None else 0
     free = shutil.disk_usage(out).free
     last = f"the last complete checkpoint, {previous.name}, is intact" if previous else "no checkpoint yet"
@@ -633,6 +634,14 @@ def merge(
         l1_delta_out=_l1(delta_out),
         lam=lam,
     )
+
+
+def mark_ended(r: Run, err: BaseException) -> None:
+    """The manifest of a run that ended early: "stopped" when asked (StopRequested, SystemExit, Ctrl-C),
+    else "failed", with the error. A full disk may refuse the manifest too: the error stands."""
+    status = "failed" if isinstance(err, Exception) and not isinstance(err, StopRequested) else "stopped"
+    with contextlib.suppress(OSError):
+        r.write_manifest(status=status, error=repr(err)[:2000], finished_at=now())
 
 
 def track_best(r: Run, stage: Stage, task: TaskState) -> None:

@@ -491,6 +491,27 @@ def _greedy_after(bb: Backbone, first: torch.Tensor, cache, mask: torch.Tensor, 
     return [t.strip() for t in bb.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
+def plain_greedy(bb: Backbone) -> bool:
+    """Whether decoding greedily from the prompts' cache (_greedy_after) is what generate() does for this
+    model: an EOS token and none of the generation config's logits processors (repetition penalty, banned
+    n-grams or tokens, a minimum length, forced tokens, a sequence bias)."""
+    g = bb.model.get_base_model().generation_config
+    processors = (
+        g.repetition_penalty not in (None, 1.0),
+        g.encoder_repetition_penalty not in (None, 1.0),
+        bool(g.no_repeat_ngram_size),
+        bool(g.suppress_tokens),
+        bool(g.begin_suppress_tokens),
+        bool(g.bad_words_ids),
+        bool(g.min_new_tokens),
+        bool(g.min_length),
+        g.forced_bos_token_id is not None,
+        g.forced_eos_token_id is not None,
+        bool(g.sequence_bias),
+    )
+    return g.eos_token_id is not None and not any(processors)
+
+
 @torch.no_grad()
 def generate_and_score(
     bb: Backbone, batch: Sequence[Example], options: Sequence[str], max_new_tokens: int
@@ -600,17 +621,19 @@ def evaluate_modes(
     order = sorted(range(len(examples)), key=lambda i: len(encode(bb, examples[i])[0]))
     preds: dict[str, list[str]] = {m: [""] * len(examples) for m in modes}
     max_new = max_new_tokens or max((len(encode_answer(bb, o)) for o in options), default=32) + 2
+    one_pass = bb.is_seq2seq or plain_greedy(bb)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         batch = [examples[i] for i in idx]
         answers = {}
-        if "score" in modes and "generate" in modes:
+        if "score" in modes and "generate" in modes and one_pass:
             answers["generate"], scores = generate_and_score(bb, batch, options, max_new)
             answers["score"] = [options[b] for b in scores.argmax(-1).tolist()]
-        elif "score" in modes:
-            answers["score"] = [options[b] for b in score_options(bb, batch, options).argmax(-1).tolist()]
-        else:
-            answers["generate"] = generate_answers(bb, batch, max_new)
+        else:  # one mode, or a generation config whose processors only generate() applies: one after the other
+            if "score" in modes:
+                answers["score"] = [options[b] for b in score_options(bb, batch, options).argmax(-1).tolist()]
+            if "generate" in modes:
+                answers["generate"] = generate_answers(bb, batch, max_new)
         for mode, got in answers.items():
             for i, a in zip(idx, got, strict=True):
                 preds[mode][i] = a

@@ -3,8 +3,8 @@
 Within `on_signals()`, the first signal asks the run to stop: the loop finishes the optimizer step (or the
 merge) in progress, writes a checkpoint, marks its manifest "stopped" and raises `StopRequested`, whose
 `exit_code` is 130 for SIGINT and 143 for SIGTERM, as a shell reports a process those signals ended. A
-second signal stops at once (the default action of that signal). Outside `on_signals()` nothing changes:
-a run inside Ray or Tune keeps their own handling.
+second signal stops at once (the default action of that signal). Outside `on_signals()` nothing changes.
+A sweep's trials are asked through aimray.launch.stop.RayStop, a Stop that polls the sweep driver's flag.
 """
 
 from __future__ import annotations

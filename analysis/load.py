@@ -150,21 +150,7 @@ def open_study(root: str | Path, mode: str | None = None) -> Study:
         modes[str(path)] = run_modes(manifest)
         if mode is not None and mode not in modes[str(path)]:
             raise ValueError(f"{folder}: evaluated in {', '.join(modes[str(path)])} only, not in mode {mode!r}")
-        rows.append(
-            {
-                "run_id": manifest.run_id,
-                "method": manifest.method,
-                "shape": run_shape(manifest),
-                "benchmark": manifest.benchmark,
-                "order": manifest.order,
-                "seed": manifest.seed,
-                "status": manifest.status,
-                "tasks": manifest.tasks,
-                "path": str(path),
-                "trial": manifest.labels.get("trial"),  # a sweep's run: the trial it belongs to
-                "mode": mode or modes[str(path)][0],  # the scoring of its rows in `evals`
-            }
-        )
+        rows.append(run_row(manifest, str(path), mode or modes[str(path)][0]))
     runs = pd.DataFrame(rows)
     # run_id is not unique across a sweep's trials: every event row is keyed by its run folder (`path`).
     frames = {kind: _with_paths(folders, kind, root, modes) for kind in KINDS}
@@ -196,6 +182,23 @@ def open_study(root: str | Path, mode: str | None = None) -> Study:
         space,
         sweep,
     )
+
+
+def run_row(manifest: Manifest, path: str, mode: str) -> dict:
+    """The runs table's row of one run folder (`mode`: the scoring of its rows in `evals`)."""
+    return {
+        "run_id": manifest.run_id,
+        "method": manifest.method,
+        "shape": run_shape(manifest),
+        "benchmark": manifest.benchmark,
+        "order": manifest.order,
+        "seed": manifest.seed,
+        "status": manifest.status,
+        "tasks": manifest.tasks,
+        "path": path,
+        "trial": manifest.labels.get("trial"),  # a sweep's run: the trial it belongs to
+        "mode": mode,
+    }
 
 
 def _with_paths(folders: list[Path], kind: str, root: Path, modes: dict[str, tuple[str, ...]]) -> pd.DataFrame:

@@ -29,6 +29,8 @@ from pathlib import Path
 from aimray.cliargs import ArgumentParser, add_plugins_arg, error_text, int_list
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
+# errors a user's input or setting causes: one line and exit 2 (with aimray's own, imported in main)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError)
 
 
 def build_parser() -> ArgumentParser:
@@ -157,15 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             dashboard=args.dashboard,
             verbose=args.verbose,
         )
-    except (
-        ValueError,
-        KeyError,
-        FileNotFoundError,
-        FileExistsError,
-        FolderInUseError,
-        AssetMissingError,
-        ImportError,
-    ) as err:
+    except (*USER_ERRORS, FolderInUseError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
     except SweepInterrupted as stopped:

@@ -138,3 +138,31 @@ def test_the_eval_cost_and_long_runs_scripts_report_both_modes(two_runs, tiny_ca
     assert "*" in text.split("Test accuracy (%), generate:")[1]  # subsampled cells marked
     assert "| time (s) | training | monitoring | merges | evaluation | tasks in all |" in text
     assert "Merges per task (tasks 2-4): " in text and "S values per task: " in text  # the aimmerging run
+
+
+def test_a_version_2_run_resumed_by_this_version_reads_both_kinds_of_parts(tmp_path) -> None:
+    """A run begun before the costs' monitor and merge seconds and resumed after: its old and new parts read
+    together, in the current column order, the old rows' new columns null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aimray.events import SCHEMAS
+
+    folder = tmp_path / "events" / "costs"
+    folder.mkdir(parents=True)
+    schema = SCHEMAS["costs"]
+    row = {name: (1.0 if pa.types.is_floating(schema.field(name).type) else 1) for name in schema.names}
+    row["run_id"], row["task"] = "r", "t"
+    old_names = [n for n in schema.names if n not in ("monitor_seconds", "merge_seconds")]
+    pq.write_table(
+        pa.Table.from_pylist([{n: row[n] for n in old_names}], schema=pa.schema([schema.field(n) for n in old_names])),
+        folder / "part-00000.parquet",
+    )
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), folder / "part-00001.parquet")
+    table = read_events(tmp_path, "costs")
+    assert table.column_names == schema.names and len(table) == 2
+    assert table["monitor_seconds"].to_pylist() == [None, 1.0]
+    from analysis.load import read_parts  # the analysis reader takes the same parts
+
+    frame = read_parts(sorted(folder.glob("part-*.parquet")), "costs")
+    assert list(frame.columns) == schema.names and frame.monitor_seconds.isna().tolist() == [True, False]

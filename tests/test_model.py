@@ -105,6 +105,16 @@ def test_both_modes_from_one_pass_equal_each_mode_alone(backbone) -> None:
     answers, scores = M.generate_and_score(backbone, EXAMPLES[:3], OPTIONS, 6)
     assert torch.allclose(scores, M.score_options(backbone, EXAMPLES[:3], OPTIONS), atol=1e-5)
     assert answers == M.generate_answers(backbone, EXAMPLES[:3], 6)
+    # a generation config with a logits processor only generate() applies: the modes run one after the other
+    config = backbone.model.get_base_model().generation_config
+    config.repetition_penalty = 1.3
+    try:
+        assert backbone.is_seq2seq or not M.plain_greedy(backbone)
+        both = M.evaluate_modes(backbone, EXAMPLES, OPTIONS, ("generate", "score"), batch_size=2, max_new_tokens=6)
+        alone = evaluate(backbone, EXAMPLES, OPTIONS, mode="generate", batch_size=2, max_new_tokens=6)
+        assert both["generate"].predictions == alone.predictions
+    finally:
+        config.repetition_penalty = None
 
 
 def test_prompt_truncation_cuts_only_the_text(tiny_causal) -> None:

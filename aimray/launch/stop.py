@@ -22,8 +22,14 @@ import ray
 
 from aimray.stopping import SIGNALS, Stop
 
-GRACE_S = 25.0  # how long the driver waits for running trials to checkpoint before Tune stops them
 POLL_S = 1.0  # how often a trial asks the flag
+
+
+def grace_seconds() -> float:
+    """How long the driver waits for its running trials to checkpoint before Tune stops them:
+    $AIMRAY_SWEEP_GRACE_S (default 25, inside the 30 s a Kubernetes pod gets by default). A trial still busy
+    then (evaluating, say) is ended by Tune and redoes the steps since its last checkpoint on --resume."""
+    return float(os.environ.get("AIMRAY_SWEEP_GRACE_S", "25"))
 
 
 @ray.remote(num_cpus=0)
@@ -55,9 +61,17 @@ class StopFlag:
 
     @staticmethod
     def start(name: str):
-        """The flag actor under `name` (a fresh one; a flag left by an earlier driver is replaced)."""
+        """The flag actor under `name` (a fresh one; a flag left by an earlier driver is replaced, once its name
+        is free)."""
         with contextlib.suppress(ValueError):
             ray.kill(ray.get_actor(name))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name)
+            except ValueError:
+                break
+            time.sleep(0.1)
         return StopFlag.options(name=name).remote()
 
 
@@ -89,13 +103,15 @@ class RayStop(Stop):
 @contextlib.contextmanager
 def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
     """SIGINT and SIGTERM to the driver, inside the block: the first asks the trials to stop (they checkpoint),
-    then, once they all have or GRACE_S has passed, asks Tune to stop (SIGUSR1: Tune saves its state and ends
+    then, once they all have or grace_seconds() have passed, asks Tune to stop (SIGUSR1: Tune saves its state and ends
     the trials); a second stops at once. Yields a Stop whose signum says whether, and how, it was asked."""
     asked = Stop()
     previous = {s: signal.getsignal(s) for s in SIGNALS}
 
-    def tune_stops() -> None:
-        deadline = time.monotonic() + GRACE_S
+    def tune_stops(signum: int) -> None:  # in a thread: a signal handler only records the signal
+        log(f"[sweep] {signal.Signals(signum).name}: the running trials checkpoint and stop (again to stop at once)")
+        flag.ask.remote(signum)
+        deadline = time.monotonic() + grace_seconds()
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
                 if ray.get(flag.all_stopped.remote(), timeout=5):
@@ -109,9 +125,7 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
             os.kill(os.getpid(), signum)
             return
         asked.signum = signum
-        log(f"[sweep] {signal.Signals(signum).name}: the running trials checkpoint and stop (again to stop at once)")
-        flag.ask.remote(signum)
-        threading.Thread(target=tune_stops, daemon=True).start()
+        threading.Thread(target=tune_stops, args=(signum,), daemon=True).start()
 
     for s in SIGNALS:
         signal.signal(s, handle)

@@ -53,13 +53,15 @@ def retrying(what: str, uri: str, call: Callable[[], T], limit: float | None = N
     down, a network gone), for at most `limit` seconds (outage_limit()); then StorageUnavailableError naming
     `uri`. Every copy is idempotent (aimray.sync sends what the other side lacks), so a retry resumes it."""
     limit = outage_limit() if limit is None else limit
-    deadline, delay, first = time.monotonic() + limit, 1.0, None
+    delay, first = 1.0, None
     while True:
         try:
             return call()
+        except PermissionError:  # credentials, not an outage: retrying will not help
+            raise
         except OSError as err:
-            first = first or time.monotonic()
-            if time.monotonic() + delay > deadline:
+            first = first or time.monotonic()  # the outage is counted from its first failure
+            if time.monotonic() + delay > first + limit:
                 raise StorageUnavailableError(
                     f"{uri}: storage unreachable for {time.monotonic() - first:.0f} s while {what} ({err}); "
                     "run the same command with --resume once it is back"

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,10 @@ from aimray.launch.cluster import ensure_ray, link_ray_logs
 from aimray.launch.stop import RayStop
 from aimray.launch.storage import remote_folder
 from aimray.loop import OnCheckpoint, check_inputs, run
+from aimray.manifest import status_of
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
-from aimray.stopping import STOP
+from aimray.stopping import STOP, StopRequested
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,10 @@ def train_worker(config: dict) -> None:
 
     previous = ray.train.get_checkpoint()  # a retried worker: Train's last reported checkpoint
     try:
-        with previous.as_directory() if previous is not None else contextlib.nullcontext() as folder:
+        with (
+            contextlib.suppress(StopRequested),  # asked to stop: checkpointed, a clean end (not a worker failure)
+            previous.as_directory() if previous is not None else contextlib.nullcontext() as folder,
+        ):
             resume = Path(folder) if folder is not None else None
             result = run(
                 cfg,
@@ -136,7 +141,7 @@ def train_worker(config: dict) -> None:
     finally:
         if copy is not None:
             copy.upload(out)
-    if tracker is not None and last:
+    if tracker is not None and last:  # `last` is set only when the run finished (not when it stopped)
         train_report(last[-1], tracker.finish(result))
 
 
@@ -224,4 +229,6 @@ def run_with_ray_train(
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
     if remote is not None:
         remote_folder(*remote).restore(out)  # rank 0 ran on another node: its copy comes to the driver
+    if status_of(out) == "stopped":  # the workers stopped on request (a sweep's stop flag), checkpointed
+        raise StopRequested(signal.SIGTERM, f"{out} (Ray Train workers)")
     return collect(out)

@@ -49,7 +49,7 @@ from aimray.manifest import status_of
 from aimray.methods import get_method
 from aimray.objective import OBJECTIVES, ORDER_METRICS, SENSES, ObjectiveTracker, order_summary
 from aimray.results import collect
-from aimray.stopping import STOP, Stop
+from aimray.stopping import STOP, Stop, StopRequested
 from aimray.tasks import get_benchmark
 from analysis import report as R
 from analysis import stats
@@ -383,9 +383,7 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
     stop.report("started", trial_id)
     try:
         metrics = run_orders(config, spec, trial_id, stop)
-    except BaseException:
-        if stop.asked() is None:
-            raise
+    except StopRequested:
         # The driver asked the sweep to stop: this trial's run checkpointed and stopped. Tune ends the trial
         # (its state saved as unfinished: --resume starts it again, and its runs resume from their checkpoints).
         stop.report("stopped_trial", trial_id)
@@ -499,7 +497,10 @@ def sweep_folder(out: Path) -> Iterator[None]:
         with locked(lock):
             if before.isdigit() and int(before) != os.getpid() and not pid_alive(int(before)):
                 print(f"[sweep] {out}: taking over from pid {before}, which is no longer running", flush=True)
-            yield
+            try:
+                yield
+            finally:
+                lock.write_text("")  # released: the next driver finds no pid to take over from
     except BaseException:
         if created and {p.name for p in out.iterdir()} <= {".lock"}:
             shutil.rmtree(out, ignore_errors=True)
