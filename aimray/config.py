@@ -358,7 +358,7 @@ ADDED_LATER = tuple(name for name, rule in IDENTITY_RULES.items() if rule == "ad
 def identity_dict(config: dict) -> dict:
     """A config dict (RunConfig.to_dict(), or a manifest's) as it enters a run's identity: less the neutral
     fields, and less the fields added later while they hold their defaults."""
-    defaults = RunConfig().to_dict()
+    defaults = json.loads(json.dumps(RunConfig().to_dict()))  # as JSON has it: a tuple default reads as a list
     out = json.loads(json.dumps(config))
     for name, rule in IDENTITY_RULES.items():
         section, key = name.split(".")

@@ -43,6 +43,9 @@ def test_runs_made_before_later_options_keep_their_config_hashes() -> None:
         "eval.max_new_tokens": {"eval": {"max_new_tokens": 128}},
         "eval.rouge_stemmer": {"eval": {"rouge_stemmer": True}},
         "model.compile": {"model": {"compile": "train"}},
+        "eval.modes": {"eval": {"modes": ["generate", "score"]}},
+        "eval.matrix": {"eval": {"matrix": "metrics"}},
+        "eval.matrix_subsample": {"eval": {"matrix_subsample": 10}},
     }
     assert set(changes) == set(ADDED_LATER)
     for name, change in changes.items():
