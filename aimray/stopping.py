@@ -52,9 +52,11 @@ STOP = Stop()  # the process's: signal handlers are process-wide too
 
 
 @contextlib.contextmanager
-def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterator[Stop]:
-    """SIGINT and SIGTERM ask `stop` to stop (once; a second signal stops at once), inside the block only.
-    In a thread other than the main one (where handlers cannot be set) this does nothing."""
+def first_signal(stop: Stop, on_first: Callable[[int], None]) -> Iterator[Stop]:
+    """SIGINT and SIGTERM inside the block: the first sets `stop.signum` and calls `on_first(signum)` (it runs
+    in the signal handler: keep it short); a second stops at once (the default action of that signal). The
+    previous handlers come back after the block. In a thread other than the main one (where handlers cannot
+    be set) this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
@@ -66,8 +68,7 @@ def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterato
             os.kill(os.getpid(), signum)
             return
         stop.signum = signum
-        name = signal.Signals(signum).name
-        log(f"[run] {name}: stopping after the current step, with a checkpoint (again to stop at once)")
+        on_first(signum)
 
     for s in SIGNALS:
         signal.signal(s, handle)
@@ -76,4 +77,19 @@ def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterato
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterator[Stop]:
+    """SIGINT and SIGTERM ask `stop` to stop (once; a second signal stops at once), inside the block only
+    (first_signal); `stop` is cleared after it."""
+
+    def say(signum: int) -> None:
+        name = signal.Signals(signum).name
+        log(f"[run] {name}: stopping after the current step, with a checkpoint (again to stop at once)")
+
+    try:
+        with first_signal(stop, say):
+            yield stop
+    finally:
         stop.signum = None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import ray
 
-from aimray.stopping import SIGNALS, Stop
+from aimray.stopping import Stop, first_signal
 
 POLL_S = 1.0  # how often a trial asks the flag
 
@@ -105,8 +105,6 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
     """SIGINT and SIGTERM to the driver, inside the block: the first asks the trials to stop (they checkpoint),
     then, once they all have or grace_seconds() have passed, asks Tune to stop (SIGUSR1: Tune saves its state and ends
     the trials); a second stops at once. Yields a Stop whose signum says whether, and how, it was asked."""
-    asked = Stop()
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
 
     def tune_stops(signum: int) -> None:  # in a thread: a signal handler only records the signal
         log(f"[sweep] {signal.Signals(signum).name}: the running trials checkpoint and stop (again to stop at once)")
@@ -119,21 +117,11 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop: state saved, trials ended
 
-    def handle(signum: int, _frame: object) -> None:
-        if asked.signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        asked.signum = signum
+    def handle(signum: int) -> None:  # in the handler: only start the thread
         threading.Thread(target=tune_stops, args=(signum,), daemon=True).start()
 
-    for s in SIGNALS:
-        signal.signal(s, handle)
-    try:
+    with first_signal(Stop(), handle) as asked:
         yield asked
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 class _Drop(logging.Filter):
