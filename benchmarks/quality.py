@@ -41,30 +41,47 @@ from aimray.cliargs import add_plugins_arg, error_text, int_list
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "quality"
 DEFAULT_RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-STUDY = {  # --preset study: its own methods, seeds, folder and write-up
-    "methods": [
-        "aimmerging",
-        "aimmerging_no_ls",
-        "aimmerging_no_fs",
-        "fixed_interval",
-        "replay",
-        "seqlora",
-        "single_task",
-        "mtl",  # the joint-training upper bound (run last, outside the claims)
-    ],
-    "seeds": [0, 1],
-    "first": ["aimmerging", "fixed_interval", "replay", "aimmerging_no_ls"],  # seed 1 of these before the rest
-    "last": ["mtl"],  # after every other run
-    "out": ROOT / "benchmarks" / "results" / "study",
-    "results": ROOT / "benchmarks" / "RESULTS-study.md",
+STUDIES = {  # presets with their own methods, orders, seeds, folder and write-up
+    "study": {
+        "benchmark": "offline-standard",
+        "orders": [1, 2, 3],
+        "methods": [
+            "aimmerging",
+            "aimmerging_no_ls",
+            "aimmerging_no_fs",
+            "fixed_interval",
+            "replay",
+            "seqlora",
+            "single_task",
+            "mtl",  # the joint-training upper bound (run last, outside the claims)
+        ],
+        "seeds": [0, 1],
+        "first": ["aimmerging", "fixed_interval", "replay", "aimmerging_no_ls"],  # seed 1 of these before the rest
+        "last": ["mtl"],  # after every other run
+        "out": ROOT / "benchmarks" / "results" / "study",
+        "results": ROOT / "benchmarks" / "RESULTS-study.md",
+    },
+    "long": {  # 15 tasks, both scorings: the paper's orders 4-6 and one seeded permutation (order 101)
+        "benchmark": "offline-long",
+        "orders": [4, 5, 6, 101],
+        "methods": ["aimmerging", "fixed_interval", "replay", "seqlora", "aimmerging_no_ls", "single_task", "mtl"],
+        "seeds": [0],
+        "first": ["aimmerging", "fixed_interval", "replay", "seqlora"],  # every order of these before the rest
+        "last": ["mtl"],
+        "out": ROOT / "benchmarks" / "results" / "long",
+        "results": ROOT / "benchmarks" / "RESULTS-long.md",
+    },
 }
+DEFAULT = {"benchmark": "offline-standard", "orders": [1, 2, 3], "seeds": [0], "last": []}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="bench", help="run preset (default bench: 3 hours here for all)")
     parser.add_argument(
-        "--orders", type=int_list, default=[1, 2, 3], help="comma-separated orders of offline-standard (default 1,2,3)"
+        "--orders",
+        type=int_list,
+        help="comma-separated orders (default 1,2,3 of offline-standard; long: 4,5,6,101 of offline-long)",
     )
     parser.add_argument("--seeds", type=int_list, help="comma-separated seeds (default 0; study: 0,1)")
     parser.add_argument(
@@ -91,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
         "scratch study never replaces the committed one)",
     )
     parser.add_argument("--report-only", action="store_true", help="write RESULTS.md from finished runs only")
+    parser.add_argument(
+        "--plan",
+        choices=["grid", "adaptive"],
+        default="grid",
+        help="grid (default): every method at every order and seed; adaptive: that grid as the pilot, then the "
+        "pairs the planner picks (benchmarks/planned.py: Stein's two-stage design on AimMerging's paired "
+        "differences in OP and BWT) until every comparison is decided or --budget-hours is spent",
+    )
+    parser.add_argument(
+        "--budget-hours",
+        type=float,
+        default=12.0,
+        dest="budget_hours",
+        help="adaptive: run hours the whole study may spend, the pilot included (default 12)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="adaptive: points within which two methods count as practically equivalent (default 1.0)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.05, help="adaptive: the design's two-sided error rate")
     add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     return parser
@@ -104,23 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     from aimray.files import get_section, put_section, write_text_atomic
     from aimray.launch.ablations import DEFAULT_METHODS, configs, priority_order, run_dir, run_study
 
-    study = args.preset == "study"
-    default_methods = STUDY["methods"] if study else list(DEFAULT_METHODS)
+    preset = STUDIES.get(args.preset, DEFAULT)
     try:
         plugins.load(args.plugins)  # before any config names what they register
-        methods = args.methods.split(",") if args.methods else default_methods
-        seeds = args.seeds or (STUDY["seeds"] if study else [0])
-        cfgs = configs(args.preset, methods, "offline-standard", args.orders, seeds, parse_overrides(args.overrides))
+        methods = args.methods.split(",") if args.methods else preset.get("methods", list(DEFAULT_METHODS))
+        orders, seeds = args.orders or preset["orders"], args.seeds or preset["seeds"]
+        overrides = parse_overrides(args.overrides)
+        cfgs = configs(args.preset, methods, preset["benchmark"], orders, seeds, overrides)
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
-    cfgs = priority_order(cfgs, STUDY["first"] if study else methods, STUDY["last"] if study else ())
-    default_out = STUDY["out"] if study else DEFAULT_OUT
+    if args.preset == "long":  # pairs complete order by order: the comparisons gain a pair at a time
+        cfgs = pair_order(cfgs, preset["first"], preset["last"])
+    else:
+        cfgs = priority_order(cfgs, preset.get("first", methods), preset["last"])
+    default_out = preset.get("out", DEFAULT_OUT)
     out = Path(args.out or default_out).resolve()
     if args.results is None:
-        default_results = STUDY["results"] if study else DEFAULT_RESULTS
+        default_results = preset.get("results", DEFAULT_RESULTS)
         args.results = str(default_results if out == default_out.resolve() else out / "RESULTS.md")
     t0 = time.time()
+    if args.plan == "adaptive":
+        return adaptive(args, cfgs, out, methods, orders, seeds, overrides, preset, argv)
     if not args.report_only:
         run_study(cfgs, out, args.cpus_per_run)
     paths = {str(run_dir(out, cfg).relative_to(out)): cfg.method for cfg in cfgs}  # run folder -> its method
@@ -136,6 +180,55 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"written to {args.results}")
     return 0
+
+
+def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, argv) -> int:
+    """--plan adaptive: the grid as the pilot, then the planned pairs (benchmarks/planned.py); the write-up
+    from every finished run of the study folder."""
+    import planned
+
+    from aimray.launch.ablations import configs
+    from analysis.planner import Design
+
+    try:
+        design = Design(alpha=args.alpha, margin=args.margin, pilot=len(orders) * len(seeds))
+        sequence = planned.pair_sequence(preset["benchmark"], orders, seeds)
+
+        def make(method: str, order: int, seed: int):
+            return configs(args.preset, [method], preset["benchmark"], [order], [seed], overrides)[0]
+
+        record = planned.check_plan_file(out, design, args.budget_hours, sequence)  # a report reads it too
+        if not args.report_only:
+            planned.run_planned(cfgs, out, make, args, design, sequence, methods, record)
+        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+        text = planned.study_markdown(
+            out, args, design, sequence, methods, " ".join(["python", "benchmarks/quality.py", *shown])
+        )
+    except (ValueError, KeyError, RuntimeError) as err:
+        print(f"error: {error_text(err)}", file=sys.stderr)
+        return 2
+    from aimray.files import write_text_atomic
+
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(results, text)
+    print(text)
+    print(f"written to {results}")
+    return 0
+
+
+def pair_order(cfgs: list, first: list[str], last: list[str]) -> list:
+    """The order runs start in for a study of few seeds and many orders: the `first` methods order by order
+    (each (order, seed) pair complete before the next starts), then the other methods the same way, the
+    `last` ones at the end."""
+    orders = list(dict.fromkeys(c.order for c in cfgs))
+    methods = list(dict.fromkeys(c.method for c in cfgs))
+
+    def key(c) -> tuple:
+        tier = 0 if c.method in first else 2 if c.method in last else 1
+        return tier, c.seed, orders.index(c.order), methods.index(c.method)
+
+    return sorted(cfgs, key=key)
 
 
 def results_markdown(

@@ -105,6 +105,7 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
         "--results",
         str(results),
         *tiny_overrides(tiny_causal),
+        "train.lr=0.05",  # the methods' scores differ: the planner below has spreads to plan from
     ]
     env = {**os.environ, "AIMRAY_STAGE_CACHE": str(tmp_path / "stage-cache")}  # shared through Ray's tasks
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
@@ -123,6 +124,25 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     assert again.returncode == 0 and "0 of 3 runs finished" in results.read_text()
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0 and "3 runs, 3 already finished, 0 to run" in rerun.stdout + rerun.stderr
+    # --plan adaptive on the same folder: the pilot (order 1 at seeds 0 and 1: seed 0 cached), then the pairs
+    # the planner picks within the budget; plan.json keeps the design, and another design is refused.
+    planned = [*cmd[:3], "aimmerging,seqlora", "--seeds", "0,1", *cmd[4:], "--plan", "adaptive"]
+    planned += ["--budget-hours", "0.006", "--results", str(tmp_path / "planned.md")]
+    proc = subprocess.run(planned, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    record = json.loads((out / "plan.json").read_text())
+    assert record["design"] == {"alpha": 0.05, "margin": 1.0, "pilot": 2, "power": 0.8}
+    assert record["sequence"][:3] == [[1, 0], [1, 1], [2, 0]]  # then the other orders at seed 0
+    manifests = out.glob("runs/*/*/manifest.json")
+    done = {str(m.parent.relative_to(out / "runs")).rsplit("-", 1)[0] for m in manifests if "success" in m.read_text()}
+    started = {f"{m}/o{o}-s{s}" for rnd in record["rounds"] for m, o, s in rnd["planned"][:1]}  # a round's first
+    assert {"aimmerging/o1-s1", "seqlora/o1-s1"} | started <= done
+    assert record["rounds"] and all(rnd["spent_hours"] < 0.006 for rnd in record["rounds"])  # none past the budget
+    text = (tmp_path / "planned.md").read_text()
+    assert "## AimMerging against each method: decisions" in text and "| seqlora | OP |" in text
+    assert "Stein's two-stage" in text and "Hours:" in text and "| seqlora | OP |" in text
+    other = subprocess.run([*planned, "--margin", "2", "--report-only"], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode == 2 and "margin=1.0, not 2.0" in other.stderr
 
 
 def test_the_claims_say_where_aimmerging_does_not_win() -> None:
@@ -145,6 +165,11 @@ def test_the_claims_say_where_aimmerging_does_not_win() -> None:
     assert op + " single_task." in lines
     assert "- Where AimMerging does not win on BWT (-1.22): ahead of it: aimmerging_no_ls -0.61 (+0.61)." in lines
     assert any(line.startswith("- Merges: AimMerging 6.8 per task") and "0.38x" in line for line in lines)
+    assert not any(line.startswith("- FWT") for line in lines)  # no single_task runs: no FWT (paper) to weigh
+    fwt = R.claims(table.assign(**{"fwt_paper/mean": [-0.01, -0.02, 0.005, -0.03, float("nan")]}))
+    assert "- FWT: AimMerging -1.00, the best baseline (fixed_interval) 0.50: -1.50 points (AimMerging behind;" in (
+        "\n".join(fwt)
+    )
     leader = table.assign(**{"op/mean": [0.9, 0.8, 0.8, 0.8, 0.8], "bwt/mean": [0.0, -0.1, -0.1, -0.1, None]})
     assert not any("does not win" in line for line in R.claims(leader))
 

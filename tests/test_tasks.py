@@ -19,6 +19,7 @@ from aimray.tasks import (
     register_task,
 )
 from aimray.tasks.offline import inventory
+from aimray.tasks.registry import permuted_order
 from aimray.tasks.spec import content_hash, format_parts
 from aimray.tasks.splits import balanced_take, check_disjoint, dedupe, make_splits
 
@@ -60,7 +61,7 @@ def test_paper_orders_are_as_in_the_spec() -> None:
         3: ("yahoo", "amazon", "agnews", "dbpedia"),
     }
     long_ = get_benchmark("long")
-    assert sorted(long_.orders) == [4, 5, 6] and all(len(o) == 15 for o in long_.orders.values())
+    assert sorted(long_.orders) == [4, 5, 6, *range(101, 121)] and all(len(o) == 15 for o in long_.orders.values())
     assert long_.orders[4][:4] == ("mnli", "cb", "wic", "copa") and long_.orders[6][-1] == "wic"
     ni = get_benchmark("superni")
     assert sorted(ni.orders) == [7, 8] and ni.orders[7][0] == "task1572" and ni.orders[8][-1] == "task875"
@@ -82,12 +83,23 @@ LONG_NEW = ["corr2cause", "hedge", "sense", "quartz", "simlex", "socialiqa", "af
 def test_offline_long_is_the_long_sequence_role_for_role() -> None:
     bench = get_benchmark("offline-long")
     paper = get_benchmark("long")
-    assert sorted(bench.orders) == [4, 5, 6] and set(bench.tasks) == set(OFFLINE) | set(LONG_NEW)
+    assert sorted(bench.orders) == [4, 5, 6, *range(101, 121)] and set(bench.tasks) == set(OFFLINE) | set(LONG_NEW)
     assert all(len(set(order)) == 15 for order in bench.orders.values())
     roles = dict(zip(paper.orders[4], bench.orders[4], strict=True))
-    for k in (5, 6):  # the paper's orders, the same substitution
+    for k in (5, 6, *range(101, 121)):  # the paper's orders and the permutations, the same substitution
         assert bench.orders[k] == tuple(roles[t] for t in paper.orders[k])
     assert roles["mnli"] == "corr2cause" and roles["yahoo"] == "newsgroups" and roles["amazon"] == "amazon"
+
+
+def test_permuted_orders_are_fixed_by_their_key() -> None:
+    """Orders 101-120 are the same sequences on every machine: pinned here (a change would silently give a
+    cached study's order number another sequence), all distinct, each a permutation of order 4."""
+    paper = get_benchmark("long")
+    assert paper.orders[101][:5] == ("agnews", "cb", "sst-2", "qqp", "yahoo")
+    assert paper.orders[120] == permuted_order(paper.orders[4], "long/20")
+    assert len({paper.orders[k] for k in (4, 5, 6, *range(101, 121))}) == 23
+    assert all(sorted(paper.orders[k]) == sorted(paper.orders[4]) for k in range(101, 121))
+    assert permuted_order(("a", "b", "c"), "x") == permuted_order(("a", "b", "c"), "x")
 
 
 @pytest.mark.parametrize("name", LONG_NEW)

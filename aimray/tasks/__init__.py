@@ -13,6 +13,7 @@ from aimray.tasks.registry import (
     benchmark_tasks,
     get_benchmark,
     get_task,
+    permuted_order,
     register_benchmark,
     register_task,
 )
@@ -56,64 +57,69 @@ register_benchmark(
         about="Standard CL benchmark (4 tasks), orders 1-3",
     )
 )
+LONG_ORDERS = {
+    4: (
+        "mnli",
+        "cb",
+        "wic",
+        "copa",
+        "qqp",
+        "boolqa",
+        "rte",
+        "imdb",
+        "yelp",
+        "amazon",
+        "sst-2",
+        "dbpedia",
+        "agnews",
+        "multirc",
+        "yahoo",
+    ),
+    5: (
+        "multirc",
+        "boolqa",
+        "wic",
+        "mnli",
+        "cb",
+        "copa",
+        "qqp",
+        "rte",
+        "imdb",
+        "sst-2",
+        "dbpedia",
+        "agnews",
+        "yelp",
+        "amazon",
+        "yahoo",
+    ),
+    6: (
+        "yelp",
+        "amazon",
+        "mnli",
+        "cb",
+        "copa",
+        "qqp",
+        "rte",
+        "imdb",
+        "sst-2",
+        "dbpedia",
+        "agnews",
+        "yahoo",
+        "multirc",
+        "boolqa",
+        "wic",
+    ),
+}
+# Orders beyond the paper's three, for studies that need more (the order is the main source of variance):
+# order 100+k is order 4 shuffled by the key "long/<k>", the same sequence on every machine.
+RANDOM_ORDERS = range(101, 121)
+LONG_ORDERS |= {k: permuted_order(LONG_ORDERS[4], f"long/{k - 100}") for k in RANDOM_ORDERS}
 register_benchmark(
     Benchmark(
         "long",
-        {
-            4: (
-                "mnli",
-                "cb",
-                "wic",
-                "copa",
-                "qqp",
-                "boolqa",
-                "rte",
-                "imdb",
-                "yelp",
-                "amazon",
-                "sst-2",
-                "dbpedia",
-                "agnews",
-                "multirc",
-                "yahoo",
-            ),
-            5: (
-                "multirc",
-                "boolqa",
-                "wic",
-                "mnli",
-                "cb",
-                "copa",
-                "qqp",
-                "rte",
-                "imdb",
-                "sst-2",
-                "dbpedia",
-                "agnews",
-                "yelp",
-                "amazon",
-                "yahoo",
-            ),
-            6: (
-                "yelp",
-                "amazon",
-                "mnli",
-                "cb",
-                "copa",
-                "qqp",
-                "rte",
-                "imdb",
-                "sst-2",
-                "dbpedia",
-                "agnews",
-                "yahoo",
-                "multirc",
-                "boolqa",
-                "wic",
-            ),
-        },
+        LONG_ORDERS,
         needs_data_dir=True,
-        about="Long sequence benchmark (15 tasks), orders 4-6",
+        about="Long sequence benchmark (15 tasks), orders 4-6; orders 101-120: seeded permutations of order 4",
     )
 )
 # Offline analogue of the Long sequence: each paper task replaced by the offline task in its role
@@ -140,7 +146,7 @@ register_benchmark(
         "offline-long",
         {k: tuple(LONG_ROLES[t] for t in order) for k, order in BENCHMARKS["long"].orders.items()},
         needs_data_dir=False,
-        about="offline analogue of the Long sequence (15 tasks, orders 4-6): "
+        about="offline analogue of the Long sequence (15 tasks, orders 4-6; 101-120 as in long): "
         + ", ".join(f"{paper}={ours}" for paper, ours in LONG_ROLES.items()),
     )
 )

@@ -1,11 +1,14 @@
 """Registries of tasks and benchmarks (plain dicts behind register_* that refuse duplicates).
 
 Task orders are data: a benchmark maps order numbers (numbered as in the paper) to task-name tuples.
+Orders beyond the paper's are seeded permutations (`permuted_order`): the same number gives the same
+sequence on every machine and with every library version.
 Benchmarks whose tasks come from a folder in the paper's layout need `data_dir`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,17 @@ class Benchmark:
         if k not in self.orders:
             raise KeyError(f"benchmark {self.name!r} has no order {k}; valid: {sorted(self.orders)}")
         return self.orders[k]
+
+
+def permuted_order(tasks: tuple[str, ...], key: str) -> tuple[str, ...]:
+    """`tasks` shuffled by a Fisher-Yates pass whose draws are SHA-256 digests of `key` and the step: fixed by
+    `key` alone, never by a random generator whose stream a library version may change."""
+    out = list(tasks)
+    for i in range(len(out) - 1, 0, -1):
+        draw = int.from_bytes(hashlib.sha256(f"{key}/{i}".encode()).digest()[:8], "big")
+        j = draw % (i + 1)
+        out[i], out[j] = out[j], out[i]
+    return tuple(out)
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
