@@ -224,7 +224,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
         resources = Resources(args.workers, cpus, args.gpus_per_worker, args.max_failures)
-        result = run_with_ray_train(cfg, args.out, resources, storage=args.storage)
+        try:
+            result = run_with_ray_train(cfg, args.out, resources, storage=args.storage, signals=True)
+        except stopping.StopRequested as stop:
+            print(f"[run] stopped at {stop.where}, checkpoint written: the same command continues", file=sys.stderr)
+            return stop.exit_code
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")
     return 0

@@ -141,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
     from aimray.files import get_section, put_section, write_text_atomic
-    from aimray.launch.ablations import DEFAULT_METHODS, configs, priority_order, run_dir, run_study
+    from aimray.launch.ablations import (
+        DEFAULT_METHODS,
+        StudyInterrupted,
+        configs,
+        priority_order,
+        run_dir,
+        run_study,
+    )
 
     preset = STUDIES.get(args.preset, DEFAULT)
     try:
@@ -166,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plan == "adaptive":
         return adaptive(args, cfgs, out, methods, orders, seeds, overrides, preset, argv)
     if not args.report_only:
-        run_study(cfgs, out, args.cpus_per_run)
+        try:
+            run_study(cfgs, out, args.cpus_per_run)
+        except StudyInterrupted as stop:  # the finished runs are cached; no write-up that reads as final
+            print(f"[study] {stop}", file=sys.stderr)
+            return stop.exit_code
     paths = {str(run_dir(out, cfg).relative_to(out)): cfg.method for cfg in cfgs}  # run folder -> its method
     shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # what makes the runs
     command = " ".join(["python", "benchmarks/quality.py", *shown])
@@ -187,7 +198,7 @@ def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, a
     from every finished run of the study folder."""
     import planned
 
-    from aimray.launch.ablations import configs
+    from aimray.launch.ablations import StudyInterrupted, configs
     from analysis.planner import Design
 
     try:
@@ -199,7 +210,11 @@ def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, a
 
         record = planned.check_plan_file(out, design, args.budget_hours, sequence)  # a report reads it too
         if not args.report_only:
-            planned.run_planned(cfgs, out, make, args, design, sequence, methods, record)
+            try:
+                planned.run_planned(cfgs, out, make, args, design, sequence, methods, record)
+            except StudyInterrupted as stop:  # finished runs cached, plan.json has every round so far
+                print(f"[study] {stop}", file=sys.stderr)
+                return stop.exit_code
         shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
         text = planned.study_markdown(
             out, args, design, sequence, methods, " ".join(["python", "benchmarks/quality.py", *shown])

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     from aimray.config import deep_merge, make_config, nest, parse_overrides
-    from aimray.launch.ablations import run_dir, run_study
+    from aimray.launch.ablations import StudyInterrupted, run_dir, run_study
     from aimray.loop import check_inputs
     from aimray.tasks import benchmark_tasks
 
@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     t0 = time.time()
     if not args.report_only:
-        run_study(list(cfgs.values()), out, args.cpus_per_run)
+        try:
+            run_study(list(cfgs.values()), out, args.cpus_per_run)
+        except StudyInterrupted as stop:  # finished runs cached: the same command continues
+            print(f"[study] {stop}", file=sys.stderr)
+            return stop.exit_code
     table = grid_table(out, points, args.orders, {k: run_dir(out, c) for k, c in cfgs.items()})
     first = cfgs[(0, args.orders[0])]
     sizes = {

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from aimray import plugins
     from aimray.assets import AssetMissingError
     from aimray.config import parse_overrides
-    from aimray.launch.ablations import DEFAULT_METHODS, configs, run_study
+    from aimray.launch.ablations import DEFAULT_METHODS, StudyInterrupted, configs, run_study
     from aimray.tasks import get_benchmark
 
     try:
@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
-    table = run_study(cfgs, Path(args.out), args.cpus_per_run)
+    try:
+        table = run_study(cfgs, Path(args.out), args.cpus_per_run)
+    except StudyInterrupted as stop:  # finished runs cached: the same command continues
+        print(f"[study] {stop}", file=sys.stderr)
+        return stop.exit_code
     print((Path(args.out) / "ablation.md").read_text())
     print(f"runs table: {Path(args.out) / 'runs.parquet'}")
     return 0 if (table.status == "success").all() else 1

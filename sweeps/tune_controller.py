@@ -46,6 +46,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--preset", help="run preset of every trial: sweep (default), smoke, demo, paper")
     parser.add_argument("--num-samples", type=int, dest="num_samples", help="number of trials")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: sized to the cluster)")
+    parser.add_argument(
+        "--max-failures",
+        type=int,
+        dest="max_failures",
+        help="times a trial whose process or node dies starts again, its runs from their last checkpoint "
+        "(default 2)",
+    )
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (default 0: in the trial)")
     parser.add_argument(
         "--cpus-per-trial",
@@ -136,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             preset=args.preset,
             num_samples=args.num_samples,
             concurrency=args.concurrency,
+            max_failures=args.max_failures,
             workers=args.workers,
             cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -128,6 +130,21 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     # the planner picks within the budget; plan.json keeps the design, and another design is refused.
     planned = [*cmd[:3], "aimmerging,seqlora", "--seeds", "0,1", *cmd[4:], "--plan", "adaptive"]
     planned += ["--budget-hours", "0.006", "--results", str(tmp_path / "planned.md")]
+    # SIGTERM to the driver once a pilot run has a checkpoint: the running runs checkpoint and stop, one line,
+    # exit 143, no write-up; the same command then continues
+    first = subprocess.Popen(planned, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list(out.glob("runs/*/o1-s1-*/checkpoints/t01-*")):
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        time.sleep(0.1)
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 143, stderr[-3000:]
+    assert "[study] interrupted: " in stderr and "runs finished; run the same command to continue" in stderr
+    assert not [line for line in stderr.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+    assert not (tmp_path / "planned.md").exists()
+    statuses = {json.loads(m.read_text())["status"] for m in out.glob("runs/*/o1-s1-*/manifest.json")}
+    assert statuses and statuses <= {"stopped", "success"}, statuses
     proc = subprocess.run(planned, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     record = json.loads((out / "plan.json").read_text())

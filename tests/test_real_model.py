@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -78,7 +80,9 @@ def test_cli_eval_writes_results_and_manifest(tmp_path) -> None:
 
 
 def test_smoke_run_of_aimmerging_on_the_real_backbone(tmp_path) -> None:
-    """The issue's smoke command (fewer test examples), from the CLI, on the real SmolLM2."""
+    """The issue's smoke command (fewer test examples), from the CLI, on the real SmolLM2 in a Ray Train
+    worker; SIGTERMed once task 1 has its checkpoint (the worker checkpoints and stops, exit 143, one line,
+    manifest "stopped"), then the same command finishes it."""
     out = tmp_path / "smoke"
     cmd = [
         sys.executable,
@@ -98,6 +102,16 @@ def test_smoke_run_of_aimmerging_on_the_real_backbone(tmp_path) -> None:
         "data.test=8",
         "data.dev=4",
     ]
+    stopped = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((out / "checkpoints").glob("t01-*")):
+        assert stopped.poll() is None, stopped.communicate()[1][-3000:]
+        time.sleep(0.2)
+    stopped.send_signal(signal.SIGTERM)
+    _, stderr = stopped.communicate(timeout=300)
+    assert stopped.returncode == 143 and "[run] stopped at" in stderr, stderr[-3000:]
+    ours = [line for line in stderr.splitlines() if "Traceback" in line and "PlacementGroupCleaner" not in line]
+    assert not ours and json.loads((out / "manifest.json").read_text())["status"] == "stopped", stderr[-3000:]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "accuracy matrix (test, %)" in proc.stdout and "metrics (points): OP" in proc.stdout

@@ -3,7 +3,9 @@
 Every (method, order, seed) is one CL run in a Ray task with its own CPUs, written to
 <out>/runs/<method>/o<order>-s<seed>-<config hash>/ (the run folder of `python -m aimray run`). A finished
 run of the same config is skipped and an interrupted one resumes from its checkpoint, so rerunning the
-same command completes a partial study; a changed config gets new folders. At the end:
+same command completes a partial study; a changed config gets new folders. SIGINT or SIGTERM to the driver
+asks the running runs to checkpoint and stop (aimray.launch.stop) and ends the study with StudyInterrupted
+(exit 130 or 143 from the scripts). At the end:
 <out>/runs.parquet (one row per run) and <out>/ablation.md (mean +/- std over orders and seeds per method),
 both made by analysis.tables from the run folders.
 """
@@ -21,8 +23,10 @@ from aimray import plugins
 from aimray.config import RunConfig, config_hash, make_config
 from aimray.files import write_parquet_atomic
 from aimray.launch.cluster import ensure_ray
+from aimray.launch.stop import RayStop, StopFlag, asking, flag_name, grace_seconds
 from aimray.loop import check_inputs, run
 from aimray.manifest import status_of
+from aimray.stopping import STOP, StopRequested
 from aimray.tasks import benchmark_tasks
 from analysis import report as R
 from analysis import tables as T
@@ -53,32 +57,54 @@ def is_finished(folder: Path) -> bool:
     return status_of(folder) == "success"
 
 
+class StudyInterrupted(Exception):
+    """The study's driver was asked to stop (SIGINT or SIGTERM): its running runs checkpointed (or, past the
+    grace, will redo the steps since their last checkpoint). `exit_code`: 130 or 143."""
+
+    def __init__(self, signum: int, finished: int, runs: int) -> None:
+        super().__init__(f"interrupted: {finished} of {runs} runs finished; run the same command to continue")
+        self.exit_code = 128 + signum
+
+
 @ray.remote
 def _run_remote(
-    cfg_dict: dict, folder: str, threads: int, remote: tuple[str, str] | None = None, plugins: list[str] = ()
+    cfg_dict: dict,
+    folder: str,
+    threads: int,
+    remote: tuple[str, str] | None = None,
+    plugins: list[str] = (),
+    stop_flag: str | None = None,
 ) -> dict:
     """One run in a Ray task. `remote` (storage URI, path under it): the run folder is copied there after
     every task and at the end, and brought back from there first (a run retried on another node).
-    `plugins`: the driver's (aimray.plugins), imported before the config is rebuilt."""
+    `plugins`: the driver's (aimray.plugins), imported before the config is rebuilt. `stop_flag`: the
+    driver's stop flag (aimray.launch.stop), asked before the run starts and at every step."""
     from aimray import plugins as plugin_modules
     from aimray.config import config_from_dict
     from aimray.launch.storage import remote_folder
 
+    stop = RayStop(stop_flag) if stop_flag else STOP
+    if stop.asked() is not None:  # queued when the driver was asked to stop: never started
+        return {"folder": folder, "status": "not started", "seconds": 0.0, "error": None}
+    stop.report("started", folder)
     plugin_modules.load(plugins, env=False)
-
     cfg = config_from_dict({**cfg_dict, "train": {**cfg_dict["train"], "threads": threads}})
     copy = remote_folder(*remote) if remote is not None else None
     if copy is not None:
         copy.restore(Path(folder))
     t0 = time.time()
     try:
-        run(cfg, folder, log=lambda _: None, report=(lambda _: copy.upload(Path(folder))) if copy else None)
+        upload = (lambda _: copy.upload(Path(folder))) if copy else None
+        run(cfg, folder, log=lambda _: None, report=upload, stop=stop)
         return {"folder": folder, "status": "success", "seconds": time.time() - t0, "error": None}
+    except StopRequested as err:
+        return {"folder": folder, "status": "stopped", "seconds": time.time() - t0, "error": str(err)}
     except Exception as err:  # one failed run must not sink the study: it is reported in the table
         return {"folder": folder, "status": "failed", "seconds": time.time() - t0, "error": repr(err)[:500]}
     finally:
         if copy is not None:
             copy.upload(Path(folder))  # its final state, failed or not
+        stop.report("finished", folder)
 
 
 def configs(
@@ -135,28 +161,51 @@ def run_study(
     log(f"[ablations] {len(cfgs)} runs, {len(cfgs) - len(left)} already finished, {len(left)} to run")
     if left:
         ensure_ray(dashboard=False)  # not for a study that is complete: its tables are written all the same
-    todo = {}
-    for cfg in left:
-        folder = str(run_dir(out, cfg))
-        threads = max(1, int(cpus_per_run))
-        task = _run_remote.options(num_cpus=cpus_per_run).remote(cfg.to_dict(), folder, threads, None, plugins.loaded())
-        todo[task] = cfg
-    pending = list(todo)
-    done = 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        res = ray.get(ready[0])
-        done += 1
-        cfg = todo[ready[0]]
-        log(
-            f"[ablations] {done}/{len(todo)} {cfg.method} order {cfg.order} seed {cfg.seed}: {res['status']} "
-            f"({res['seconds']:.0f} s){' ' + res['error'] if res['error'] else ''}"
-        )
+        flag = StopFlag.start(flag_name(out))
+        with asking(flag, "[study]", "the running runs checkpoint and stop", log) as asked:
+            _run_all(left, out, cpus_per_run, flag, asked, log)
+        if asked.signum is not None:
+            raise StudyInterrupted(asked.signum, sum(is_finished(run_dir(out, c)) for c in cfgs), len(cfgs))
     index = run_index(cfgs, out)
     table = T.ablation_runs(index, finished_metrics(out, list(index.run)))
     write_parquet_atomic(table, out / "runs.parquet")
     (out / "ablation.md").write_text(R.ablation_markdown(table))
     return table
+
+
+def _run_all(cfgs: list[RunConfig], out: Path, cpus_per_run: float, flag, asked, log: Callable[[str], None]) -> None:
+    """Every config in a Ray task, logging each as it ends; once `asked` (a signal), the queued tasks are
+    cancelled and the running ones get grace_seconds() to checkpoint, then are ended."""
+    threads = max(1, int(cpus_per_run))
+    todo = {}
+    for cfg in cfgs:
+        args = (cfg.to_dict(), str(run_dir(out, cfg)), threads, None, plugins.loaded(), flag_name(out))
+        todo[_run_remote.options(num_cpus=cpus_per_run).remote(*args)] = cfg
+    pending, done, deadline = list(todo), 0, None
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        for ref in ready:
+            cfg = todo[ref]
+            try:
+                res = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:  # queued when the stop came
+                continue
+            done += 1
+            error = f" {res['error']}" if res["error"] and res["status"] == "failed" else ""
+            log(
+                f"[ablations] {done}/{len(todo)} {cfg.method} order {cfg.order} seed {cfg.seed}: {res['status']} "
+                f"({res['seconds']:.0f} s){error}"
+            )
+        if asked.signum is not None and deadline is None:
+            deadline = time.monotonic() + grace_seconds()
+            running = set(ray.get(flag.running_now.remote()))
+            for ref in pending:  # a queued task is dropped; a running one is left to checkpoint
+                if str(run_dir(out, todo[ref])) not in running:
+                    ray.cancel(ref)
+        if deadline is not None and time.monotonic() > deadline:
+            for ref in pending:
+                ray.cancel(ref, force=True)  # past the grace: it redoes the steps since its last checkpoint
+            return
 
 
 def run_index(cfgs: list[RunConfig], out: Path) -> pd.DataFrame:

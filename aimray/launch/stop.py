@@ -1,15 +1,18 @@
-"""Stopping a sweep well: SIGINT or SIGTERM to the driver reaches every running trial through a named Ray
-actor; each trial's run finishes its step, checkpoints and marks itself stopped; then Tune saves its state
-and the driver exits 130 or 143 with one line saying how to continue (`--resume`).
+"""Stopping Ray work well: SIGINT or SIGTERM to a driver (a sweep, a study, a run in Ray Train workers)
+reaches every run it started through a named Ray actor; each run finishes its step, checkpoints and marks
+itself stopped; the driver exits 130 or 143 with one line saying how to continue. A sweep's Tune saves its
+state too (`--resume`).
 
-    flag = StopFlag.start(name)                  # the driver, before Tune starts trials
-    with driver_signals(flag) as asked: ...      # SIGINT/SIGTERM: flag.ask(signum), then Tune's own stop
-    RayStop(name)                                # a trial's aimray.stopping.Stop: polls the flag
+    flag = StopFlag.start(flag_name(folder))     # the driver, before anything runs
+    with driver_signals(flag) as asked: ...      # a sweep: flag.ask(signum), then Tune's own stop
+    with asking(flag, "[study]", "...") as asked: ...   # a study or a Ray Train run: flag.ask(signum)
+    RayStop(name)                                # a run's aimray.stopping.Stop: polls the flag
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -17,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import ray
 
@@ -30,6 +34,11 @@ def grace_seconds() -> float:
     $AIMRAY_SWEEP_GRACE_S (default 25, inside the 30 s a Kubernetes pod gets by default). A trial still busy
     then (evaluating, say) is ended by Tune and redoes the steps since its last checkpoint on --resume."""
     return float(os.environ.get("AIMRAY_SWEEP_GRACE_S", "25"))
+
+
+def flag_name(folder: str | Path) -> str:
+    """The stop flag actor's name for the driver of `folder` (a sweep's or study's --out, a run's folder)."""
+    return "aimray-stop-" + hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
 
 
 @ray.remote(num_cpus=0)
@@ -58,6 +67,9 @@ class StopFlag:
 
     def all_stopped(self) -> bool:
         return self.running <= self.stopped
+
+    def running_now(self) -> list[str]:
+        return sorted(self.running)
 
     @staticmethod
     def start(name: str):
@@ -119,6 +131,23 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
 
     def handle(signum: int) -> None:  # in the handler: only start the thread
         threading.Thread(target=tune_stops, args=(signum,), daemon=True).start()
+
+    with first_signal(Stop(), handle) as asked:
+        yield asked
+
+
+@contextlib.contextmanager
+def asking(flag, who: str, what: str, log: Callable[[str], None] = print) -> Iterator[Stop]:
+    """SIGINT and SIGTERM inside the block: the first asks `flag` (its runs checkpoint and stop) and says so
+    in one line, `who` and `what` ("[study]", "the running runs checkpoint and stop"); a second stops at
+    once. Yields a Stop whose signum says whether, and how, it was asked."""
+
+    def ask(signum: int) -> None:  # in a thread: a signal handler only records the signal
+        log(f"{who} {signal.Signals(signum).name}: {what} (again to stop at once)")
+        flag.ask.remote(signum)
+
+    def handle(signum: int) -> None:
+        threading.Thread(target=ask, args=(signum,), daemon=True).start()
 
     with first_signal(Stop(), handle) as asked:
         yield asked

@@ -30,13 +30,13 @@ from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
 from aimray.launch.cluster import ensure_ray, link_ray_logs
-from aimray.launch.stop import RayStop
+from aimray.launch.stop import RayStop, StopFlag, asking, flag_name
 from aimray.launch.storage import remote_folder
 from aimray.loop import OnCheckpoint, check_inputs, run
 from aimray.manifest import status_of
 from aimray.objective import ObjectiveTracker
 from aimray.results import RunResult, collect
-from aimray.stopping import STOP, StopRequested
+from aimray.stopping import STOP, Stop, StopRequested
 
 
 @dataclass(frozen=True)
@@ -185,18 +185,24 @@ def run_with_ray_train(
     remote: tuple[str, str] | None = None,
     labels: dict[str, str] | None = None,
     stop: str | None = None,
+    signals: bool = False,
 ) -> RunResult:
     """Run one continual-learning run in a TorchTrainer (ray.init() first, or it starts a local Ray).
     `on_checkpoint` travels to every worker (tests pass aimray.faults.FailOnceAt to fail one). `remote`
     (storage URI, path under it): rank 0 copies the run folder there after every task and at the end, and
     the result is read from that copy (rank 0 may have run on another node). `labels` go into the run's
     manifest (a sweep's trial). `stop`: the name of a sweep's stop flag (aimray.launch.stop) the workers
-    poll."""
+    poll. `signals` (the CLI's run, where this is the main thread): SIGINT or SIGTERM asks the workers, through
+    the run's own flag, to checkpoint and stop; then StopRequested is raised with that signal."""
     out = Path(out).resolve()
     check_inputs([cfg])  # a missing --data-dir, a broken data file or asset: one clear error, before Ray
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     link_ray_logs(out, ".ray-logs")  # hidden: it stays on this node (storage copies skip dot-files)
+    flag = None
+    if signals and stop is None:  # the run's own flag, asked on SIGINT / SIGTERM
+        stop = flag_name(out)
+        flag = StopFlag.start(stop)
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -224,11 +230,15 @@ def run_with_ray_train(
             callbacks=[TuneReportCallback()] if tracker is not None else None,
         ),
     )
-    result = trainer.fit()
+    asking_workers = contextlib.nullcontext(Stop())
+    if flag is not None:
+        asking_workers = asking(flag, "[run]", "the workers finish their step, checkpoint and stop")
+    with asking_workers as asked:
+        result = trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
     if remote is not None:
         remote_folder(*remote).restore(out)  # rank 0 ran on another node: its copy comes to the driver
     if status_of(out) == "stopped":  # the workers stopped on request (a sweep's stop flag), checkpointed
-        raise StopRequested(signal.SIGTERM, f"{out} (Ray Train workers)")
+        raise StopRequested(asked.signum or signal.SIGTERM, f"{out} (Ray Train workers)")
     return collect(out)

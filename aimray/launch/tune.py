@@ -17,7 +17,6 @@ Output under --out:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, par
 from aimray.files import locked, pid_alive, write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray, link_ray_logs
-from aimray.launch.stop import RayStop, StopFlag, driver_signals, quiet_tune_hints
+from aimray.launch.stop import RayStop, StopFlag, driver_signals, flag_name, quiet_tune_hints
 from aimray.loop import check_inputs, run
 from aimray.manifest import status_of
 from aimray.methods import get_method
@@ -104,6 +103,7 @@ class SweepSpec:
     scheduler: str = "asha"  # asha, hyperband or none
     num_samples: int = 8
     concurrency: int = 0  # 0: sized to the cluster
+    max_failures: int = 2  # a trial whose process or node dies starts again (its runs from their last copy)
     workers: int = 0  # 0: each trial runs the loop in its own process; N: a TorchTrainer with N workers
     cpus_per_trial: float = 0.0  # 0: all CPUs / concurrency (in-process) or 1 per worker
     gpus_per_trial: float = 0.0  # GPUs per in-process trial (fractional: small-model trials share a GPU)
@@ -395,7 +395,7 @@ def run_trial(config: dict, spec: SweepSpec) -> None:
 
 def stop_name(spec: SweepSpec) -> str:
     """The name of the sweep's stop flag actor: one per sweep folder."""
-    return "aimray-stop-" + hashlib.sha256(str(Path(spec.out).resolve()).encode()).hexdigest()[:12]
+    return flag_name(spec.out)
 
 
 def run_orders(config: dict, spec: SweepSpec, trial_id: str, stop: RayStop) -> dict:
@@ -569,6 +569,7 @@ def make_tuner(spec: SweepSpec, storage_path: str, fs, resume: bool, verbose: bo
         storage_path=storage_path,
         storage_filesystem=fs,
         callbacks=tracker_callbacks(spec),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=2 if verbose else 1,
     )
     return tune.Tuner(trainable, tune_config=tune_config(spec, concurrency), run_config=run_config)
