@@ -41,6 +41,10 @@ class Stop:
         """The signal that asked to stop, or None (a subclass may ask elsewhere: aimray.launch.stop)."""
         return self.signum
 
+    def report(self, method: str, who: str) -> None:
+        """Tell the asker that `who` (a trial, a run folder) started, finished or stopped: nothing here (a
+        Ray driver's flag records it: aimray.launch.stop.RayStop)."""
+
     def check(self, where: str) -> None:
         """Raise StopRequested saying `where` if a stop was asked for."""
         signum = self.asked()

@@ -66,13 +66,17 @@ def sync(
     stamps: MutableMapping[str, str] | None = None,
     last: str | None = None,
     prune: bool = True,
+    later: tuple[str, ...] = (),
 ) -> list[str]:
     """Copy src's files that `keep` accepts into dst, but those whose size and modification time `stamps`
-    records as copied before (`last` always travels); with `prune`, delete dst's kept files that src lacks;
-    then copy `last`. Returns the paths copied (relative)."""
+    records as copied before (`last` always travels), those under the `later` prefixes after the others;
+    with `prune`, delete dst's kept files that src lacks; then copy `last`. Returns the paths copied
+    (relative). The order is what makes a copy cut short by a crash usable: a run folder's event parts
+    travel before the checkpoint that follows them, as the run wrote them, and its manifest last."""
     stamps = {} if stamps is None else stamps
     files = src.files(keep)
-    copied = [rel for rel in sorted(files) if rel != last and _copy_if_changed(src, dst, rel, files[rel], stamps)]
+    ordered = sorted(files, key=lambda rel: (rel.startswith(later) if later else False, rel))
+    copied = [rel for rel in ordered if rel != last and _copy_if_changed(src, dst, rel, files[rel], stamps)]
     for rel in sorted(dst.files(keep).keys() - files.keys()) if prune else ():  # gone from the source
         dst.fs.delete_file(f"{dst.path}/{rel}")
         with contextlib.suppress(KeyError):

@@ -3,6 +3,7 @@ S3 protocol over HTTP, as Ray's own storage tests use), holding the committed qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
+from aimray.events import read_events
 from analysis.load import mirror, open_study
 from tests.conftest import CREDENTIALS, free_port
 
@@ -121,9 +123,16 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     proc.wait()
     assert not (out / "trials.parquet").exists()  # the sweep's tables come at its end only
     finished = finished_runs(fs, "studies/split/runs")
-    resumed = sweep_cli(out, tiny_causal, *extra, "--resume", env=env, stdout=sp.PIPE, stderr=sp.STDOUT)
-    stdout, _ = resumed.communicate(timeout=900)
+    # resumed, and the worker node lost (every process of it SIGKILLed) while a trial runs there: Tune starts
+    # that trial again on the head (max_failures), its runs carry on from their copies in the bucket
+    with open(out.parent / "resumed.log", "w") as log:
+        resumed = sweep_cli(out, tiny_causal, *extra, "--resume", env=env, stdout=log, stderr=sp.STDOUT)
+        lost = kill_node_once_a_trial_runs(address.rsplit(":", 1)[1], resumed, out)
+        resumed.wait(timeout=900)
+    stdout = (out.parent / "resumed.log").read_text()
     assert resumed.returncode == 0, stdout[-4000:]
+    assert lost, "no trial ran on the worker node after the resume"
+    assert f"Trial task failed for trial run_trial_{lost}" in stdout  # lost with its node, then started again
     # runs finished before the kill were not run again (their manifests in the bucket are as they were)
     assert finished and finished.items() <= finished_runs(fs, "studies/split/runs").items()
     trials = pd.read_parquet(out / "trials.parquet")
@@ -133,6 +142,9 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
         for order in (1, 2):
             manifest = out / "runs" / trial / f"order{order}" / "manifest.json"
             assert manifest.exists(), f"{trial}'s run of order {order} did not come home"
+            steps = read_events(manifest.parent, "steps").to_pandas()  # nothing lost or done twice
+            assert len(steps) and not steps.duplicated(["task_index", "step", "phase"]).any()
+            assert sorted(set(steps.task_index)) == [0, 1, 2, 3] and len(read_events(manifest.parent, "costs")) == 4
         m = json.loads((out / "runs" / trial / "order1" / "manifest.json").read_text())
         spans.append((m["started_at"], m["finished_at"]))
     # each node has one CPU and each trial takes one: runs that overlapped in time ran on different nodes
@@ -169,6 +181,42 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2  # with the objectives Tune recorded (TPE's history survives Tuner.restore)
     assert sorted(round(t.value, 9) for t in complete) == sorted(round(v, 9) for v in trials.objective)
+
+
+def kill_node_once_a_trial_runs(port: str, driver: subprocess.Popen, out: Path, timeout: float = 300) -> str | None:
+    """SIGKILL every process of the split cluster's worker node (the mount namespace of its raylet) once a
+    run there has written a checkpoint since this was called (in the node's own --out, seen through
+    /proc/<pid>/root): its trial is mid-way. The trial's id, or None if none did before `timeout` or the
+    driver ended."""
+    mine, start = os.readlink("/proc/self/ns/mnt"), time.time()
+
+    def processes() -> dict[int, tuple[str, str]]:
+        found = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found[int(entry.name)] = (os.readlink(entry / "ns" / "mnt"), cmdline)
+            except (ValueError, OSError):
+                continue
+        return found
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.poll() is None:
+        procs = processes()
+        raylets = [pid for pid, (ns, cmd) in procs.items() if ns != mine and "raylet" in cmd and f":{port}" in cmd]
+        for raylet in raylets:
+            there = Path(f"/proc/{raylet}/root{out}") / "runs"
+            with contextlib.suppress(OSError):
+                new = [c for c in there.glob("*/order*/checkpoints/t*") if c.stat().st_mtime > start]
+                if new:
+                    node = procs[raylet][0]
+                    for pid, (ns, _) in procs.items():
+                        if ns == node:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+                    return new[0].relative_to(there).parts[0]
+        time.sleep(0.05)
+    return None
 
 
 def finished_runs(fs, base: str) -> dict[str, str]:

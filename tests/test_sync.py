@@ -36,6 +36,13 @@ def test_a_plain_path_to_a_file_uri_copies_what_changed_deletes_what_went_and_th
     ]
     assert tree(dst) == {k: v for k, v in tree(src).items() if k != ".lock"}
     assert not [p for p in dst.rglob("*") if p.name.endswith(".tmp")]  # written under a temporary name
+    # a checkpoint travels after the event parts written before it (a copy cut short never holds a
+    # checkpoint whose events are missing), whatever the names' order
+    (src / "checkpoints" / "t01-s000000").mkdir(parents=True)
+    (src / "checkpoints" / "t01-s000000" / "state.json").write_text("{}")
+    (src / "events" / "steps" / "part-00002.parquet").write_bytes(b"task 1's last rows")
+    order = sync(Place.of(src), Place.of(dst), stamps=stamps, last="manifest.json", later=("checkpoints/",))
+    assert order == ["events/steps/part-00002.parquet", "checkpoints/t01-s000000/state.json", "manifest.json"]
 
 
 def test_s3_up_and_back_and_a_mirror_that_remembers_its_stamps(s3, tmp_path) -> None:

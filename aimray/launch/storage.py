@@ -95,11 +95,14 @@ class RemoteFolder:
         return f"{self.fs.type_name}://{self.path}"
 
     def upload(self, local: Path) -> None:
-        """Send what changed since the last upload, delete what is gone, the manifest last (retried through a
-        storage outage: `retrying`). A folder without a manifest is no run yet (a run that failed before it
-        began): nothing is sent or deleted."""
+        """Send what changed since the last upload, delete what is gone: event parts before checkpoints (a
+        copy cut short by a lost node never holds a checkpoint without the events before it), the manifest
+        last; retried through a storage outage (`retrying`). A folder without a manifest is no run yet (a
+        run that failed before it began): nothing is sent or deleted."""
         if (local / "manifest.json").exists():
-            send = functools.partial(sync, Place.of(local), self.place, stamps=self.sent, last="manifest.json")
+            send = functools.partial(
+                sync, Place.of(local), self.place, stamps=self.sent, last="manifest.json", later=("checkpoints/",)
+            )
             retrying("uploading a run folder", self.uri, send)
 
     def download(self, local: Path) -> bool:
