@@ -241,9 +241,9 @@ def committed(fs, base: str) -> bool:
 
 
 def test_uploads_ride_out_a_storage_outage_and_a_long_one_names_the_uri(tmp_path, monkeypatch, capsys) -> None:
-    """The S3 server is down when a run folder's upload starts and comes up 3 s later (a real moto server on
-    127.0.0.1): the upload retries with backoff and the copy is complete. An outage longer than the limit
-    fails with one line naming the URI and saying --resume continues."""
+    """The S3 server is down when a run folder's upload starts and comes up once the upload has failed and
+    backs off (a real moto server on 127.0.0.1): the upload retries and the copy is complete. An outage
+    longer than the limit fails with one line naming the URI and saying --resume continues."""
     import threading
 
     from aimray.launch.storage import RemoteFolder, StorageUnavailableError
@@ -259,8 +259,18 @@ def test_uploads_ride_out_a_storage_outage_and_a_long_one_names_the_uri(tmp_path
     (run / "manifest.json").write_text('{"status": "success"}')
     servers = []
 
+    from aimray.launch import storage as storage_lib
+
+    first_retry, sleep = threading.Event(), time.sleep
+
+    def backoff(seconds: float) -> None:  # the upload's first failure is seen before the server comes up
+        first_retry.set()
+        sleep(seconds)
+
+    monkeypatch.setattr(storage_lib.time, "sleep", backoff)
+
     def come_back() -> None:
-        time.sleep(3)
+        first_retry.wait(60)
         server = str(Path(sys.executable).parent / "moto_server")
         servers.append(subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL))
         deadline = time.time() + 30
@@ -289,3 +299,44 @@ def test_uploads_ride_out_a_storage_outage_and_a_long_one_names_the_uri(tmp_path
     (run / "manifest.json").write_text('{"status": "running"}')
     with pytest.raises(StorageUnavailableError, match="s3://studies/runs/t1/order1: storage unreachable for"):
         remote.upload(run)
+
+
+def test_one_sweep_driver_per_storage_prefix_across_machines_holds_a_lease(s3, monkeypatch, capsys) -> None:
+    """prefix_lease on a real S3 server: a fresh lease of a driver on another host refuses a second driver,
+    naming it; a lapsed one, or one a dead driver of this host left, is taken over with a warning; the
+    holder renews its lease while it runs and removes it at the end."""
+    import socket
+
+    from aimray.files import FolderInUseError
+    from aimray.launch.storage import LEASE_FILE, prefix_lease
+
+    fs, query = s3
+    base, uri = "studies/lease", f"s3://studies/lease{query}"
+    monkeypatch.setenv("AIMRAY_STORAGE_LEASE_S", "2")
+
+    def claim(host: str, pid: int, age: float) -> None:
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(f"{base}/{LEASE_FILE}") as f:
+            f.write(json.dumps({"host": host, "pid": pid, "token": "theirs", "renewed": time.time() - age}).encode())
+
+    def lease() -> dict:
+        with fs.open_input_stream(f"{base}/{LEASE_FILE}") as f:
+            return json.loads(f.read())
+
+    claim("gpu-node-7", 4242, age=0.0)
+    refused = "in use by another sweep driver \\(pid 4242 on gpu-node-7"
+    with pytest.raises(FolderInUseError, match=refused), prefix_lease(fs, base, uri, settle=0.1):
+        pass
+    claim("gpu-node-7", 4242, age=10.0)  # not renewed for longer than the lease: that machine is gone
+    with prefix_lease(fs, base, uri, settle=0.1):
+        first = lease()
+        assert first["pid"] == os.getpid() and first["host"] == socket.gethostname()
+        time.sleep(1.2)  # renewed every quarter of the lease
+        assert lease()["renewed"] > first["renewed"]
+    assert "taking over from pid 4242 on gpu-node-7, whose lease lapsed 10 s ago" in capsys.readouterr().out
+    assert fs.get_file_info(f"{base}/{LEASE_FILE}").type == pafs.FileType.NotFound  # released
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claim(socket.gethostname(), int(dead.stdout), age=0.0)  # a driver of this host that was SIGKILLed
+    with prefix_lease(fs, base, uri, settle=0.1):
+        pass
+    assert "which is no longer running" in capsys.readouterr().out

@@ -22,17 +22,23 @@ checked in 0.04 s; after a task only its new event parts and checkpoint travel.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
+import socket
 import sys
+import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from aimray.files import FolderInUseError, pid_alive
 from aimray.sync import Place, copy_file, sync, visible
 
 T = TypeVar("T")
@@ -135,3 +141,65 @@ def upload_files(fs: pafs.FileSystem, base: str, files: list[Path]) -> None:
         if p.exists():
             copy = functools.partial(copy_file, Place.of(p.parent), Place(fs, base), p.name)
             retrying(f"uploading {p.name}", f"{fs.type_name}://{base}", copy)
+
+
+LEASE_FILE = "driver.json"
+
+
+def lease_seconds() -> float:
+    """How long a sweep driver's hold on a storage prefix lasts unrenewed: $AIMRAY_STORAGE_LEASE_S (default
+    120; the holder renews it every quarter of that)."""
+    return float(os.environ.get("AIMRAY_STORAGE_LEASE_S", "120"))
+
+
+@contextlib.contextmanager
+def prefix_lease(fs: pafs.FileSystem, base: str, uri: str, settle: float = 1.0) -> Iterator[None]:
+    """One sweep driver per storage prefix, across machines: <base>/driver.json names the holder (host, pid)
+    and when it last renewed its lease. A second driver refuses (FolderInUseError naming host and pid) while
+    the lease is fresh; a lease left by a dead driver of this host, or not renewed for lease_seconds() (a
+    machine lost), is taken over with a warning. Object stores have no exclusive create: a driver writes its
+    claim, waits `settle` seconds and reads it back; of two that raced, the one whose claim is there holds."""
+    path, lease = f"{base}/{LEASE_FILE}", lease_seconds()
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex}
+
+    def read() -> dict | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write() -> None:
+        fs.create_dir(base, recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(json.dumps({**me, "renewed": time.time()}).encode())
+
+    held = retrying("reading the sweep's lease", uri, read)
+    if held is not None and held.get("token") != me["token"]:
+        age = time.time() - held.get("renewed", 0)
+        dead = held.get("host") == me["host"] and not pid_alive(int(held.get("pid", 0)))
+        who = f"pid {held.get('pid')} on {held.get('host')}"
+        if age < lease and not dead:
+            raise FolderInUseError(f"{uri} is in use by another sweep driver ({who}, lease renewed {age:.0f} s ago)")
+        why = "which is no longer running" if dead else f"whose lease lapsed {age:.0f} s ago"
+        print(f"[sweep] {uri}: taking over from {who}, {why}", flush=True)
+    retrying("writing the sweep's lease", uri, write)
+    time.sleep(settle)
+    now = retrying("reading the sweep's lease", uri, read) or {}
+    if now.get("token") != me["token"]:
+        raise FolderInUseError(f"{uri} is in use by another sweep driver (pid {now.get('pid')} on {now.get('host')})")
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(lease / 4):
+            with contextlib.suppress(OSError):  # an outage: the next renewal tries again
+                write()
+
+    threading.Thread(target=renew, daemon=True, name="aimray-lease").start()
+    try:
+        yield
+    finally:
+        done.set()
+        with contextlib.suppress(OSError):
+            if (read() or {}).get("token") == me["token"]:
+                fs.delete_file(path)

@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 import pandas as pd
+import pyarrow.fs as pafs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
@@ -473,7 +474,10 @@ def sweep(
     experiment = f"{storage_path}/tune"
     # a missing --data-dir, a broken data file or asset fails here, before anything is written
     check_inputs(trial_config(spec, order, {}) for order in spec.all_orders())
-    with sweep_folder(out):  # one driver per sweep folder, from here to the end
+    lease = contextlib.nullcontext()
+    if storage:  # one driver per storage prefix too, across machines
+        lease = storage_lib.prefix_lease(fs or pafs.LocalFileSystem(), storage_path, storage)
+    with sweep_folder(out), lease:  # one driver per sweep folder, from here to the end
         restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
         if resume and not restorable:
             raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
