@@ -14,6 +14,15 @@ Every run uses the real backbone (the preset's) with a checkpoint every 2 optimi
   sweep-driver   `python sweeps/tune_controller.py` (sweeps/configs/smoke.yaml, 2 trials, one at a time, no
                  scheduler): its driver and local Ray SIGKILLed 5 times, resumed with --resume; every
                  trial's runs compared with an uninterrupted sweep's trial of the same config
+  stops          asked to stop, then continued by the same command: SIGTERM to the process (as Kubernetes,
+                 Slurm or a spot preemption sends it) and SIGINT to its process group (Ctrl-C in a shell) of
+                 the run in the process (--workers 0) and in a Ray Train worker (--workers 1), at a seeded
+                 moment after its first checkpoint; the seconds from the signal to the exit, the exit code
+  sweep-stops    the same for the sweep driver (then --resume), with a second driver started on the same
+                 --out while the first runs (it must refuse)
+  full-disk      the run with --out on a tmpfs too small for its next checkpoint (root and mount needed):
+                 it stops with one line, the tmpfs grows (as a user frees space) and the same command
+                 finishes
 Counted: kills survived, event rows lost or duplicated against the uninterrupted run (multisets), whether
 the matrices and events are identical. The table goes into a section of --results (between the
 `faults:begin` / `faults:end` markers), the raw figures into <out>/faults.json (cases run earlier are kept).
@@ -221,7 +230,14 @@ def sweep_driver_case(args: argparse.Namespace, out: Path, kills: int = 5) -> di
             totals["lost"] += c["lost"]
             totals["duplicated"] += c["duplicated"]
             totals["identical"] &= c["identical"]
-    return {"kills": len(delays), "delays": delays, "trials": len(pairs), "seconds": time.time() - t0, **totals}
+    return {
+        "kills": len(delays),
+        "delays": delays,
+        "trials": len(pairs),
+        "seconds": time.time() - t0,
+        "reference_seconds": span,
+        **totals,
+    }
 
 
 def matched_trials(ref: Path, other: Path) -> list[tuple[Path, Path]]:
@@ -241,7 +257,7 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
     k = figures["kills"]
     lines = [
         "<!-- faults:begin -->",
-        "## Faults: killed runs resume exactly",
+        "## Faults: killed and stopped runs resume exactly",
         "",
         f"`python benchmarks/faults.py --kills {args.kills} --preset {args.preset} --method {args.method}` "
         f"(cases: {', '.join(c for c, k in CASE_KEYS.items() if k in figures)}; {figures['date']}, "
@@ -289,18 +305,203 @@ def case_rows(figures: dict) -> list[str]:
     return rows
 
 
+STOPPED = {"w0": "the run (in the process)", "w1": "the run in a Ray Train worker"}
+SENT = {"SIGTERM": "SIGTERM to the process", "SIGINT": "SIGINT to its process group (Ctrl-C)"}
+
+
+def stop_rows(figures: dict) -> list[str]:
+    """Table rows of the stops, sweep-stops and full-disk cases, where they were run."""
+
+    def same(c: dict) -> str:
+        return "identical" if c["identical"] else "DIFFERENT"
+
+    rows = []
+    for key, c in figures.get("stops", {}).items():
+        where, sig = key.split("-")
+        rows.append(
+            f"| {SENT[sig]}: {STOPPED[where]}, exit {c['code']} {c['seconds']} s after the signal (`{c['line']}`); "
+            f"the same command | 1 | {c['lost']} | {c['duplicated']} | {same(c)} |"
+        )
+    for key, c in figures.get("sweep_stops", {}).items():
+        if key == "reference_seconds":
+            continue
+        if key == "second driver":
+            rows.append(
+                f"| a second sweep driver on the same --out: exit {c['code']} (`{c['line']}`) | – | – | – | – |"
+            )
+            continue
+        rows.append(
+            f"| {SENT[key]}: the sweep driver, exit {c['code']} {c['seconds']} s after the signal (`{c['line']}`); "
+            f"`--resume` | 1 | {c['lost']} | {c['duplicated']} | {same(c)} |"
+        )
+    disk = figures.get("full_disk")
+    if disk and "skipped" not in disk:
+        rows.append(
+            f"| --out on a 3 MiB tmpfs: exit {disk['code']} (`{disk['line']}`); tmpfs grown, the same command "
+            f"| 1 | {disk['lost']} | {disk['duplicated']} | {same(disk)} |"
+        )
+    return rows
+
+
+def worst_stop(figures: dict) -> str:
+    """The slowest stop of the stops and sweep-stops cases, in words ("" where none ran)."""
+    stops = {f"{SENT[k.split('-')[1]]}, {STOPPED[k.split('-')[0]]}": c for k, c in figures.get("stops", {}).items()}
+    stops |= {f"{SENT[k]}, the sweep driver": c for k, c in figures.get("sweep_stops", {}).items() if k in SENT}
+    if not stops:
+        return ""
+    name, c = max(stops.items(), key=lambda kv: kv[1]["seconds"])
+    return f"Slowest stop: {c['seconds']} s from the signal to the exit ({name}; the grace is 25 s)."
+
+
+def signal_during(cmd: list[str], sig: int, delay: float, group: bool, ready: Path) -> dict:
+    """Start `cmd` in its own session, send `sig` `delay` seconds after `ready` (a folder) has an entry (with
+    group=True to its whole process group, as a shell's Ctrl-C does); the exit code, seconds from the signal
+    to the exit, the last line."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, start_new_session=True)
+    while proc.poll() is None and not (ready.is_dir() and any(ready.iterdir())):
+        time.sleep(0.1)
+    try:
+        proc.wait(timeout=delay)
+        return {"code": proc.returncode, "seconds": 0.0, "line": "finished before the signal"}
+    except subprocess.TimeoutExpired:
+        sent = time.time()
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        _, err = proc.communicate(timeout=600)
+        lines = [line for line in err.decode().splitlines() if line.startswith(("[run]", "[sweep]", "error"))]
+        return {"code": proc.returncode, "seconds": round(time.time() - sent, 1), "line": (lines or [""])[-1]}
+
+
+def stops_case(args: argparse.Namespace, out: Path, span: float) -> dict:
+    """SIGTERM (the process) and SIGINT (the group) of the run in the process and in Ray Train, each once its
+    first checkpoint is written and then a seeded wait of up to 40% of the reference run's `span` seconds,
+    then the same command; compared with the reference."""
+    rng, cases = random.Random(args.seed + 2), {}
+    for workers in ("0", "1"):
+        for sig, group in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+            folder = out / f"stop-w{workers}-{signal.Signals(sig).name}"
+            shutil.rmtree(folder, ignore_errors=True)
+            cmd = [*command(args, folder, "train.threads=2"), "--workers", workers]  # the last --workers wins
+            stopped = signal_during(cmd, sig, rng.uniform(0.0, 0.4) * span, group, folder / "checkpoints")
+            run_once(cmd)
+            cases[f"w{workers}-{signal.Signals(sig).name}"] = {**stopped, **compare(out / "reference", folder)}
+    return cases
+
+
+def sweep_stops_case(args: argparse.Namespace, out: Path, span: float | None) -> dict:
+    """SIGTERM (the driver) and SIGINT (its group) of a sweep at a seeded moment between 30% and 60% of the
+    uninterrupted sweep's `span` seconds, then --resume; a second driver on the same --out while the first
+    runs; trials compared with the uninterrupted sweep's (made, and timed, if missing)."""
+    ref = out / "sweep-reference"
+    if not (ref / "trials.parquet").is_file() or span is None:
+        shutil.rmtree(ref, ignore_errors=True)
+        t0 = time.time()
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        subprocess.run(sweep_command(args, ref, False), check=True, **quiet)
+        span = time.time() - t0
+    rng, cases = random.Random(args.seed + 3), {"reference_seconds": span}
+    for sig, group in ((signal.SIGTERM, False), (signal.SIGINT, True)):
+        folder = out / f"sweep-{signal.Signals(sig).name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        proc = subprocess.Popen(
+            sweep_command(args, folder, False),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.3, 0.6) * span)
+        if sig == signal.SIGTERM:  # a second driver on the same folder, while the first runs
+            second = subprocess.run(sweep_command(args, folder, True), capture_output=True, text=True)
+            cases["second driver"] = {"code": second.returncode, "line": second.stderr.strip().splitlines()[-1]}
+        sent = time.time()
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        _, err = proc.communicate(timeout=600)
+        line = [x for x in err.decode().splitlines() if x.startswith("[sweep] interrupted")]
+        stopped = {"code": proc.returncode, "seconds": round(time.time() - sent, 1), "line": (line or [""])[-1]}
+        subprocess.run(
+            sweep_command(args, folder, True), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        totals = {"lost": 0, "duplicated": 0, "identical": True}
+        for a, b in matched_trials(ref, folder):
+            for order_dir in sorted(a.iterdir()):
+                c = compare(order_dir, b / order_dir.name)
+                totals = {k: totals[k] + c[k] if k != "identical" else totals[k] and c[k] for k in totals}
+        cases[signal.Signals(sig).name] = {**stopped, **totals}
+    return cases
+
+
+def full_disk_case(args: argparse.Namespace, out: Path) -> dict:
+    """The run with --out on a 3 MiB tmpfs (its first checkpoint does not fit): it stops with one line; the
+    tmpfs grows to 256 MiB and the same command finishes; compared with the reference."""
+    mount = out / "full-disk"
+    subprocess.run(["umount", str(mount)], stderr=subprocess.DEVNULL, check=False)
+    shutil.rmtree(mount, ignore_errors=True)
+    mount.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=False).returncode:
+        return {"skipped": "no tmpfs mount here (needs root)"}
+    try:
+        cmd = command(args, mount / "run", "train.threads=2")
+        first = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = [x for x in first.stderr.splitlines() if x.startswith("error")]
+        subprocess.run(["mount", "-o", "remount,size=256m", str(mount)], check=True)
+        run_once(cmd)
+        return {"code": first.returncode, "line": (line or [""])[-1], **compare(out / "reference", mount / "run")}
+    finally:
+        shutil.copytree(
+            mount / "run", out / "full-disk-run", dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints")
+        )
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def _num(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the faults section of `path` (or append it), leaving the rest as it is."""
+def write_sections(path: Path, figures: dict, args: argparse.Namespace) -> str:
+    """Replace the faults section (the kills) and the faults-stops section (stops, a full disk) of `path`
+    with those the figures hold (or append them), leaving the rest as it is; returns what was written."""
     from aimray.files import put_section, write_text_atomic
 
-    write_text_atomic(path, put_section(path.read_text() if path.exists() else "", "faults", section))
+    text, written = path.read_text() if path.exists() else "", []
+    if "same_seed" in figures:
+        written.append(markdown(figures, args))
+        text = put_section(text, "faults", written[-1])
+    if "stops_run" in figures:
+        written.append(stops_markdown(figures, args))
+        text = put_section(text, "faults-stops", written[-1])
+    write_text_atomic(path, text)
+    return "\n".join(written)
 
 
-CASE_KEYS = {"run": "same_seed", "ray-worker": "ray_worker", "sweep-driver": "sweep_driver"}  # in faults.json
+def stops_markdown(figures: dict, args: argparse.Namespace) -> str:
+    """The faults-stops section: runs and sweeps asked to stop, a second driver, a full disk."""
+    run = figures["stops_run"]
+    lines = [
+        "<!-- faults-stops:begin -->",
+        "## Faults: runs and sweeps asked to stop, a full disk",
+        "",
+        f"`python benchmarks/faults.py --cases {','.join(run['cases'])} --preset {args.preset} --method "
+        f"{args.method}` ({run['date']}, {run['machine']}): the real backbone, checkpoint every 2 steps; each "
+        "compared with an uninterrupted run (the sweeps: with an uninterrupted sweep, trials matched by config); "
+        "timings never compared.",
+        "",
+        "| case | stops | event rows lost | event rows duplicated | matrices and events vs uninterrupted |",
+        "|---|---|---|---|---|",
+        *stop_rows(figures),
+        "",
+        worst_stop(figures),
+        "<!-- faults-stops:end -->",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+CASE_KEYS = {  # in faults.json
+    "run": "same_seed",
+    "ray-worker": "ray_worker",
+    "sweep-driver": "sweep_driver",
+    "stops": "stops",
+    "sweep-stops": "sweep_stops",
+    "full-disk": "full_disk",
+}
 CASES = tuple(CASE_KEYS)
 
 
@@ -355,13 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     saved = out / "faults.json"
     figures = json.loads(saved.read_text()) if saved.is_file() else {}
     if args.report_only:
-        if "same_seed" not in figures:
-            parser.error(f"--report-only: {saved} holds no `run` case (run without --report-only first)")
-        write_section(Path(args.results), markdown(figures, args))
+        if "same_seed" not in figures and "stops" not in figures:
+            parser.error(f"--report-only: {saved} holds no case (run without --report-only first)")
+        write_sections(Path(args.results), figures, args)
         return 0
     out.mkdir(parents=True, exist_ok=True)
-    if "run" in cases or not (out / "reference" / "matrix.json").is_file():
+    if "run" in cases:
         figures.update(run_case(args, out))
+    elif not (out / "reference" / "matrix.json").is_file() or "reference_seconds" not in figures:
+        print(f"[faults] reference run ({args.preset}, {args.method})", flush=True)
+        shutil.rmtree(out / "reference", ignore_errors=True)
+        figures["reference_seconds"] = run_once(command(args, out / "reference", "train.threads=2"))
     if "ray-worker" in cases:
         print("[faults] Ray Train worker killed mid-task", flush=True)
         shutil.rmtree(out / "ray-worker", ignore_errors=True)
@@ -371,13 +576,25 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("sweep-reference", "sweep-killed"):
             shutil.rmtree(out / name, ignore_errors=True)
         figures["sweep_driver"] = sweep_driver_case(args, out)
-    figures.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"})
+    if "stops" in cases:
+        print("[faults] runs asked to stop (SIGTERM, SIGINT; in the process and in Ray Train)", flush=True)
+        figures["stops"] = stops_case(args, out, figures["reference_seconds"])
+    if "sweep-stops" in cases:
+        print("[faults] sweep drivers asked to stop, and a second driver", flush=True)
+        figures["sweep_stops"] = sweep_stops_case(args, out, figures.get("sweep_driver", {}).get("reference_seconds"))
+    if "full-disk" in cases:
+        print("[faults] a full disk", flush=True)
+        figures["full_disk"] = full_disk_case(args, out)
+    stamp = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+    figures.update(stamp if {"run", "ray-worker", "sweep-driver"} & set(cases) else {})
+    if {"stops", "sweep-stops", "full-disk"} & set(cases):
+        figures["stops_run"] = {**stamp, "cases": [c for c in cases if c in ("stops", "sweep-stops", "full-disk")]}
     saved.write_text(json.dumps(figures, indent=1, default=str))
-    section = markdown(figures, args)
-    write_section(Path(args.results), section)
-    print(section)
-    checks = [figures["same_seed"], figures["kills"], figures.get("ray_worker"), figures.get("sweep_driver")]
-    return 0 if all(c["identical"] for c in checks if c) else 1
+    print(write_sections(Path(args.results), figures, args))
+    checks = [figures.get("same_seed"), figures.get("kills"), figures.get("ray_worker"), figures.get("sweep_driver")]
+    checks += [*figures.get("stops", {}).values(), figures.get("full_disk")]
+    checks += [v for k, v in figures.get("sweep_stops", {}).items() if k in SENT]
+    return 0 if all(c["identical"] for c in checks if c and "identical" in c) else 1
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,26 @@ def run_name(cfg: AimRunConfig, out: Path) -> str:
     return f"{cfg.method}-o{cfg.order}-s{cfg.seed}-{digest}"
 
 
+def fit_off_the_main_thread(trainer: TorchTrainer):
+    """trainer.fit() in a thread of its own: Ray Train registers its SIGINT handler (abort the run, no
+    checkpoint) only when fit() runs in the main thread, which here keeps aimray's (the workers checkpoint)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as err:  # handed to the main thread as it is
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="aimray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # the main thread wakes to run signal handlers
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def run_with_ray_train(
     cfg: AimRunConfig,
     out: str | Path,
@@ -234,7 +255,7 @@ def run_with_ray_train(
     if flag is not None:
         asking_workers = asking(flag, "[run]", "the workers finish their step, checkpoint and stop")
     with asking_workers as asked:
-        result = trainer.fit()
+        result = fit_off_the_main_thread(trainer) if flag is not None else trainer.fit()
     if result.error is not None:
         raise RuntimeError(f"Ray Train run failed: {result.error}") from result.error
     if remote is not None:
