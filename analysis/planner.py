@@ -114,12 +114,14 @@ def plan_next(
     left_hours: float,
     design: Design,
     reference: str = REFERENCE,
+    limit: int | None = None,
 ) -> list[tuple[str, int]]:
     """The runs to add, in the order to start them, as (method, pair index from 0): `pairs` has each
     method's pairs so far (the reference's included), `sd0` each compared method's pilot spread per metric
     (points), `hours` a run's cost per method. Greedy: the next pair goes to the method whose metrics still
     short of their target gain the most interval width (in margins) per hour, counting the reference's run
-    where that pair lacks one; until every target is met or the next pair would overrun `left_hours`."""
+    where that pair lacks one; until every target is met, the next pair would overrun `left_hours` or the
+    methods have the `limit` pairs there are."""
     have = dict(pairs)
     plan: list[tuple[str, int]] = []
     targets = {m: {k: target_pairs(s, design) for k, s in by.items()} for m, by in sd0.items()}
@@ -132,7 +134,7 @@ def plan_next(
                 for k, s in by.items()
                 if n < targets[m][k]
             )
-            if gain <= 0:
+            if gain <= 0 or (limit is not None and n >= limit):
                 continue
             cost = hours[m] + (hours[reference] if have.get(reference, 0) <= n else 0.0)
             if cost <= left_hours + 1e-9 and gain / cost > best_rate:
@@ -175,6 +177,60 @@ def comparisons(
             row["power_pairs"] = pairs_for_power(row["sd0"], row["mean"], design) if row["target"] else None
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def leading_pairs(runs: pd.DataFrame, method: str, sequence: Sequence[tuple[int, int]]) -> int:
+    """How many pairs of the sequence, from the first, `method` has finished without a gap."""
+    mine = runs[runs.method == method]
+    done = set(zip(mine.order, mine.seed, strict=True))
+    n = 0
+    for pair in sequence:
+        if pair not in done:
+            break
+        n += 1
+    return n
+
+
+def standing(runs: pd.DataFrame | None, sequence, design: Design, budget_hours: float) -> dict:
+    """Where a planned study stands, from its finished runs (analysis.tables.run_metrics): run hours spent
+    ("spent", each run's wall time), a run's mean hours per method ("hours"), every method's leading pairs
+    ("pairs"), the plan from here ("plan": None until the pilot is complete, [] once nothing is left) and the
+    comparisons ("table": final once nothing is left to plan)."""
+    if runs is None or runs.empty:
+        return {"runs": None, "plan": None, "spent": 0.0}
+    methods = list(dict.fromkeys(runs.method))
+    hours_of = runs.groupby("method").wall_seconds.mean() / 3600
+    hours = {m: float(hours_of[m]) for m in methods}
+    pairs = {m: leading_pairs(runs, m, sequence) for m in methods}
+    spent = float(runs.wall_seconds.sum() / 3600)
+    table = comparisons(runs, sequence, design, final=False)
+    compared = list(dict.fromkeys(table.method)) if len(table) else []
+    state = {"runs": runs, "plan": None, "spent": spent, "hours": hours, "pairs": pairs, "table": table}
+    if REFERENCE not in pairs or any(pairs[m] < design.pilot for m in [REFERENCE, *compared]):
+        return state
+    sd0 = {m: dict(zip(table[table.method == m].metric, table[table.method == m].sd0, strict=True)) for m in compared}
+    plan = plan_next(pairs, sd0, hours, budget_hours - spent, design, limit=len(sequence))
+    return state | {"plan": plan, "table": comparisons(runs, sequence, design, final=not plan)}
+
+
+def progress(root) -> dict | None:
+    """A planned study's standing from its folder alone (the notebook's view): <root>/plan.json's design,
+    pair sequence and latest budget, and its finished runs; None without a plan."""
+    import json
+    from pathlib import Path
+
+    from analysis import tables as T
+    from analysis.load import open_study
+
+    path = Path(root) / "plan.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    design = Design(**record["design"])
+    runs = T.run_metrics(open_study(root))
+    sequence = [tuple(pair) for pair in record["sequence"]]
+    state = standing(runs, sequence, design, record["budgets"][-1])
+    return state | {"design": design, "budget": record["budgets"][-1], "rounds": len(record["rounds"])}
 
 
 def fixed_design_hours(table: pd.DataFrame, hours: Mapping[str, float], reference: str = REFERENCE) -> float:

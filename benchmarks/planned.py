@@ -34,46 +34,17 @@ def pair_sequence(benchmark: str, orders: list[int], seeds: list[int], more_seed
     )
 
 
-def leading_pairs(runs, method: str, sequence: list[tuple[int, int]]) -> int:
-    """How many pairs of the sequence, from the first, `method` has finished without a gap."""
-    mine = runs[runs.method == method]
-    done = set(zip(mine.order, mine.seed, strict=True))
-    n = 0
-    for pair in sequence:
-        if pair not in done:
-            break
-        n += 1
-    return n
-
-
 def read_state(out: Path, sequence, methods: list[str], design: P.Design, budget_hours: float, mode: str | None = None):
-    """Where the plan stands: the finished runs (analysis.tables.run_metrics in `mode`: default, each run's
-    headline scoring, generation under the long preset), every compared
-    method's leading pairs and pilot spreads, run hours per method, hours spent, the plan from here and the
-    comparisons' readings (final once nothing is left to plan)."""
+    """Where the plan stands (analysis.planner.standing) from the runs of `methods` under `out`, in `mode`
+    (default: each run's headline scoring, generation under the long preset)."""
     from analysis import tables as T
     from analysis.load import NotAStudyError, open_study
 
     try:
         runs = T.run_metrics(open_study(out, mode=mode))
     except NotAStudyError:
-        runs = None
-    if runs is None or runs.empty:
-        return {"runs": None, "plan": None, "spent": 0.0}
-    runs = runs[runs.method.isin(methods)]
-    hours_of = runs.groupby("method").wall_seconds.mean() / 3600
-    fallback = float(hours_of.mean())
-    hours = {m: float(hours_of.get(m, fallback)) for m in methods}
-    pairs = {m: leading_pairs(runs, m, sequence) for m in methods}
-    table = P.comparisons(runs, sequence, design, final=False)
-    compared = [m for m in dict.fromkeys(table.method)] if len(table) else []
-    if any(pairs[m] < design.pilot for m in [P.REFERENCE, *compared]):
-        return {"runs": runs, "plan": None, "spent": float(runs.wall_seconds.sum() / 3600), "table": table}
-    sd0 = {m: dict(zip(table[table.method == m].metric, table[table.method == m].sd0, strict=True)) for m in compared}
-    spent = float(runs.wall_seconds.sum() / 3600)
-    plan = P.plan_next(pairs, sd0, hours, budget_hours - spent, design)
-    table = P.comparisons(runs, sequence, design, final=not plan)
-    return {"runs": runs, "plan": plan, "spent": spent, "hours": hours, "pairs": pairs, "table": table}
+        return P.standing(None, sequence, design, budget_hours)
+    return P.standing(runs[runs.method.isin(methods)] if len(runs) else runs, sequence, design, budget_hours)
 
 
 def check_plan_file(out: Path, design: P.Design, budget_hours: float, sequence) -> dict:
@@ -116,14 +87,18 @@ def run_planned(
         state = read_state(out, sequence, methods, design, args.budget_hours)
         if not state["plan"]:
             break
-        batch = [make(m, *sequence[i]) for m, i in state["plan"][:slots]]
+        room = slots if args.max_runs is None else min(slots, args.max_runs - len(tried))
+        if room <= 0:
+            print(f"[plan] --max-runs {args.max_runs} reached in this sitting; the same command continues")
+            break
+        batch = [make(m, *sequence[i]) for m, i in state["plan"][:room]]
         again = [f"{c.method} order {c.order} seed {c.seed}" for c in batch if (c.method, c.order, c.seed) in tried]
         if again:  # it ran in this sitting and did not finish: its folder says why
             raise RuntimeError(f"planned run(s) did not finish: {', '.join(again)} (see their folders under {out})")
         tried |= {(c.method, c.order, c.seed) for c in batch}
         left = len(state["plan"])
         print(
-            f"[plan] {state['spent']:.1f} of {args.budget_hours} h spent; {left} runs planned; next: "
+            f"[plan] {hours(state['spent'])} of {hours(args.budget_hours)} spent; {left} runs planned; next: "
             + ", ".join(f"{c.method} order {c.order} seed {c.seed}" for c in batch)
         )
         record["rounds"].append(
@@ -175,6 +150,7 @@ def study_markdown(out: Path, args, design: P.Design, sequence, methods: list[st
         cells.insert(len(cells.columns) - 1, "rehearsal examples", [f"{v:.0f}" for v in table.rehearsal_examples])
         body += ["", f"## Methods, scoring: {mode}", "", R.markdown(cells)]
     body += decisions_section(state, design, args.budget_hours, sequence, out, methods)
+    body += open_questions(state.get("table"))
     study = open_study(out).select(list(runs.path))
     body += quality.controller_section(study, out, Path(args.results))
     body += R.claims(T.method_table(quality.common_pairs(runs)))
@@ -186,6 +162,27 @@ def _modes(out: Path) -> list[list[str]]:
     from analysis.load import run_folders, run_modes
 
     return [run_modes(Manifest.read(folder)) for folder in run_folders(out)]
+
+
+def open_questions(table) -> list[str]:
+    """In plain words, what the headline scoring has decided and what is still open."""
+    if table is None or table.empty:
+        return []
+    from analysis.tables import NAMES
+
+    def said(r) -> str:
+        if r.decision == "difference":
+            return f"{r.method} {NAMES[r.metric]}: AimMerging {'higher' if r.mean > 0 else 'lower'} ({r.mean:+.2f})"
+        if r.decision == "equivalent":
+            return f"{r.method} {NAMES[r.metric]}: practically equivalent ({r.mean:+.2f})"
+        return f"{r.method} {NAMES[r.metric]} ({r.decision}, {r.pairs} pairs, mean {r.mean:+.2f})"
+
+    decided = [said(r) for r in table.itertuples() if r.decision in ("difference", "equivalent")]
+    still = [said(r) for r in table.itertuples() if r.decision not in ("difference", "equivalent")]
+    lines = ["", "Decided: " + ("; ".join(decided) if decided else "nothing yet") + "."]
+    if still:
+        lines.append("Still open: " + "; ".join(still) + ".")
+    return lines
 
 
 def hours(h: float) -> str:

@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="adaptive: points within which two methods count as practically equivalent (default 1.0)",
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="adaptive: the design's two-sided error rate")
+    parser.add_argument(
+        "--max-runs",
+        type=int,
+        dest="max_runs",
+        help="adaptive: start at most this many planned runs in this sitting (the pilot aside); the same "
+        "command continues",
+    )
     add_plugins_arg(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides for every run")
     return parser

@@ -53,6 +53,8 @@ def test_plan_spends_the_budget_where_width_per_hour_is_largest():
     sd0 = {"wide": {"op": 3.0}, "other": {"op": 3.0}}
     plan = P.plan_next({"aimmerging": 4, "wide": 4, "other": 4}, sd0, hours | {"other": 0.5}, 2.0, design)
     assert plan == [("aimmerging", 4), ("wide", 4), ("other", 4)]
+    # no more pairs than the sequence has
+    assert P.plan_next(pairs, {"wide": {"op": 3.0}}, hours, 100.0, design, limit=5) == [("aimmerging", 4), ("wide", 4)]
     # every target met: nothing to add, whatever the budget
     assert P.plan_next({"aimmerging": 9, "wide": 9}, {"wide": {"op": 0.3}}, hours, 100.0, design) == []
 
@@ -109,3 +111,17 @@ def test_comparisons_read_pairs_in_sequence_and_skip_the_references():
     assert rep.pairs == 1 and rep.decision == "pilot"
     hours = {"aimmerging": 1.0, "seqlora": 0.5, "replay": 0.5}
     assert P.fixed_design_hours(table, hours) == 5 * 2.0
+
+
+def test_standing_plans_once_the_pilot_is_complete_and_reads_finally_when_the_budget_is_spent():
+    design = P.Design(pilot=4)
+    sequence = [(o, 0) for o in (4, 5, 6, 101, 102, 103, 104)]
+    values = {"aimmerging": {4: 60, 5: 62, 6: 61, 101: 66}, "seqlora": {4: 55, 5: 58, 6: 57, 101: 58}}
+    early = P.standing(_runs({"aimmerging": values["aimmerging"], "seqlora": {4: 55, 5: 58}}), sequence, design, 20.0)
+    assert early["plan"] is None and early["spent"] == 6.0  # the pilot is not complete: nothing planned
+    state = P.standing(_runs(values), sequence, design, budget_hours=12.0)  # 8 run hours spent, a pair costs 2
+    assert state["plan"] == [("aimmerging", 4), ("seqlora", 4), ("aimmerging", 5), ("seqlora", 5)]
+    assert set(state["table"].decision) == {"running"}  # provisional while runs are planned
+    spent = P.standing(_runs(values), sequence, design, budget_hours=9.0)  # not one more pair fits
+    assert spent["plan"] == [] and set(spent["table"].decision) <= {"difference", "equivalent", "open"}
+    assert P.standing(None, sequence, design, 9.0)["plan"] is None

@@ -166,4 +166,4 @@ def quiet_tune_hints() -> None:
     resumed trial reports a step again (it does: the trial restarts from its runs' checkpoints)."""
     for name in ("ray.tune", "ray.tune.tune", "ray.tune.impl.tuner_internal", "ray.tune.execution.tune_controller"):
         logging.getLogger(name).addFilter(_Drop())
-    warnings.filterwarnings("ignore", message=".*reported value is ignored because this step.*")
+    warnings.filterwarnings("ignore", message=".*reported value is ignored because this `?step.*")
