@@ -141,7 +141,16 @@ def study_markdown(out: Path, args, design: P.Design, sequence, methods: list[st
     if state["runs"] is None:
         return "\n".join([*head, "No run has finished yet.", ""])
     runs = state["runs"]
-    body = [f"{len(runs)} runs finished: " + ", ".join(f"{m} {n}" for m, n in runs.method.value_counts().items()) + "."]
+    pilot = set(sequence[: design.pilot])
+    in_pilot = [(o, sd) in pilot for o, sd in zip(runs.order, runs.seed, strict=True)]
+    per = runs[in_pilot].method.value_counts()
+    body = [
+        f"Pilot ({design.pilot} pairs: {', '.join(f'order {o} seed {sd}' for o, sd in sequence[: design.pilot])}): "
+        f"{sum(in_pilot)} of {len(methods) * design.pilot} runs finished ("
+        + ", ".join(f"{m} {per.get(m, 0)}" for m in methods)
+        + f"; the rest queued in that order); planned runs finished: {len(runs) - sum(in_pilot)}. Wall times are "
+        "of runs that shared this 2-core machine (two at a time, and with tests at times): compute spent, not speed."
+    ]
     for mode in dict.fromkeys(m for ms in _modes(out) for m in ms):
         mruns = T.run_metrics(open_study(out, mode=mode))
         mruns = mruns[mruns.method.isin(methods)]
