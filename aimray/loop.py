@@ -449,10 +449,14 @@ def disk_full(ckpt: Checkpointer) -> DiskFullError:
         previous = ckpt.latest()
     needed = folder_bytes(previous) if previous is not None else 0
     free = shutil.disk_usage(out).free
-    last = f"the last complete checkpoint, {previous.name}, is intact" if previous else "no checkpoint yet"
+    if previous is None:  # nothing to size the next checkpoint by
+        what = f"({_size(free)} free; the first checkpoint was being written)"
+    else:
+        what = f"(a checkpoint needs about {_size(needed)}, {_size(free)} free); the last complete checkpoint, "
+        what += f"{previous.name}, is intact"
     return DiskFullError(
-        f"{out}: no space left on device while writing events and a checkpoint (a checkpoint needs about "
-        f"{_size(needed)}, {_size(free)} free); {last}: free space and run the same command",
+        f"{out}: no space left on device while writing events and a checkpoint {what}: free space and run the "
+        "same command",
     )
 
 

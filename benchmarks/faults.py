@@ -257,7 +257,7 @@ def markdown(figures: dict, args: argparse.Namespace) -> str:
     k = figures["kills"]
     lines = [
         "<!-- faults:begin -->",
-        "## Faults: killed and stopped runs resume exactly",
+        "## Faults: killed runs resume exactly",
         "",
         f"`python benchmarks/faults.py --kills {args.kills} --preset {args.preset} --method {args.method}` "
         f"(cases: {', '.join(c for c, k in CASE_KEYS.items() if k in figures)}; {figures['date']}, "

@@ -50,8 +50,7 @@ def build_parser() -> ArgumentParser:
         "--max-failures",
         type=int,
         dest="max_failures",
-        help="times a trial whose process or node dies starts again, its runs from their last checkpoint "
-        "(default 2)",
+        help="times a trial whose process or node dies starts again, its runs from their last checkpoint (default 2)",
     )
     parser.add_argument("--workers", type=int, help="Ray Train workers per run (default 0: in the trial)")
     parser.add_argument(
