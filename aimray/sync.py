@@ -75,7 +75,7 @@ def sync(
     travel before the checkpoint that follows them, as the run wrote them, and its manifest last."""
     stamps = {} if stamps is None else stamps
     files = src.files(keep)
-    ordered = sorted(files, key=lambda rel: (rel.startswith(later) if later else False, rel))
+    ordered = sorted(files, key=lambda rel: (rel.startswith(later), rel))  # startswith(()) is False
     copied = [rel for rel in ordered if rel != last and _copy_if_changed(src, dst, rel, files[rel], stamps)]
     for rel in sorted(dst.files(keep).keys() - files.keys()) if prune else ():  # gone from the source
         dst.fs.delete_file(f"{dst.path}/{rel}")

@@ -222,22 +222,27 @@ def sweep_driver_case(args: argparse.Namespace, out: Path, kills: int = 5) -> di
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.decode()[-2000:]}")
         break
-    pairs = matched_trials(ref, killed)
-    totals = {"lost": 0, "duplicated": 0, "identical": bool(pairs)}
+    return {
+        "kills": len(delays),
+        "delays": delays,
+        "seconds": time.time() - t0,
+        "reference_seconds": span,
+        **compare_sweeps(ref, killed),
+    }
+
+
+def compare_sweeps(ref: Path, other: Path) -> dict:
+    """`compare` summed over every order of every trial the two sweeps share (matched by config), and how many
+    trials that is; not identical when they share none."""
+    pairs = matched_trials(ref, other)
+    totals = {"trials": len(pairs), "lost": 0, "duplicated": 0, "identical": bool(pairs)}
     for a, b in pairs:
         for order_dir in sorted(a.iterdir()):
             c = compare(order_dir, b / order_dir.name)
             totals["lost"] += c["lost"]
             totals["duplicated"] += c["duplicated"]
             totals["identical"] &= c["identical"]
-    return {
-        "kills": len(delays),
-        "delays": delays,
-        "trials": len(pairs),
-        "seconds": time.time() - t0,
-        "reference_seconds": span,
-        **totals,
-    }
+    return totals
 
 
 def matched_trials(ref: Path, other: Path) -> list[tuple[Path, Path]]:
@@ -420,12 +425,7 @@ def sweep_stops_case(args: argparse.Namespace, out: Path, span: float | None) ->
         subprocess.run(
             sweep_command(args, folder, True), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        totals = {"lost": 0, "duplicated": 0, "identical": True}
-        for a, b in matched_trials(ref, folder):
-            for order_dir in sorted(a.iterdir()):
-                c = compare(order_dir, b / order_dir.name)
-                totals = {k: totals[k] + c[k] if k != "identical" else totals[k] and c[k] for k in totals}
-        cases[signal.Signals(sig).name] = {**stopped, **totals}
+        cases[signal.Signals(sig).name] = {**stopped, **compare_sweeps(ref, folder)}
     return cases
 
 

@@ -151,14 +151,15 @@ def study_markdown(out: Path, args, design: P.Design, sequence, methods: list[st
         + f"; the rest queued in that order); planned runs finished: {len(runs) - sum(in_pilot)}. Wall times are "
         "of runs that shared this 2-core machine (two at a time, and with tests at times): compute spent, not speed."
     ]
+    by_mode = {}  # every scoring's finished runs, the headline (the runs' first scoring) first
     for mode in dict.fromkeys(m for ms in _modes(out) for m in ms):
         mruns = T.run_metrics(open_study(out, mode=mode))
-        mruns = mruns[mruns.method.isin(methods)]
-        table = T.method_table(mruns)
+        by_mode[mode] = mruns[mruns.method.isin(methods)]
+        table = T.method_table(by_mode[mode])
         cells = R.comparison(table, metrics_shown=("op", "bwt", "fwt_paper", "fwt_base", "forgetting"))
         cells.insert(len(cells.columns) - 1, "rehearsal examples", [f"{v:.0f}" for v in table.rehearsal_examples])
         body += ["", f"## Methods, scoring: {mode}", "", R.markdown(cells)]
-    body += decisions_section(state, design, args.budget_hours, sequence, out, methods)
+    body += decisions_section(state, design, args.budget_hours, sequence, by_mode)
     body += open_questions(state.get("table"))
     study = open_study(out).select(list(runs.path))
     body += quality.controller_section(study, out, Path(args.results))
@@ -199,12 +200,10 @@ def hours(h: float) -> str:
     return f"{h:.2f} h" if h >= 0.1 else f"{60 * h:.1f} min"
 
 
-def decisions_section(state: dict, design: P.Design, budget: float, sequence, out: Path, methods) -> list[str]:
-    """The comparisons' readings in each scoring, the hours the plan spent against a fixed grid's for the same
-    decisions, and what the open ones would need."""
+def decisions_section(state: dict, design: P.Design, budget: float, sequence, by_mode: dict) -> list[str]:
+    """The comparisons' readings in each scoring (`by_mode`: its finished runs, the headline first), the hours
+    the plan spent against a fixed grid's for the same decisions, and what the open ones would need."""
     from analysis import report as R
-    from analysis import tables as T
-    from analysis.load import open_study
 
     lines = [
         "",
@@ -220,15 +219,9 @@ def decisions_section(state: dict, design: P.Design, budget: float, sequence, ou
         "under 6% of 4,000 studies; stopping at the first plain t interval that clears 0 does so in over 12%.",
     ]
     final = not state.get("plan")
-    modes = _modes(out)
-    for mode in dict.fromkeys(m for ms in modes for m in ms):
-        runs = T.run_metrics(open_study(out, mode=mode))
-        table = P.comparisons(runs[runs.method.isin(methods)], sequence, design, final=final)
-        lines += [
-            "",
-            f"Scoring: {mode}" + (" (the runs' headline: it decides the plan)" if mode == modes[0][0] else ""),
-            "",
-        ]
+    for k, (mode, runs) in enumerate(by_mode.items()):
+        table = P.comparisons(runs, sequence, design, final=final)
+        lines += ["", f"Scoring: {mode}" + (" (the runs' headline: it decides the plan)" if k == 0 else ""), ""]
         lines.append(R.markdown(R.decision_cells(table, state.get("hours"))) if len(table) else "No pairs yet.")
     if state.get("hours") is None:
         return [*lines, "", "The pilot is not complete: nothing planned yet."]

@@ -176,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.results is None:
         default_results = preset.get("results", DEFAULT_RESULTS)
         args.results = str(default_results if out == default_out.resolve() else out / "RESULTS.md")
-    t0 = time.time()
+    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # what makes the runs
+    command = " ".join(["python", "benchmarks/quality.py", *shown])
     if args.plan == "adaptive":
-        return adaptive(args, cfgs, out, methods, orders, seeds, overrides, preset, argv)
+        return adaptive(args, cfgs, out, methods, orders, seeds, overrides, preset, command)
+    t0 = time.time()
     if not args.report_only:
         try:
             run_study(cfgs, out, args.cpus_per_run)
@@ -186,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[study] {stop}", file=sys.stderr)
             return stop.exit_code
     paths = {str(run_dir(out, cfg).relative_to(out)): cfg.method for cfg in cfgs}  # run folder -> its method
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]  # what makes the runs
-    command = " ".join(["python", "benchmarks/quality.py", *shown])
     text = results_markdown(out, paths, command, time.time() - t0, args.preset, cfgs[0].data.test, Path(args.results))
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, argv) -> int:
+def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, command: str) -> int:
     """--plan adaptive: the grid as the pilot, then the planned pairs (benchmarks/planned.py); the write-up
     from every finished run of the study folder."""
     import planned
@@ -222,10 +222,7 @@ def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, a
             except StudyInterrupted as stop:  # finished runs cached, plan.json has every round so far
                 print(f"[study] {stop}", file=sys.stderr)
                 return stop.exit_code
-        shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
-        text = planned.study_markdown(
-            out, args, design, sequence, methods, " ".join(["python", "benchmarks/quality.py", *shown])
-        )
+        text = planned.study_markdown(out, args, design, sequence, methods, command)
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

@@ -118,9 +118,7 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
     then, once they all have or grace_seconds() have passed, asks Tune to stop (SIGUSR1: Tune saves its state and ends
     the trials); a second stops at once. Yields a Stop whose signum says whether, and how, it was asked."""
 
-    def tune_stops(signum: int) -> None:  # in a thread: a signal handler only records the signal
-        log(f"[sweep] {signal.Signals(signum).name}: the running trials checkpoint and stop (again to stop at once)")
-        flag.ask.remote(signum)
+    def tune_stops(_signum: int) -> None:
         deadline = time.monotonic() + grace_seconds()
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
@@ -129,22 +127,24 @@ def driver_signals(flag, log: Callable[[str], None] = print) -> Iterator[Stop]:
             time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop: state saved, trials ended
 
-    def handle(signum: int) -> None:  # in the handler: only start the thread
-        threading.Thread(target=tune_stops, args=(signum,), daemon=True).start()
-
-    with first_signal(Stop(), handle) as asked:
+    with asking(flag, "[sweep]", "the running trials checkpoint and stop", log, then=tune_stops) as asked:
         yield asked
 
 
 @contextlib.contextmanager
-def asking(flag, who: str, what: str, log: Callable[[str], None] = print) -> Iterator[Stop]:
+def asking(
+    flag, who: str, what: str, log: Callable[[str], None] = print, then: Callable[[int], None] | None = None
+) -> Iterator[Stop]:
     """SIGINT and SIGTERM inside the block: the first asks `flag` (its runs checkpoint and stop) and says so
-    in one line, `who` and `what` ("[study]", "the running runs checkpoint and stop"); a second stops at
-    once. Yields a Stop whose signum says whether, and how, it was asked."""
+    in one line, `who` and `what` ("[study]", "the running runs checkpoint and stop"), then calls `then(signum)`
+    if given, all in a thread of its own (a signal handler only records the signal); a second stops at once.
+    Yields a Stop whose signum says whether, and how, it was asked."""
 
-    def ask(signum: int) -> None:  # in a thread: a signal handler only records the signal
+    def ask(signum: int) -> None:
         log(f"{who} {signal.Signals(signum).name}: {what} (again to stop at once)")
         flag.ask.remote(signum)
+        if then is not None:
+            then(signum)
 
     def handle(signum: int) -> None:
         threading.Thread(target=ask, args=(signum,), daemon=True).start()
