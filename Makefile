@@ -1,6 +1,6 @@
 # aimray: two commands on a fresh machine, each doing its own set-up (venv in .venv, dependencies, assets).
 #   make demo   the main job on the embedded default (SmolLM2-135M-Instruct, offline tasks)
-#   make test   the whole test suite (what CI runs)
+#   make test   the whole test suite (what CI runs), in two pytest workers (TEST_WORKERS=0: one process)
 # GPU users: make venv TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
 # (any CUDA build of torch >= 2.4 works; the default installs the CPU wheel).
 
@@ -11,6 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
+TEST_WORKERS ?= 2
 
 .PHONY: venv assets demo test lint format clean
 
@@ -32,7 +33,7 @@ demo: assets
 test: assets
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -134,6 +134,15 @@ class EventWriter:
         self.parts += 1
         return self.parts
 
+    def missing(self, parts: int) -> list[str]:
+        """The parts before `parts` (what a checkpoint follows) that are not there, as kind/part-NNNNN."""
+        return [
+            f"{kind}/part-{i:05d}"
+            for kind in (SCHEMAS if self.enabled else ())
+            for i in range(parts)
+            if not (self.root / kind / f"part-{i:05d}.parquet").exists()
+        ]
+
     def truncate(self, parts: int) -> None:
         """On resume: forget buffered rows and delete parts written after the checkpoint."""
         self.parts = parts

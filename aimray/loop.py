@@ -289,8 +289,14 @@ def restore(r: Run, path: Path) -> SavedTask | None:
     r.manifest.started_at = r.state.started_at
     assign(r.params, adapter)
     r.memory.load_state_dict(memory, {d.name: d.train for d in r.data})
-    r.events.truncate(r.state.event_parts)
     name = checkpoint.checkpoint_name(r.state.stage, task.state["step"] if task is not None else 0)
+    if missing := r.events.missing(r.state.event_parts):  # resuming would leave a hole in the trajectory
+        raise ValueError(
+            f"{r.out}: checkpoint {name} follows {r.state.event_parts} event parts, but events/"
+            f"{', events/'.join(missing[:3])}{' ...' if len(missing) > 3 else ''} are missing: the events are "
+            f"behind the checkpoint (an older copy of the run folder over a newer one?); delete {r.out} to start again"
+        )
+    r.events.truncate(r.state.event_parts)
     r.manifest.resumed_from = name  # the folder may be a copy under another name (Ray Train's)
     r.shared.resume(r.out)  # what earlier attempts took from the computations shared
     r.log(f"[run] {r.state.run_id}: resuming from checkpoint {name}" + (f" ({path})" if path.name != name else ""))

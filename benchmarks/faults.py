@@ -23,6 +23,14 @@ Every run uses the real backbone (the preset's) with a checkpoint every 2 optimi
   full-disk      the run with --out on a tmpfs too small for its next checkpoint (root and mount needed):
                  it stops with one line, the tmpfs grows (as a user frees space) and the same command
                  finishes
+  node-lost      the sweep (two trials at once) on a two-node Ray cluster started here whose nodes share
+                 only an S3 bucket (moto on 127.0.0.1; the worker node's --out is a tmpfs of its own; root and
+                 unshare needed): every process of the worker node SIGKILLed once a run there has
+                 checkpointed; Tune retries the trial on the head from its copy in the bucket
+  storage-outage the sweep with --storage on an S3 server (moto behind a relay) that goes down (connections
+                 refused) for 60 s once a run has reached it: uploads retry with backoff; then an outage past
+                 the limit ($AIMRAY_STORAGE_OUTAGE_S=20, down until the driver ends), back, --resume
+  storage-hang   the same with a server that stops answering (SIGSTOP: connections accepted, never answered)
 Counted: kills survived, event rows lost or duplicated against the uninterrupted run (multisets), whether
 the matrices and events are identical. The table goes into a section of --results (between the
 `faults:begin` / `faults:end` markers), the raw figures into <out>/faults.json (cases run earlier are kept).
@@ -32,6 +40,7 @@ Timings (wall_seconds, eval_seconds) are never compared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -45,7 +54,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import testbed
 
 from aimray.events import TIMINGS
 
@@ -345,7 +356,33 @@ def stop_rows(figures: dict) -> list[str]:
             f"| --out on a 3 MiB tmpfs: exit {disk['code']} (`{disk['line']}`); tmpfs grown, the same command "
             f"| 1 | {disk['lost']} | {disk['duplicated']} | {same(disk)} |"
         )
+    if "node_lost" in figures:
+        n = figures["node_lost"]
+        retried = f"trial {n['lost_trial']} retried on the head" if n["retried"] else "NO TRIAL RETRIED"
+        rows.append(
+            "| two nodes sharing only an S3 bucket (moto), two trials at once: every process of the worker node "
+            f"SIGKILLed {n['lost_after']} s in, once a run there had checkpointed; {retried}, exit {n['code']} "
+            f"({n['trials']} trials matched by config) | 1 | {n['lost']} | {n['duplicated']} | {same(n)} |"
+        )
+    for key, how in (("storage_outage", "down"), ("storage_hang", "frozen")):
+        for name, c in figures.get(key, {}).items():
+            rows.append(f"| {outage_words(how, name, c)} | 1 | {c['lost']} | {c['duplicated']} | {same(c)} |")
     return rows
+
+
+def outage_words(how: str, name: str, c: dict) -> str:
+    """The case column of a storage-outage row."""
+    gone = {
+        "down": "the S3 server gone (connections refused)",
+        "frozen": "the S3 server not answering (SIGSTOP: connections hang)",
+    }[how]
+    if name == "short":
+        return f"{gone} for {c['away_seconds']} s while trials upload: {c['retries']} retries logged, exit {c['code']}"
+    until = "until the driver ended" if c["ended_while_away"] else "THE DRIVER HAD NOT ENDED"
+    return (
+        f"{gone}, past the limit ($AIMRAY_STORAGE_OUTAGE_S=20): {c['away_seconds']} s, {until}; exit {c['code']} "
+        f"(`{c['line']}`); the server back, `--resume` exit {c['resume_code']}"
+    )
 
 
 def worst_stop(figures: dict) -> str:
@@ -392,17 +429,23 @@ def stops_case(args: argparse.Namespace, out: Path, span: float) -> dict:
     return cases
 
 
-def sweep_stops_case(args: argparse.Namespace, out: Path, span: float | None) -> dict:
+def sweep_reference(args: argparse.Namespace, out: Path, span: float | None) -> float:
+    """The uninterrupted sweep every sweep case is compared with (`out/sweep-reference`), made and timed
+    where missing; its seconds."""
+    ref = out / "sweep-reference"
+    if (ref / "trials.parquet").is_file() and span is not None:
+        return span
+    shutil.rmtree(ref, ignore_errors=True)
+    t0 = time.time()
+    subprocess.run(sweep_command(args, ref, False), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.time() - t0
+
+
+def sweep_stops_case(args: argparse.Namespace, out: Path, span: float) -> dict:
     """SIGTERM (the driver) and SIGINT (its group) of a sweep at a seeded moment between 30% and 60% of the
     uninterrupted sweep's `span` seconds, then --resume; a second driver on the same --out while the first
-    runs; trials compared with the uninterrupted sweep's (made, and timed, if missing)."""
+    runs; trials compared with the uninterrupted sweep's."""
     ref = out / "sweep-reference"
-    if not (ref / "trials.parquet").is_file() or span is None:
-        shutil.rmtree(ref, ignore_errors=True)
-        t0 = time.time()
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        subprocess.run(sweep_command(args, ref, False), check=True, **quiet)
-        span = time.time() - t0
     rng, cases = random.Random(args.seed + 3), {"reference_seconds": span}
     for sig, group in ((signal.SIGTERM, False), (signal.SIGINT, True)):
         folder = out / f"sweep-{signal.Signals(sig).name}"
@@ -427,6 +470,91 @@ def sweep_stops_case(args: argparse.Namespace, out: Path, span: float | None) ->
         )
         cases[signal.Signals(sig).name] = {**stopped, **compare_sweeps(ref, folder)}
     return cases
+
+
+def node_lost_case(args: argparse.Namespace, out: Path) -> dict:
+    """The sweep on a two-node cluster whose nodes share only an S3 bucket (benchmarks/testbed.py: moto on
+    127.0.0.1; the worker node's --out is a tmpfs of its own), two trials at once, one per node; every process
+    of the worker node SIGKILLed once a run there has written a checkpoint. Tune retries that trial on the
+    head, its runs continue from their copies in the bucket; compared with the uninterrupted sweep."""
+    folder, log = out / "sweep-node-lost", out / "sweep-node-lost.log"
+    shutil.rmtree(folder, ignore_errors=True)
+    os.environ.update(testbed.CREDENTIALS)  # the nodes' processes reach the bucket with these
+    with testbed.s3_server() as s3, testbed.split_cluster(folder) as address:
+        uri = f"s3://studies/node-lost{s3.query}"
+        cmd = [*sweep_command(args, folder, False), "--address", address, "--concurrency", "2", "--storage", uri]
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        t0 = time.time()
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            lost = testbed.lose_the_worker_node(address, proc, folder, timeout=3600)
+            lost_after = time.time() - t0
+            code = proc.wait()
+    text = log.read_text()
+    return {
+        "code": code,
+        "lost_trial": lost,
+        "lost_after": round(lost_after),
+        "retried": bool(lost) and f"Trial task failed for trial run_trial_{lost}" in text,
+        "seconds": round(time.time() - t0),
+        **compare_sweeps(out / "sweep-reference", folder),
+    }
+
+
+OUTAGES = {  # how the S3 server goes away: (cut, restore) on a testbed.S3Server
+    "down": ("down", "up"),  # gone: connections refused and those open cut (its relay closed)
+    "frozen": ("freeze", "thaw"),  # hangs: SIGSTOP, connections accepted and never answered
+}
+
+
+def storage_outage_case(args: argparse.Namespace, out: Path, how: str, span: float = 60.0, limit: float = 20.0) -> dict:
+    """The sweep with --storage on an S3 server (moto on 127.0.0.1) that goes away `how` (OUTAGES) for `span`
+    seconds once a run has reached the bucket, and comes back: uploads retry with backoff and the sweep
+    finishes. Then an outage longer than the limit ($AIMRAY_STORAGE_OUTAGE_S=`limit`): away until the driver
+    ends (at most 20 minutes), the server back, `--resume`. Each compared with the uninterrupted sweep."""
+    os.environ.update(testbed.CREDENTIALS)
+    cut, restore = OUTAGES[how]
+    figures = {}
+    with testbed.s3_server(switchable=how == "down") as s3:
+        for name, env in (("short", {}), ("long", {"AIMRAY_STORAGE_OUTAGE_S": f"{limit:g}"})):
+            prefix = f"outage-{how}-{name}"
+            folder, log = out / f"sweep-{prefix}", out / f"sweep-{prefix}.log"
+            shutil.rmtree(folder, ignore_errors=True)
+            cmd = [*sweep_command(args, folder, False), "--storage", f"s3://studies/{prefix}{s3.query}"]
+            with open(log, "w") as f:
+                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=ROOT)
+                while proc.poll() is None and not any(i.path.endswith("manifest.json") for i in bucket(s3, prefix)):
+                    time.sleep(0.5)
+                getattr(s3, cut)()
+                away = time.time()
+                with contextlib.suppress(subprocess.TimeoutExpired):  # the long one: until the driver gives up
+                    proc.wait(timeout=span if name == "short" else 1200)
+                seconds, gave_up = time.time() - away, proc.poll() is not None
+                getattr(s3, restore)()
+                code = proc.wait()
+            text = log.read_text()
+            said = [x for x in text.splitlines() if x.startswith(("error", "[sweep]")) or "storage unreachable" in x]
+            row = {
+                "code": code,
+                "away_seconds": round(seconds),
+                "retries": text.count("[storage] "),
+                "ended_while_away": gave_up,
+                "line": (said or [""])[-1][:300],
+            }
+            if name == "long":
+                resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=ROOT)
+                row["resume_code"] = resumed.returncode
+            figures[name] = {**row, **compare_sweeps(out / "sweep-reference", folder)}
+    return figures
+
+
+def bucket(s3: testbed.S3Server, prefix: str) -> list:
+    """What the bucket holds under <prefix>/runs (nothing while that prefix is missing)."""
+    selector = pafs.FileSelector(f"studies/{prefix}/runs", recursive=True, allow_not_found=True)
+    try:
+        return s3.fs.get_file_info(selector)
+    except OSError:
+        return []
 
 
 def full_disk_case(args: argparse.Namespace, out: Path) -> dict:
@@ -473,11 +601,12 @@ def write_sections(path: Path, figures: dict, args: argparse.Namespace) -> str:
 
 
 def stops_markdown(figures: dict, args: argparse.Namespace) -> str:
-    """The faults-stops section: runs and sweeps asked to stop, a second driver, a full disk."""
+    """The faults-stops section: runs and sweeps asked to stop, a second driver, a full disk, a node lost, an
+    S3 storage outage."""
     run = figures["stops_run"]
     lines = [
         "<!-- faults-stops:begin -->",
-        "## Faults: runs and sweeps asked to stop, a full disk",
+        "## Faults: runs and sweeps asked to stop, a node lost, storage gone, a full disk",
         "",
         f"`python benchmarks/faults.py --cases {','.join(run['cases'])} --preset {args.preset} --method "
         f"{args.method}` ({run['date']}, {run['machine']}): the real backbone, checkpoint every 2 steps; each "
@@ -501,7 +630,12 @@ CASE_KEYS = {  # in faults.json
     "stops": "stops",
     "sweep-stops": "sweep_stops",
     "full-disk": "full_disk",
+    "node-lost": "node_lost",
+    "storage-outage": "storage_outage",
+    "storage-hang": "storage_hang",
 }
+# the cases of the faults-stops section
+STOP_CASES = ("stops", "sweep-stops", "full-disk", "node-lost", "storage-outage", "storage-hang")
 CASES = tuple(CASE_KEYS)
 
 
@@ -534,6 +668,14 @@ def run_case(args: argparse.Namespace, out: Path) -> dict:
     }
 
 
+def keep(saved: Path, figures: dict) -> None:
+    """Write the figures so far to faults.json (atomically), after every case: one that fails later loses
+    nothing of those before it."""
+    from aimray.files import write_text_atomic
+
+    write_text_atomic(saved, json.dumps(figures, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ["AIMRAY_STAGE_CACHE"] = "off"  # every case computes task 1 itself, faults and all
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -563,36 +705,59 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if "run" in cases:
         figures.update(run_case(args, out))
+        keep(saved, figures)
     elif not (out / "reference" / "matrix.json").is_file() or "reference_seconds" not in figures:
         print(f"[faults] reference run ({args.preset}, {args.method})", flush=True)
         shutil.rmtree(out / "reference", ignore_errors=True)
         figures["reference_seconds"] = run_once(command(args, out / "reference", "train.threads=2"))
+        keep(saved, figures)
     if "ray-worker" in cases:
         print("[faults] Ray Train worker killed mid-task", flush=True)
         shutil.rmtree(out / "ray-worker", ignore_errors=True)
         figures["ray_worker"] = ray_worker_case(args, out)
+        keep(saved, figures)
     if "sweep-driver" in cases:
         print("[faults] sweep driver killed 5 times", flush=True)
         for name in ("sweep-reference", "sweep-killed"):
             shutil.rmtree(out / name, ignore_errors=True)
         figures["sweep_driver"] = sweep_driver_case(args, out)
+        keep(saved, figures)
     if "stops" in cases:
         print("[faults] runs asked to stop (SIGTERM, SIGINT; in the process and in Ray Train)", flush=True)
         figures["stops"] = stops_case(args, out, figures["reference_seconds"])
+        keep(saved, figures)
+    if {"sweep-stops", "node-lost", "storage-outage", "storage-hang"} & set(cases):
+        figures["sweep_reference_seconds"] = sweep_reference(args, out, figures.get("sweep_reference_seconds"))
     if "sweep-stops" in cases:
         print("[faults] sweep drivers asked to stop, and a second driver", flush=True)
-        figures["sweep_stops"] = sweep_stops_case(args, out, figures.get("sweep_driver", {}).get("reference_seconds"))
+        figures["sweep_stops"] = sweep_stops_case(args, out, figures["sweep_reference_seconds"])
+        keep(saved, figures)
     if "full-disk" in cases:
         print("[faults] a full disk", flush=True)
         figures["full_disk"] = full_disk_case(args, out)
+        keep(saved, figures)
+    if "node-lost" in cases:
+        print("[faults] a sweep on two nodes sharing only an S3 bucket; the worker node lost", flush=True)
+        figures["node_lost"] = node_lost_case(args, out)
+        keep(saved, figures)
+    if "storage-outage" in cases:
+        print("[faults] a sweep whose S3 storage goes down: 60 s, then longer than the limit", flush=True)
+        figures["storage_outage"] = storage_outage_case(args, out, "down")
+        keep(saved, figures)
+    if "storage-hang" in cases:
+        print("[faults] a sweep whose S3 storage stops answering: 60 s, then longer than the limit", flush=True)
+        figures["storage_hang"] = storage_outage_case(args, out, "frozen")
+        keep(saved, figures)
     stamp = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     figures.update(stamp if {"run", "ray-worker", "sweep-driver"} & set(cases) else {})
-    if {"stops", "sweep-stops", "full-disk"} & set(cases):
-        figures["stops_run"] = {**stamp, "cases": [c for c in cases if c in ("stops", "sweep-stops", "full-disk")]}
-    saved.write_text(json.dumps(figures, indent=1, default=str))
+    if set(STOP_CASES) & set(cases):
+        before = set(figures.get("stops_run", {}).get("cases", []))  # cases of earlier invocations stay listed
+        figures["stops_run"] = {**stamp, "cases": [c for c in STOP_CASES if c in before or c in cases]}
+    keep(saved, figures)
     print(write_sections(Path(args.results), figures, args))
     checks = [figures.get("same_seed"), figures.get("kills"), figures.get("ray_worker"), figures.get("sweep_driver")]
-    checks += [*figures.get("stops", {}).values(), figures.get("full_disk")]
+    checks += [*figures.get("stops", {}).values(), figures.get("full_disk"), figures.get("node_lost")]
+    checks += [*figures.get("storage_outage", {}).values(), *figures.get("storage_hang", {}).values()]
     checks += [v for k, v in figures.get("sweep_stops", {}).items() if k in SENT]
     return 0 if all(c["identical"] for c in checks if c and "identical" in c) else 1
 

@@ -4,20 +4,37 @@ the real SmolLM2 tokenizer from the offline assets, so `make test` fetches the a
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import pytest
 
 from aimray import assets
+from benchmarks.testbed import CREDENTIALS, s3_server
 
 # The stage cache shares task 1 across runs; tests that kill, resume or time a run at task 1 must compute it.
 # Tests of the cache itself point it at their own folder (the `stage_cache` fixture).
 os.environ["AIMRAY_STAGE_CACHE"] = "off"
+
+
+# `make test` runs two pytest workers, a file to each at a time (pytest-xdist, --dist loadfile): the files
+# that take longest (Ray clusters, sweeps, the real backbone: about 60% of the suite) start first, so that
+# the short ones fill the gaps at the end instead of one long file running alone.
+LONGEST_FIRST = (
+    "test_real_model.py",
+    "test_tune.py",
+    "test_benchmarks.py",
+    "test_storage.py",
+    "test_ray_train.py",
+    "test_extending.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
 
 
 @pytest.fixture
@@ -89,38 +106,10 @@ def tiny_seq2seq(tmp_path_factory) -> str:
     return _save_tiny(tmp_path_factory.mktemp("tiny-t5"), config)
 
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 (stopped by its pid); yields (filesystem, URI query string)."""
-    port = free_port()
-    # this interpreter's moto (a `moto_server` found on PATH may belong to another Python and another moto)
-    server = str(Path(sys.executable).parent / "moto_server")
     for key, value in CREDENTIALS.items():
         monkeypatch.setenv(key, value)
-    cmd = [server, "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        endpoint = {"endpoint_override": f"127.0.0.1:{port}", "scheme": "http", "region": "us-east-1"}
-        fs = pafs.S3FileSystem(**endpoint, allow_bucket_creation=True)
-        deadline = time.time() + 30
-        while True:
-            try:
-                fs.create_dir("studies")  # a bucket
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield fs, f"?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    finally:
-        proc.kill()
-        proc.wait()
+    with s3_server() as server:
+        yield server.fs, server.query

@@ -218,6 +218,16 @@ def test_resume_refuses_another_config(tiny_causal, tmp_path) -> None:
         run(tiny_config(tiny_causal, "replay"), tmp_path, log=quiet)
 
 
+def test_resume_refuses_events_behind_the_checkpoint(tiny_causal, tmp_path) -> None:
+    """A run folder whose event parts stop before what its checkpoint follows (an older copy mirrored over a
+    newer run) fails at once naming the folder and the parts, instead of resuming with a hole."""
+    cfg = tiny_config(tiny_causal, "seqlora")
+    run(cfg, tmp_path, log=quiet)
+    (tmp_path / "events" / "evals" / "part-00001.parquet").unlink()
+    with pytest.raises(ValueError, match=r"follows \d+ event parts, but events/evals/part-00001 are missing"):
+        run(cfg, tmp_path, log=quiet)
+
+
 def test_failed_run_is_marked_failed(tiny_causal, tmp_path, monkeypatch) -> None:
     import aimray.loop
 

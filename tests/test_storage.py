@@ -3,7 +3,6 @@ S3 protocol over HTTP, as Ray's own storage tests use), holding the committed qu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,8 @@ import pytest
 
 from aimray.events import read_events
 from analysis.load import mirror, open_study
-from tests.conftest import CREDENTIALS, free_port
+from benchmarks import testbed
+from benchmarks.testbed import CREDENTIALS, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUALITY = ROOT / "benchmarks" / "results" / "quality"
@@ -55,29 +55,10 @@ def test_a_study_in_an_s3_bucket_gives_the_tables_of_its_local_copy(s3, tmp_path
 
 @pytest.fixture
 def split_cluster(tmp_path):
-    """A head node and a worker node that does NOT see the head's --out: the worker's Ray runs in its own
-    mount namespace with a private tmpfs over `tmp_path/sweep`, as on a second machine. Yields (address,
-    the sweep's --out); stops the processes of this cluster only (by its temp dir and port)."""
+    """benchmarks.testbed.split_cluster over `tmp_path/sweep`: yields (address, the sweep's --out)."""
     out = tmp_path / "sweep"
-    out.mkdir()
-    temp = Path("/tmp") / f"aimray-split-{os.getpid()}-{free_port()}"
-    port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    env.pop("RAY_ADDRESS", None)
-    ray = str(Path(sys.executable).parent / "ray")
-    head = [ray, "start", "--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={temp}"]
-    head += ["--include-dashboard=false", "--disable-usage-stats"]
-    join = f"{ray} start --address=127.0.0.1:{port} --num-cpus=1 --disable-usage-stats"
-    worker = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"mount -t tmpfs tmpfs {out} && {join}"]
-    try:
-        for cmd in (head, worker):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-        yield f"127.0.0.1:{port}", out
-    finally:
-        for pattern in (str(temp), f"127.0.0.1:{port}", f"gcs-address=[^ ]*:{port}"):
-            subprocess.run(["pkill", "-9", "-f", pattern], check=False)
-        time.sleep(1)
+    with testbed.split_cluster(out) as address:
+        yield address, out
 
 
 def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket(s3, split_cluster, tiny_causal):
@@ -127,7 +108,7 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     # that trial again on the head (max_failures), its runs carry on from their copies in the bucket
     with open(out.parent / "resumed.log", "w") as log:
         resumed = sweep_cli(out, tiny_causal, *extra, "--resume", env=env, stdout=log, stderr=sp.STDOUT)
-        lost = kill_node_once_a_trial_runs(address.rsplit(":", 1)[1], resumed, out)
+        lost = testbed.lose_the_worker_node(address, resumed, out)
         resumed.wait(timeout=900)
     stdout = (out.parent / "resumed.log").read_text()
     assert resumed.returncode == 0, stdout[-4000:]
@@ -182,42 +163,6 @@ def test_a_sweep_across_nodes_that_share_no_folder_comes_home_through_the_bucket
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 2  # with the objectives Tune recorded (TPE's history survives Tuner.restore)
     assert sorted(round(t.value, 9) for t in complete) == sorted(round(v, 9) for v in trials.objective)
-
-
-def kill_node_once_a_trial_runs(port: str, driver: subprocess.Popen, out: Path, timeout: float = 300) -> str | None:
-    """SIGKILL every process of the split cluster's worker node (the mount namespace of its raylet) once a
-    run there has written a checkpoint since this was called (in the node's own --out, seen through
-    /proc/<pid>/root): its trial is mid-way. The trial's id, or None if none did before `timeout` or the
-    driver ended."""
-    mine, start = os.readlink("/proc/self/ns/mnt"), time.time()
-
-    def processes() -> dict[int, tuple[str, str]]:
-        found = {}
-        for entry in Path("/proc").iterdir():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                found[int(entry.name)] = (os.readlink(entry / "ns" / "mnt"), cmdline)
-            except (ValueError, OSError):
-                continue
-        return found
-
-    deadline = time.time() + timeout
-    while time.time() < deadline and driver.poll() is None:
-        procs = processes()
-        raylets = [pid for pid, (ns, cmd) in procs.items() if ns != mine and "raylet" in cmd and f":{port}" in cmd]
-        for raylet in raylets:
-            there = Path(f"/proc/{raylet}/root{out}") / "runs"
-            with contextlib.suppress(OSError):
-                new = [c for c in there.glob("*/order*/checkpoints/t*") if c.stat().st_mtime > start]
-                if new:
-                    node = procs[raylet][0]
-                    for pid, (ns, _) in procs.items():
-                        if ns == node:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(pid, signal.SIGKILL)
-                    return new[0].relative_to(there).parts[0]
-        time.sleep(0.05)
-    return None
 
 
 def finished_runs(fs, base: str) -> dict[str, str]:
@@ -341,3 +286,97 @@ def test_one_sweep_driver_per_storage_prefix_across_machines_holds_a_lease(s3, m
     with prefix_lease(fs, base, uri, settle=0.1):
         pass
     assert "which is no longer running" in capsys.readouterr().out
+
+
+def test_an_outage_counts_from_the_start_of_the_first_failed_call(monkeypatch) -> None:
+    """Against a server that stops answering, one call hangs until the S3 client gives up (about 100 s with
+    pyarrow's defaults, measured against a SIGSTOPped moto): that time counts toward the limit, so a 60 s
+    limit is not stretched into minutes."""
+    import types
+
+    from aimray.launch import storage as storage_lib
+    from aimray.launch.storage import StorageUnavailableError
+
+    clock = [0.0]
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    monkeypatch.setattr(storage_lib, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=sleep))
+    calls = []
+
+    def hangs() -> None:
+        calls.append(clock[0])
+        sleep(99.0)
+        raise OSError("AWS Error NETWORK_CONNECTION during HeadObject operation: Timeout was reached")
+
+    with pytest.raises(StorageUnavailableError, match="s3://studies/p: storage unreachable for 99 s while uploading"):
+        storage_lib.retrying("uploading", "s3://studies/p", hangs, limit=60)
+    assert calls == [0.0]  # given up after the one call that outlasted the limit, not retried
+    calls.clear()
+
+    def fails_fast() -> None:  # a server that refuses at once: retried with backoff 1, 2, 4, ... s
+        calls.append(clock[0])
+        raise OSError("Connection refused")
+
+    with pytest.raises(StorageUnavailableError, match="storage unreachable for 31 s"):
+        storage_lib.retrying("uploading", "s3://studies/p", fails_fast, limit=60)
+    assert len(calls) == 6  # at 99, 100, 102, 106, 114, 130 s; the next wait (30 s) would pass the limit
+
+
+def test_a_switchable_s3_server_goes_down_and_comes_back_with_its_buckets() -> None:
+    """benchmarks/faults.py's storage-outage case: moto behind testbed.Relay; down refuses connections (and
+    cuts those open), up serves the same buckets again on the same port."""
+    import socket
+
+    with testbed.s3_server(switchable=True) as s3:
+        with s3.fs.open_output_stream("studies/run/manifest.json") as f:
+            f.write(b'{"status": "success"}')
+        port = s3.relay.port
+        s3.down()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        s3.up()
+        with s3.fs.open_input_stream("studies/run/manifest.json") as f:
+            assert f.read() == b'{"status": "success"}'
+
+
+def test_a_sweep_brings_home_the_runs_it_lacks_and_never_an_older_copy_over_a_newer_run(s3, tmp_path) -> None:
+    """At a sweep's end the runs come home from the bucket: one that ran on another node, one cut short here
+    and finished there. A run of this node whose uploads failed in an outage is ahead of its copy and stays
+    as it is (faults.py's storage-hang case found the older copy mirrored over it: task 1's events beside
+    task 4's checkpoint, and the resumed run failed)."""
+    from aimray.launch.storage import bring_home
+
+    fs, _ = s3
+    success, running = b'{"status": "success"}', b'{"status": "running"}'
+
+    def put(rel: str, data: bytes) -> None:
+        with fs.open_output_stream(f"studies/home/{rel}") as f:
+            f.write(data)
+
+    def write(rel: str, data: bytes) -> None:
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(data)
+
+    local = tmp_path / "runs"
+    put("t1/order1/events/steps/part-00000.parquet", b"A0")  # ran on another node
+    put("t1/order1/manifest.json", success)
+    put("t2/order1/events/steps/part-00000.parquet", b"B0")  # ran here; its copy stops after task 1
+    put("t2/order1/manifest.json", running)
+    write("t2/order1/events/steps/part-00000.parquet", b"B0")
+    write("t2/order1/events/steps/part-00001.parquet", b"B1")
+    write("t2/order1/checkpoints/t03-s000000/state.json", b"{}")
+    write("t2/order1/manifest.json", running)
+    for part in ("part-00000", "part-00001"):  # finished on another node after a retry; cut short here
+        put(f"t3/order1/events/steps/{part}.parquet", part.encode())
+    put("t3/order1/manifest.json", success)
+    write("t3/order1/events/steps/part-00000.parquet", b"part-00000")
+    write("t3/order1/manifest.json", running)
+    assert sorted(bring_home(fs, "studies/home", local, "s3://studies/home")) == ["t1/order1", "t3/order1"]
+    assert (local / "t1/order1/manifest.json").read_bytes() == success
+    assert (local / "t2/order1/events/steps/part-00001.parquet").read_bytes() == b"B1"  # ahead: kept
+    assert (local / "t2/order1/checkpoints/t03-s000000/state.json").exists()
+    assert (local / "t3/order1/events/steps/part-00001.parquet").read_bytes() == b"part-00001"
+    assert (local / "t3/order1/manifest.json").read_bytes() == success
+    assert bring_home(fs, "studies/home", local, "s3://studies/home") == []  # all home: nothing again

@@ -56,17 +56,21 @@ def outage_limit() -> float:
 
 def retrying(what: str, uri: str, call: Callable[[], T], limit: float | None = None) -> T:
     """`call()`, retried with backoff (1 s doubling to 30 s) while it fails with an OSError (a storage server
-    down, a network gone), for at most `limit` seconds (outage_limit()); then StorageUnavailableError naming
-    `uri`. Every copy is idempotent (aimray.sync sends what the other side lacks), so a retry resumes it."""
+    down, a network gone), for at most `limit` seconds (outage_limit()) from the start of the first failed
+    call; then StorageUnavailableError naming `uri`. Every copy is idempotent (aimray.sync sends what the
+    other side lacks), so a retry resumes it."""
     limit = outage_limit() if limit is None else limit
     delay, first = 1.0, None
     while True:
+        began = time.monotonic()
         try:
             return call()
         except PermissionError:  # credentials, not an outage: retrying will not help
             raise
         except OSError as err:
-            first = first or time.monotonic()  # the outage is counted from its first failure
+            # the outage is counted from the start of its first failed call: against a server that stops
+            # answering, one call hangs until the S3 client gives up (about 100 s with pyarrow's defaults)
+            first = first or began
             if time.monotonic() + delay > first + limit:
                 raise StorageUnavailableError(
                     f"{uri}: storage unreachable for {time.monotonic() - first:.0f} s while {what} ({err}); "
@@ -141,6 +145,51 @@ def upload_files(fs: pafs.FileSystem, base: str, files: list[Path]) -> None:
         if p.exists():
             copy = functools.partial(copy_file, Place.of(p.parent), Place(fs, base), p.name)
             retrying(f"uploading {p.name}", f"{fs.type_name}://{base}", copy)
+
+
+def bring_home(fs: pafs.FileSystem, base: str, local: Path, uri: str) -> list[str]:
+    """Copy into `local` the run folders under `base` on the storage that `local` lacks, or holds unfinished
+    while the storage's copy is finished (its manifest says success): the trajectories of runs that ran on
+    other nodes. What the analysis reads travels (no checkpoints), the manifest last. A local run folder that
+    is not behind its copy is left as it is: a run on this node whose uploads failed in a storage outage is
+    AHEAD of its copy, and copying that copy over it would put older events beside newer checkpoints. The
+    run folders copied (relative to `local`); retried through an outage."""
+    from analysis.load import results_only
+
+    def manifests() -> list[str]:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        start = len(base.rstrip("/")) + 1
+        rels = (i.path[start:] for i in infos if i.type == pafs.FileType.File)
+        return [rel for rel in rels if Path(rel).name == "manifest.json" and results_only(rel)]
+
+    def status_there(path: str) -> str | None:
+        try:
+            with fs.open_input_stream(path) as f:
+                return json.loads(f.read()).get("status")
+        except (FileNotFoundError, ValueError):
+            return None
+
+    copied = []
+    for rel in retrying("listing the runs", uri, manifests):
+        folder = str(Path(rel).parent)
+        here = local / folder
+        there = retrying("reading a run's manifest", uri, functools.partial(status_there, f"{base}/{rel}"))
+        mine = status_here(here / "manifest.json")
+        if mine is None or (there == "success" and mine != "success"):
+            copy = functools.partial(
+                sync, Place(fs, f"{base}/{folder}"), Place.of(here), keep=results_only, last="manifest.json"
+            )
+            retrying("bringing a run folder home", f"{uri}/{folder}", copy)
+            copied.append(folder)
+    return copied
+
+
+def status_here(path: Path) -> str | None:
+    """The status a local manifest.json records; None when there is none (or it does not read)."""
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 LEASE_FILE = "driver.json"

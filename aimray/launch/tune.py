@@ -53,7 +53,6 @@ from aimray.stopping import STOP, Stop, StopRequested
 from aimray.tasks import get_benchmark
 from analysis import report as R
 from analysis import stats
-from analysis.load import NotAStudyError, mirror_from
 
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -531,8 +530,7 @@ def run_sweep(
         done = int((trials_table(grid, spec).get("status", pd.Series(dtype=str)) == "completed").sum())
         raise SweepInterrupted(asked.signum, done, spec.num_samples)
     if fs is not None:  # every trial's trajectories, wherever it ran, from the storage into --out
-        with contextlib.suppress(NotAStudyError):  # no trial wrote a run (they all failed first): the table says why
-            mirror_from(fs, f"{storage_path}/runs", out / "runs", name=f"{storage}/runs")
+        storage_lib.bring_home(fs, f"{storage_path}/runs", out / "runs", f"{storage}/runs")
     table = trials_table(grid, spec)
     write_parquet_atomic(table, out / "trials.parquet")
     per_order = trial_orders(table.get("trial_id", []), spec)
@@ -663,7 +661,7 @@ def run_holdout(spec: SweepSpec, table: pd.DataFrame) -> pd.DataFrame:
             jobs[task] = (name, order, folder)
     results = {task: ray.get(task) for task in jobs}
     if fs is not None:  # the runs may have run on any node: their copies come into --out/holdout
-        mirror_from(fs, f"{base}/holdout", out / "holdout", name=f"{spec.storage}/holdout")
+        storage_lib.bring_home(fs, f"{base}/holdout", out / "holdout", f"{spec.storage}/holdout")
     rows = []
     for task, (name, order, folder) in jobs.items():
         res = results[task]
