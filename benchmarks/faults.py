@@ -511,7 +511,7 @@ def storage_outage_case(args: argparse.Namespace, out: Path, how: str, span: flo
     """The sweep with --storage on an S3 server (moto on 127.0.0.1) that goes away `how` (OUTAGES) for `span`
     seconds once a run has reached the bucket, and comes back: uploads retry with backoff and the sweep
     finishes. Then an outage longer than the limit ($AIMRAY_STORAGE_OUTAGE_S=`limit`): away until the driver
-    ends (at most 20 minutes), the server back, `--resume`. Each compared with the uninterrupted sweep."""
+    ends (at most 10 minutes), the server back, `--resume`. Each compared with the uninterrupted sweep."""
     os.environ.update(testbed.CREDENTIALS)
     cut, restore = OUTAGES[how]
     figures = {}
@@ -528,7 +528,7 @@ def storage_outage_case(args: argparse.Namespace, out: Path, how: str, span: flo
                 getattr(s3, cut)()
                 away = time.time()
                 with contextlib.suppress(subprocess.TimeoutExpired):  # the long one: until the driver gives up
-                    proc.wait(timeout=span if name == "short" else 1200)
+                    proc.wait(timeout=span if name == "short" else 600)
                 seconds, gave_up = time.time() - away, proc.poll() is not None
                 getattr(s3, restore)()
                 code = proc.wait()

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from aimray.assets import AssetMissingError
     from aimray.files import FolderInUseError
+    from aimray.launch.storage import StorageUnavailableError
     from aimray.launch.tune import SweepInterrupted, load_sweep, sweep
 
     orders = tuple(args.orders) if args.orders else None
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     except (*USER_ERRORS, FolderInUseError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2
+    except StorageUnavailableError as err:  # Tune's state is saved as far as it got: --resume continues
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except SweepInterrupted as stopped:
         print(f"[sweep] {stopped}", file=sys.stderr)
         return stopped.exit_code

@@ -380,3 +380,33 @@ def test_a_sweep_brings_home_the_runs_it_lacks_and_never_an_older_copy_over_a_ne
     assert (local / "t3/order1/events/steps/part-00001.parquet").read_bytes() == b"part-00001"
     assert (local / "t3/order1/manifest.json").read_bytes() == success
     assert bring_home(fs, "studies/home", local, "s3://studies/home") == []  # all home: nothing again
+
+
+def test_storage_gone_at_a_sweeps_end_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys) -> None:
+    """faults.py's storage-outage case found Tune's own listing of the storage at the end of fit() raising
+    an OSError traceback out of the sweep driver: it is one line naming the storage now, exit 1."""
+    import importlib.util
+
+    from aimray.launch import tune as tune_lib
+    from aimray.launch.storage import StorageUnavailableError
+
+    class Gone:
+        def fit(self):
+            raise OSError("When listing objects under key 'sweep/tune/' in bucket 'studies': Connection refused")
+
+    fs = pafs.S3FileSystem(endpoint_override="127.0.0.1:1", scheme="http", region="us-east-1")
+    with pytest.raises(StorageUnavailableError, match="^s3://studies/sweep: storage unreachable while Tune"):
+        tune_lib.fit(Gone(), fs, "studies/sweep")
+    with pytest.raises(OSError, match="Connection refused"):  # a local storage's errors are not an outage
+        tune_lib.fit(Gone(), None, str(tmp_path))
+    spec = importlib.util.spec_from_file_location("tune_controller", ROOT / "sweeps" / "tune_controller.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    line = "s3://studies/sweep/runs: storage unreachable for 21 s while listing the runs (...); run the same ..."
+
+    def gone(*args, **kwargs):
+        raise StorageUnavailableError(line)
+
+    monkeypatch.setattr(tune_lib, "sweep", gone)
+    code = cli.main(["--config", str(ROOT / "sweeps" / "configs" / "smoke.yaml"), "--out", str(tmp_path / "s")])
+    assert code == 1 and capsys.readouterr().err == f"error: {line}\n"

@@ -525,7 +525,7 @@ def run_sweep(
     quiet_tune_hints()
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT is driver_signals'; Tune keeps SIGUSR1
     with driver_signals(flag) as asked:
-        grid = make_tuner(spec, storage_path, fs, resume, verbose).fit()
+        grid = fit(make_tuner(spec, storage_path, fs, resume, verbose), fs, storage_path)
     if asked.signum is not None:  # no tables: a stopped sweep's would read as final
         done = int((trials_table(grid, spec).get("status", pd.Series(dtype=str)) == "completed").sum())
         raise SweepInterrupted(asked.signum, done, spec.num_samples)
@@ -540,6 +540,21 @@ def run_sweep(
         names = ("sweep.json", "trials.parquet", "trial_orders.parquet", "holdout.parquet", "best.md")
         storage_lib.upload_files(fs, storage_path, [out / n for n in names])
     return table
+
+
+def fit(tuner: tune.Tuner, fs: pafs.FileSystem | None, storage_path: str) -> tune.ResultGrid:
+    """`tuner.fit()`; an OSError from the sweep's remote storage (Tune saves and reads its state there through
+    pyarrow's own retries only, and lists it once more at the end) becomes StorageUnavailableError naming
+    the storage, one line instead of Tune's traceback."""
+    try:
+        return tuner.fit()
+    except OSError as err:
+        if fs is None or isinstance(err, storage_lib.StorageUnavailableError):
+            raise
+        raise storage_lib.StorageUnavailableError(
+            f"{fs.type_name}://{storage_path}: storage unreachable while Tune saved or read the sweep's state "
+            f"({err}); run the same command with --resume once it is back"
+        ) from None
 
 
 class SweepInterrupted(Exception):
