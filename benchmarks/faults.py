@@ -507,45 +507,49 @@ OUTAGES = {  # how the S3 server goes away: (cut, restore) on a testbed.S3Server
 }
 
 
-def storage_outage_case(args: argparse.Namespace, out: Path, how: str, span: float = 60.0, limit: float = 20.0) -> dict:
-    """The sweep with --storage on an S3 server (moto on 127.0.0.1) that goes away `how` (OUTAGES) for `span`
-    seconds once a run has reached the bucket, and comes back: uploads retry with backoff and the sweep
-    finishes. Then an outage longer than the limit ($AIMRAY_STORAGE_OUTAGE_S=`limit`): away until the driver
-    ends (at most 10 minutes), the server back, `--resume`. Each compared with the uninterrupted sweep."""
+def storage_outage_case(
+    args: argparse.Namespace, out: Path, how: str, name: str, span: float = 60.0, limit: float = 20.0
+) -> dict:
+    """The sweep with --storage on an S3 server (moto on 127.0.0.1) that goes away `how` (OUTAGES) once a run
+    has reached the bucket, and comes back: for `span` seconds (name "short": uploads retry with backoff and
+    the sweep finishes), or past the limit (name "long", $AIMRAY_STORAGE_OUTAGE_S=`limit`: away until the
+    driver ends, at most 10 minutes; the server back, `--resume`). Compared with the uninterrupted sweep; the
+    drivers' output in sweep-outage-<how>-<name>.log (and .resume.log)."""
     os.environ.update(testbed.CREDENTIALS)
     cut, restore = OUTAGES[how]
-    figures = {}
+    env = {**os.environ, **({"AIMRAY_STORAGE_OUTAGE_S": f"{limit:g}"} if name == "long" else {})}
+    prefix = f"outage-{how}-{name}"
+    folder, log = out / f"sweep-{prefix}", out / f"sweep-{prefix}.log"
+    shutil.rmtree(folder, ignore_errors=True)
     with testbed.s3_server(switchable=how == "down") as s3:
-        for name, env in (("short", {}), ("long", {"AIMRAY_STORAGE_OUTAGE_S": f"{limit:g}"})):
-            prefix = f"outage-{how}-{name}"
-            folder, log = out / f"sweep-{prefix}", out / f"sweep-{prefix}.log"
-            shutil.rmtree(folder, ignore_errors=True)
-            cmd = [*sweep_command(args, folder, False), "--storage", f"s3://studies/{prefix}{s3.query}"]
-            with open(log, "w") as f:
-                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=ROOT)
-                while proc.poll() is None and not any(i.path.endswith("manifest.json") for i in bucket(s3, prefix)):
-                    time.sleep(0.5)
-                getattr(s3, cut)()
-                away = time.time()
-                with contextlib.suppress(subprocess.TimeoutExpired):  # the long one: until the driver gives up
-                    proc.wait(timeout=span if name == "short" else 600)
-                seconds, gave_up = time.time() - away, proc.poll() is not None
-                getattr(s3, restore)()
-                code = proc.wait()
-            text = log.read_text()
-            said = [x for x in text.splitlines() if x.startswith(("error", "[sweep]")) or "storage unreachable" in x]
-            row = {
-                "code": code,
-                "away_seconds": round(seconds),
-                "retries": text.count("[storage] "),
-                "ended_while_away": gave_up,
-                "line": (said or [""])[-1][:300],
-            }
-            if name == "long":
-                resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, cwd=ROOT)
-                row["resume_code"] = resumed.returncode
-            figures[name] = {**row, **compare_sweeps(out / "sweep-reference", folder)}
-    return figures
+        cmd = [*sweep_command(args, folder, False), "--storage", f"s3://studies/{prefix}{s3.query}"]
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            while proc.poll() is None and not any(i.path.endswith("manifest.json") for i in bucket(s3, prefix)):
+                time.sleep(0.5)
+            getattr(s3, cut)()
+            away = time.time()
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the long one: until the driver gives up
+                proc.wait(timeout=span if name == "short" else 600)
+            seconds, gave_up = time.time() - away, proc.poll() is not None
+            getattr(s3, restore)()
+            code = proc.wait()
+        text = log.read_text()
+        said = [x for x in text.splitlines() if x.startswith(("error", "[sweep]")) or "storage unreachable" in x]
+        row = {
+            "code": code,
+            "away_seconds": round(seconds),
+            "retries": text.count("[storage] "),
+            "ended_while_away": gave_up,
+            "line": (said or [""])[-1][:300],
+        }
+        if name == "long":
+            with open(out / f"sweep-{prefix}.resume.log", "w") as f:
+                resumed = subprocess.run([*cmd, "--resume"], stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            row["resume_code"] = resumed.returncode
+    if not (folder / "trials.parquet").is_file():  # the sweep did not end: nothing to compare
+        return {**row, "trials": 0, "lost": None, "duplicated": None, "identical": False}
+    return {**row, **compare_sweeps(out / "sweep-reference", folder)}
 
 
 def bucket(s3: testbed.S3Server, prefix: str) -> list:
@@ -740,14 +744,12 @@ def main(argv: list[str] | None = None) -> int:
         print("[faults] a sweep on two nodes sharing only an S3 bucket; the worker node lost", flush=True)
         figures["node_lost"] = node_lost_case(args, out)
         keep(saved, figures)
-    if "storage-outage" in cases:
-        print("[faults] a sweep whose S3 storage goes down: 60 s, then longer than the limit", flush=True)
-        figures["storage_outage"] = storage_outage_case(args, out, "down")
-        keep(saved, figures)
-    if "storage-hang" in cases:
-        print("[faults] a sweep whose S3 storage stops answering: 60 s, then longer than the limit", flush=True)
-        figures["storage_hang"] = storage_outage_case(args, out, "frozen")
-        keep(saved, figures)
+    for case, how, words in (("storage-outage", "down", "goes down"), ("storage-hang", "frozen", "stops answering")):
+        for name in ("short", "long") if case in cases else ():
+            how_long = "60 s" if name == "short" else "past the limit"
+            print(f"[faults] a sweep whose S3 storage {words}: {how_long}", flush=True)
+            figures.setdefault(CASE_KEYS[case], {})[name] = storage_outage_case(args, out, how, name)
+            keep(saved, figures)
     stamp = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
     figures.update(stamp if {"run", "ray-worker", "sweep-driver"} & set(cases) else {})
     if set(STOP_CASES) & set(cases):

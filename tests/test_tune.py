@@ -327,3 +327,31 @@ def test_the_demo_sweep_is_multi_objective_with_a_held_out_order() -> None:
     assert spec.kinds() == ["dev_op", "dev_bwt", "compute"] and spec.holdout_orders == (3,)
     assert spec.tune_orders() == (1, 2) and spec.scheduler == "none"
     assert [p.key for p in spec.space] == ["controller.s0", "memory.per_task"]  # inside what its tasks express
+
+
+@pytest.mark.parametrize("searcher", ["OptunaSearch", "ResumableOptunaSearch"])
+def test_a_trial_the_optuna_study_finished_can_be_run_again_on_resume(searcher) -> None:
+    """faults.py's storage-outage case: storage away past the limit, the trials failed and were told FAIL
+    while Tune could not save its state; `--resume` restored the older state and ran them again, and Ray's
+    OptunaSearch crashed the driver (UpdateFinishedTrialError). aimray's searcher lets them run."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from aimray.launch import tune as tune_lib
+
+    space = define_by_run(parse_space({"a.x": {"uniform": [0.0, 1.0]}}))
+    kind = {"OptunaSearch": OptunaSearch, "ResumableOptunaSearch": tune_lib.ResumableOptunaSearch}[searcher]
+    search = kind(space=space, metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    assert search.suggest("t1")
+    search._ot_study.tell(search._ot_trials["t1"], state=optuna.trial.TrialState.FAIL)  # before the outage ended
+    again = [
+        lambda: search.on_trial_result("t1", {"objective": 0.5, "training_iteration": 1}),
+        lambda: search.on_trial_complete("t1", {"objective": 0.6, "training_iteration": 2}),
+    ]
+    if searcher == "OptunaSearch":  # what Ray's own searcher does
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            again[0]()
+        return
+    for call in again:
+        call()
+    assert [t.state for t in search._ot_study.trials] == [optuna.trial.TrialState.FAIL]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -54,6 +55,7 @@ from aimray.tasks import get_benchmark
 from analysis import report as R
 from analysis import stats
 
+logger = logging.getLogger(__name__)
 KINDS = ("uniform", "loguniform", "int", "logint", "choice")
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
@@ -761,6 +763,26 @@ def optuna_storage(spec: SweepSpec):
 DIRECTIONS = {"min": "minimize", "max": "maximize"}  # Tune's modes as Optuna's directions
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch that lets Tune run again a trial the Optuna study has already finished: a sweep resumed
+    from a Tune state older than the study (the storage was away past the limit, so Tune could not save its
+    state while its trials failed and were told FAIL; faults.py's storage-outage case). Optuna cannot
+    reopen a finished trial: that trial's reports and result stay out of the study (the sampler misses one
+    point, said in Ray's logs) and trials.parquet records them as ever."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            logger.warning("trial %s: finished in the Optuna study before this resume; its reports stay out", trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        try:
+            super().on_trial_complete(trial_id, result, error)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            logger.warning("trial %s: finished in the Optuna study before this resume; its result stays out", trial_id)
+
+
 def tpe_sampler(seed: int, trials: int) -> optuna.samplers.TPESampler:
     """Multivariate TPE whose random start-up takes a third of the trials (at least 3, at most Optuna's 10):
     with Optuna's default of 10, a sweep of 10 trials or fewer (the demo's 6) would be random search."""
@@ -787,7 +809,7 @@ def tune_config(spec: SweepSpec, concurrency: int) -> tune.TuneConfig:
         load_if_exists=True,
     )
     named.set_metric_names(kinds)
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=define_by_run(spec.space),
         metric=[f"objective/{k}" for k in kinds] if multi else "objective",
         mode=[SENSES[k] for k in kinds] if multi else SENSES[spec.objective],
