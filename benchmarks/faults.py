@@ -622,6 +622,11 @@ def stops_markdown(figures: dict, args: argparse.Namespace) -> str:
         *stop_rows(figures),
         "",
         worst_stop(figures),
+        *(
+            []
+            if "storage_outage" in figures
+            else ["", "Storage outages (`--cases storage-outage,storage-hang`): not yet measured by this script."]
+        ),
         "<!-- faults-stops:end -->",
     ]
     return "\n".join(lines) + "\n"

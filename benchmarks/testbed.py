@@ -90,15 +90,19 @@ class Relay:
                 client, _ = listener.accept()
             except OSError:  # taken down
                 return
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:  # the server behind it is not up (yet): refused, as without the relay
-                client.close()
-                continue
-            with self._lock:
-                self._open |= {client, server}
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._connect, args=(client,), daemon=True).start()  # never stalls accept
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+            server.settimeout(None)
+        except OSError:  # the server behind it is not up (yet): refused, as without the relay
+            client.close()
+            return
+        with self._lock:
+            self._open |= {client, server}
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         with contextlib.suppress(OSError):
