@@ -108,9 +108,12 @@ class Relay:
         with contextlib.suppress(OSError):
             while data := a.recv(1 << 16):
                 b.sendall(data)
-        for sock in (a, b):
+        for sock in (a, b):  # the other direction's thread wakes, finds them closed and ends too
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        with self._lock:
+            self._open -= {a, b}
 
 
 @contextlib.contextmanager
