@@ -218,7 +218,7 @@ def decisions_section(state: dict, design: P.Design, budget: float, sequence, by
         "provisional (`running`). Simulated (tests/test_planner.py): equal methods are declared different in "
         "under 6% of 4,000 studies; stopping at the first plain t interval that clears 0 does so in over 12%.",
     ]
-    final = not state.get("plan")
+    final = state.get("plan") == []  # None: the pilot is not complete, and no reading is final before it is
     for k, (mode, runs) in enumerate(by_mode.items()):
         table = P.comparisons(runs, sequence, design, final=final)
         lines += ["", f"Scoring: {mode}" + (" (the runs' headline: it decides the plan)" if k == 0 else ""), ""]
@@ -235,6 +235,12 @@ def decisions_section(state: dict, design: P.Design, budget: float, sequence, by
         f"{hours(fixed)}. A run's mean wall time: "
         + ", ".join(f"{m} {hours(h)}" for m, h in state["hours"].items())
         + ". "
-        + (f"Still planned: {len(planned)} runs." if planned else "Nothing left to plan: the readings are final."),
+        + (
+            "The pilot is not complete: nothing planned yet."
+            if state.get("plan") is None
+            else f"Still planned: {len(planned)} runs."
+            if planned
+            else "Nothing left to plan: the readings are final."
+        ),
     ]
     return lines

@@ -162,6 +162,24 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     assert other.returncode == 2 and "margin=1.0, not 2.0" in other.stderr
 
 
+def test_no_reading_is_final_while_the_pilot_is_not_complete() -> None:
+    """A write-up of a study whose pilot lacks runs (replay has 1 of 4) reads no comparison finally, not even
+    seqlora's whose pilot is complete, and says nothing is planned yet (it said "the readings are final")."""
+    from analysis import planner as P
+    from benchmarks import planned
+    from tests.test_planner import _runs
+
+    design, sequence = P.Design(pilot=4), [(o, 0) for o in (4, 5, 6, 101, 102)]
+    values = {"aimmerging": {4: 60, 5: 62, 6: 61, 101: 66}, "seqlora": {4: 55, 5: 58, 6: 57, 101: 58}}
+    runs = _runs(values | {"replay": {4: 61}})
+    state = P.standing(runs, sequence, design, budget_hours=20.0)
+    assert state["plan"] is None
+    text = "\n".join(planned.decisions_section(state, design, 20.0, sequence, {"generate": runs}))
+    assert "The pilot is not complete: nothing planned yet." in text and "readings are final" not in text
+    seqlora = [line for line in text.splitlines() if line.startswith("| seqlora |")]
+    assert len(seqlora) == 2 and all("| running |" in line for line in seqlora), seqlora
+
+
 def test_the_claims_say_where_aimmerging_does_not_win() -> None:
     """RESULTS' reading of the paper's claims names every method level with AimMerging or ahead of it."""
     from analysis import report as R
