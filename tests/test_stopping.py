@@ -74,3 +74,41 @@ def test_a_second_signal_stops_at_once() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout == "asked\n" and proc.returncode == -signal.SIGTERM
+
+
+def test_a_failed_trial_and_a_failed_storage_call_take_one_line_each() -> None:
+    """What Tune logs with a traceback when a trial fails (Ray's wrapper of the trial's error) or when its own
+    storage call fails (the storage away) reaches the terminal as one line naming the error, the URI in it."""
+    import io
+    import logging
+
+    from ray.exceptions import RayTaskError
+
+    from aimray.launch.stop import quiet_tune_hints
+    from aimray.launch.storage import StorageUnavailableError
+
+    quiet_tune_hints()
+    terminal = io.StringIO()
+    handler = logging.StreamHandler(terminal)  # Ray's loggers do not propagate: listen on them
+    trial_log, storage_log = (
+        logging.getLogger(n) for n in ("ray.tune.execution.tune_controller", "ray.train._internal.storage")
+    )
+    cause = StorageUnavailableError("s3://studies/x/runs/ab12: storage unreachable for 21 s while uploading\na run")
+    trial_error = RayTaskError("ImplicitFunc.train()", "Traceback (most recent call last):\n  ...", cause)
+    for logger in (trial_log, storage_log):
+        logger.addHandler(handler)
+    try:
+        trial_log.error("Trial task failed for trial %s", "run_trial_ab12", exc_info=trial_error.as_instanceof_cause())
+        try:
+            raise OSError("When testing for existence of bucket 'studies': AWS Error NETWORK_CONNECTION")
+        except OSError:
+            storage_log.exception("Caught exception when creating directory at x:")
+    finally:
+        for logger in (trial_log, storage_log):
+            logger.removeHandler(handler)
+    assert terminal.getvalue().splitlines() == [
+        "Trial task failed for trial run_trial_ab12: StorageUnavailableError: s3://studies/x/runs/ab12: storage "
+        "unreachable for 21 s while uploading a run",
+        "Caught exception when creating directory at x: OSError: When testing for existence of bucket 'studies': "
+        "AWS Error NETWORK_CONNECTION",
+    ]

@@ -161,9 +161,33 @@ class _Drop(logging.Filter):
         return not any(hint in text for hint in ("Tuner.restore", "Resume experiment with", "Stop signal received"))
 
 
+class _OneLine(logging.Filter):
+    """Turns a record's traceback into one line: what failed and why (for a trial, the error the trial raised,
+    not Ray's wrapper of it). A failed trial's whole traceback stays in its error file, which Tune names on
+    the next line; a storage error's is Ray's pyarrow call and says nothing the line does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg, record.args = f"{record.getMessage().rstrip(':')}: {one_line(record.exc_info[1])}", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: message` of what a Ray task raised (a RayTaskError's cause), on one line."""
+    cause = getattr(error, "cause", None)
+    error = cause if isinstance(cause, BaseException) else error
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def quiet_tune_hints() -> None:
     """Tune's restore hint off the terminal (aimray's own line says `--resume`), and Optuna's warning that a
-    resumed trial reports a step again (it does: the trial restarts from its runs' checkpoints)."""
+    resumed trial reports a step again (it does: the trial restarts from its runs' checkpoints). A failed
+    trial, and a storage call of Tune's own that failed (the storage away), take one line each instead of a
+    traceback (an outage repeated them for every retry of every trial: hundreds of lines)."""
     for name in ("ray.tune", "ray.tune.tune", "ray.tune.impl.tuner_internal", "ray.tune.execution.tune_controller"):
         logging.getLogger(name).addFilter(_Drop())
+    for name in ("ray.tune.execution.tune_controller", "ray.train._internal.storage"):
+        logging.getLogger(name).addFilter(_OneLine())
     warnings.filterwarnings("ignore", message=".*reported value is ignored because this `?step.*")
