@@ -162,19 +162,17 @@ def bring_home(fs: pafs.FileSystem, base: str, local: Path, uri: str) -> list[st
         rels = (i.path[start:] for i in infos if i.type == pafs.FileType.File)
         return [rel for rel in rels if Path(rel).name == "manifest.json" and results_only(rel)]
 
-    def status_there(path: str) -> str | None:
-        try:
-            with fs.open_input_stream(path) as f:
-                return json.loads(f.read()).get("status")
-        except (FileNotFoundError, ValueError):
-            return None
+    def read_there(path: str) -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
 
     copied = []
     for rel in retrying("listing the runs", uri, manifests):
         folder = str(Path(rel).parent)
         here = local / folder
-        there = retrying("reading a run's manifest", uri, functools.partial(status_there, f"{base}/{rel}"))
-        mine = status_here(here / "manifest.json")
+        read = functools.partial(read_there, f"{base}/{rel}")
+        there = retrying("reading a run's manifest", uri, functools.partial(manifest_status, read))
+        mine = manifest_status((here / "manifest.json").read_bytes)
         if mine is None or (there == "success" and mine != "success"):
             copy = functools.partial(
                 sync, Place(fs, f"{base}/{folder}"), Place.of(here), keep=results_only, last="manifest.json"
@@ -184,10 +182,11 @@ def bring_home(fs: pafs.FileSystem, base: str, local: Path, uri: str) -> list[st
     return copied
 
 
-def status_here(path: Path) -> str | None:
-    """The status a local manifest.json records; None when there is none (or it does not read)."""
+def manifest_status(read: Callable[[], bytes]) -> str | None:
+    """The status of the manifest.json that `read` returns, from the storage or from disk; None when there is
+    none (or it does not read)."""
     try:
-        return json.loads(path.read_text()).get("status")
+        return json.loads(read()).get("status")
     except (FileNotFoundError, ValueError):
         return None
 
