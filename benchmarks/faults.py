@@ -389,10 +389,15 @@ def outage_words(how: str, name: str, c: dict) -> str:
     }[how]
     if name == "short":
         return f"{gone} for {c['away_seconds']} s while trials upload: {c['retries']} retries logged, exit {c['code']}"
-    until = "until the driver ended" if c["ended_while_away"] else "THE DRIVER HAD NOT ENDED"
+    line = c["line"].split(" -- ", 1)[-1]  # a log record's message, without its time and place
+    head = f"{gone}, past the limit ($AIMRAY_STORAGE_OUTAGE_S=20): {c['away_seconds']} s"
+    resumed = f"`--resume` exit {c['resume_code']}"
+    if c["ended_while_away"]:
+        return f"{head}, until the driver ended; exit {c['code']} (`{line}`); the server back, {resumed}"
     return (
-        f"{gone}, past the limit ($AIMRAY_STORAGE_OUTAGE_S=20): {c['away_seconds']} s, {until}; exit {c['code']} "
-        f"(`{c['line']}`); the server back, `--resume` exit {c['resume_code']}"
+        f"{head} (the most this script waits): the trial failed (`{line}`) and was retried, but the driver waited "
+        f"on Tune's own save of its state to the hung server (aimray's limit does not bound Tune's calls); the "
+        f"server back, the sweep finished, exit {c['code']}; {resumed} (nothing left)"
     )
 
 
