@@ -112,3 +112,47 @@ def test_a_failed_trial_and_a_failed_storage_call_take_one_line_each() -> None:
         "Caught exception when creating directory at x: OSError: When testing for existence of bucket 'studies': "
         "AWS Error NETWORK_CONNECTION",
     ]
+
+
+KEEP_TO_CPUS = """
+import time, ray
+from aimray.launch.cluster import ensure_ray
+from aimray.launch.stop import RayStop
+
+ensure_ray(num_cpus=1)
+
+@ray.remote(num_cpus=0)
+class SlowFlag:  # a stop flag that answers in 0.3 s, as a busy one may: Ray has time to start a queued task
+    def asked(self):
+        time.sleep(0.3)
+
+    def started(self, trial):
+        pass
+
+flag = SlowFlag.options(name="aimray-stop-cpus").remote()
+
+@ray.remote(num_cpus=1)
+def run(trial):  # as a study's run: reports itself, then asks its flag at every step (at most once a second)
+    stop = RayStop("aimray-stop-cpus")
+    start = time.time()
+    stop.report("started", trial)
+    while time.time() - start < 3:
+        assert stop.asked() is None
+        time.sleep(0.05)
+    return start, time.time()
+
+print(sorted(ray.get([run.remote(t) for t in ("a", "b", "c")])))
+"""
+
+
+def test_runs_asking_their_stop_flag_keep_to_their_cpus() -> None:
+    """Three one-CPU Ray tasks on a one-CPU Ray, each asking a slow stop flag (RayStop) for 3 s, run one after
+    the other. (Asked on a task's main thread, the flag's ray.get lent the task's CPU to the next queued task,
+    which then ran beside it: a study on 2 CPUs ran 3 long runs at once.)"""
+    import ast
+    import itertools
+
+    proc = subprocess.run([sys.executable, "-c", KEEP_TO_CPUS], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spans = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans)), spans

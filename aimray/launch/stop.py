@@ -21,12 +21,14 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import ray
 
 from aimray.stopping import Stop, first_signal
 
 POLL_S = 1.0  # how often a trial asks the flag
+T = TypeVar("T")
 
 
 def grace_seconds() -> float:
@@ -89,7 +91,8 @@ class StopFlag:
 
 class RayStop(Stop):
     """A trial's Stop: asks the sweep's flag actor at most every POLL_S seconds; once asked, stays asked. No
-    flag (a trial restored after its driver went away): never asked."""
+    flag (a trial restored after its driver went away): never asked. Every call to the flag waits in a thread
+    of its own (off_main_thread)."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -98,18 +101,38 @@ class RayStop(Stop):
     def asked(self) -> int | None:
         if self.signum is None and time.monotonic() - self.last >= POLL_S:
             self.last = time.monotonic()
-            try:
-                self.flag = self.flag or ray.get_actor(self.name)
-                self.signum = ray.get(self.flag.asked.remote(), timeout=10)
-            except Exception:
-                self.flag = None
+            self.signum = off_main_thread(self._ask)
         return self.signum
+
+    def _ask(self) -> int | None:
+        try:
+            self.flag = self.flag or ray.get_actor(self.name)
+            return ray.get(self.flag.asked.remote(), timeout=10)
+        except Exception:
+            self.flag = None
+            return None
 
     def report(self, method: str, trial: str) -> None:
         """Tell the flag a trial started, finished or stopped (nothing when there is no flag)."""
-        with contextlib.suppress(Exception):
-            self.flag = self.flag or ray.get_actor(self.name)
-            ray.get(getattr(self.flag, method).remote(trial), timeout=10)
+
+        def tell() -> None:
+            with contextlib.suppress(Exception):
+                self.flag = self.flag or ray.get_actor(self.name)
+                ray.get(getattr(self.flag, method).remote(trial), timeout=10)
+
+        off_main_thread(tell)
+
+
+def off_main_thread(call: Callable[[], T]) -> T:
+    """call() in a thread of its own, waited for. While a Ray task's main thread blocks in ray.get, Ray lends
+    the task's CPUs out and starts queued tasks on them, which then keep them: a study of one-CPU runs on 2
+    CPUs, whose runs ask their stop flag every second, ran 3 runs at once (tests/test_stopping.py). A wait on
+    another thread lends nothing."""
+    box = []
+    thread = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    thread.start()
+    thread.join()
+    return box[0]
 
 
 @contextlib.contextmanager
