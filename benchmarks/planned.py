@@ -149,7 +149,8 @@ def study_markdown(out: Path, args, design: P.Design, sequence, methods: list[st
         f"{sum(in_pilot)} of {len(methods) * design.pilot} runs finished ("
         + ", ".join(f"{m} {per.get(m, 0)}" for m in methods)
         + f"; the rest queued in that order); planned runs finished: {len(runs) - sum(in_pilot)}. Wall times are "
-        "of runs that shared this 2-core machine (two at a time, and with tests at times): compute spent, not speed."
+        "of runs that shared this 2-core machine (two at a time; three at times before the stop-flag fix of "
+        "2026-12-07, LOG.md; and beside tests at times): compute spent, not speed."
     ]
     by_mode = {}  # every scoring's finished runs, the headline (the runs' first scoring) first
     for mode in dict.fromkeys(m for ms in _modes(out) for m in ms):
