@@ -71,6 +71,7 @@ class TaskState:
     best_score: float = -math.inf
     costs: Costs = field(default_factory=Costs)
     t_start: float = field(default_factory=time.time)
+    trained: bool = False  # steps and the task-end merge done: a checkpoint now resumes at the evaluation
     shared: bool = False  # a stage other runs compute too (aimray.stagecache; not checkpointed)
 
     def lap(self) -> None:
@@ -90,6 +91,7 @@ class TaskState:
             "mem_rng": [version, list(internal), gauss],
             "best_score": self.best_score,
             "costs": asdict(self.costs),
+            "trained": self.trained,
         }
         return tensors, objects, state
 
@@ -103,6 +105,7 @@ class TaskState:
         self.mem_rng.setstate((version, tuple(internal), gauss))
         self.schedule.load_state_dict(state["schedule"])
         self.step, self.best_score, self.costs = state["step"], state["best_score"], Costs(**state["costs"])
+        self.trained = state.get("trained", False)  # absent from checkpoints written before 2026-12-07
 
 
 @dataclass

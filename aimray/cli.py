@@ -214,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 result = run(cfg, args.out)
             except stopping.StopRequested as stop:
-                print(f"[run] stopped at {stop.where}, checkpoint written: the same command continues", file=sys.stderr)
+                print(stop.line(), file=sys.stderr)
                 return stop.exit_code
             except DiskFullError as err:
                 print(f"error: {err}", file=sys.stderr)
@@ -227,7 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run_with_ray_train(cfg, args.out, resources, storage=args.storage, signals=True)
         except stopping.StopRequested as stop:
-            print(f"[run] stopped at {stop.where}, checkpoint written: the same command continues", file=sys.stderr)
+            print(stop.line(), file=sys.stderr)
             return stop.exit_code
     print(format_result(result))
     print(f"[run] {time.time() - t0:.0f} s; events, manifest and matrix.json in {args.out}")

@@ -114,7 +114,7 @@ class Run:
     shared: Shared = field(default_factory=lambda: Shared(None))  # computations other runs share (task 1, evals)
     validation: list[list[Example]] = field(default_factory=list)  # per task: where best states are chosen
     micro: int | None = None  # train.micro_batch_size resolved (aimray.plan.resolve_micro_batch)
-    stop: Stop = field(default_factory=lambda: STOP)  # asked to stop (aimray.stopping): between steps, tasks
+    stop: Stop = field(default_factory=lambda: STOP)  # asked to stop (aimray.stopping): between steps and evaluations
 
     @property
     def learner(self) -> Learner:
@@ -158,7 +158,8 @@ def run(
     `cache`: where task 1 and the evaluations other runs compute too are shared (aimray.stagecache; None:
     nowhere; a folder; default: the folder $AIMRAY_STAGE_CACHE names). `labels` go into the manifest (a
     sweep's trial: {"trial": id}). `stop`: asked to stop (aimray.stopping.on_signals sets the process's),
-    the run finishes its optimizer step, checkpoints, marks itself stopped and raises StopRequested.
+    the run finishes its optimizer step (or, evaluating, the task it is scoring), checkpoints, marks itself
+    stopped and raises StopRequested.
     """
     out = Path(out)
     shared = StageCache.resolve(cache)
@@ -309,7 +310,12 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
     if r.cfg.checkpoint.keep != "last" and task.best:
         assign(r.params, task.best)
     shared = "evals" if task.shared else None  # the adapter after a shared first stage
-    scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs, shared)
+    task.trained = True
+    try:
+        scores = evaluate_tasks(r, stage.index + 1, stage.name, stage.eval_tasks, task.costs, shared)
+    except StopRequested as stop:  # asked while evaluating: the trained adapter is kept, the evaluation redone
+        save_checkpoint(r)
+        raise StopRequested(stop.signum, f"{stop.where} ({stage.name}; its training kept)") from None
     task.lap()
     r.events.add("costs", task_index=stage.index, task=stage.name, **vars(task.costs))
     if r.method.remembers and stage.index < len(r.stages) - 1:
@@ -394,6 +400,9 @@ def train_stage(r: Run, stage: Stage, saved: SavedTask | None) -> TaskState:
     A first stage of plain LoRA training from the start is one other runs compute too: taken from r.shared
     when it holds it, given to it once computed."""
     parts, task = stage_parts(r, stage, saved)
+    if task.trained:  # stopped while evaluating the task: its training and task-end merge are done
+        r.log(f"[run] task {stage.index + 1} ({stage.name}): trained before the stop; evaluating")
+        return task
     n = len(parts.examples)
     r.log(f"[run] task {stage.index + 1} ({stage.name}): {parts.total} steps, {n} examples, memory {len(r.memory)}")
     task.shared = stage.index == 0 and saved is None and not parts.merging
@@ -677,8 +686,10 @@ def evaluate_tasks(
     """Evaluate tasks on the configured splits in every mode (eval.modes, one pass over the prompts); one
     evals row per task, split and mode. Returns {(task, split): value} in the headline mode. `shared`: the
     adapter is one other runs evaluate too (untrained, or after a shared first stage): each score goes
-    through r.shared, counted under that name ("base_evals" or "evals")."""
-    scores = {}
+    through r.shared, counted under that name ("base_evals" or "evals"). Asked to stop, it raises
+    StopRequested between two tasks' scores, having recorded none of the round (finish_stage checkpoints)."""
+    scores, rows, seen = {}, [], 0
+    where = f"the evaluation after task {after_index}/{len(r.stages)}" if after_index else "the base model's evaluation"
     t0 = time.time()
     through = r.shared.scorer(shared, r.params) if shared else None
     modes = r.cfg.eval.all_modes
@@ -686,27 +697,35 @@ def evaluate_tasks(
         spec = r.specs[i]
         size = cell_subsample(r.cfg, after_index, i, len(r.stages))
         for split in r.cfg.eval.splits:
+            signum = stop_asked(r)
+            if signum is not None:  # nothing of this round is kept: all of it is done again
+                raise StopRequested(signum, where, checkpointed=False)
             examples = fixed_subsample(r.data[i].split(split), size, f"{spec.name}/{split}/{r.cfg.seed}")
             settings = {mode: eval_settings(spec, r.cfg, mode) for mode in modes}
             compute = functools.partial(score_modes, r.bb, r.dist, examples, settings)
             got = through(examples, settings, compute) if through else compute(list(modes))
-            costs.eval_examples += len(examples)
+            seen += len(examples)
+            subsample = size if len(examples) < len(r.data[i].split(split)) else 0
             for mode in modes:
                 value, n, metric = got[mode]
-                r.events.add(
-                    "evals",
-                    after_index=after_index,
-                    after_task=after_task,
-                    eval_index=i,
-                    eval_task=spec.name,
-                    split=split,
-                    metric=metric,
-                    value=value,
-                    n=n,
-                    mode=mode,
-                    subsample=size if len(examples) < len(r.data[i].split(split)) else 0,
+                rows.append(
+                    dict(
+                        after_index=after_index,
+                        after_task=after_task,
+                        eval_index=i,
+                        eval_task=spec.name,
+                        split=split,
+                        metric=metric,
+                        value=value,
+                        n=n,
+                        mode=mode,
+                        subsample=subsample,
+                    )
                 )
             scores[(spec.name, split)] = got[modes[0]][0]
+    for row in rows:  # the round complete: its rows and costs
+        r.events.add("evals", **row)
+    costs.eval_examples += seen
     costs.eval_seconds += time.time() - t0
     return scores
 

@@ -1,10 +1,11 @@
 """Stopping when asked: SIGINT (Ctrl-C) and SIGTERM (Kubernetes, Slurm, spot preemption) alike.
 
 Within `on_signals()`, the first signal asks the run to stop: the loop finishes the optimizer step (or the
-merge) in progress, writes a checkpoint, marks its manifest "stopped" and raises `StopRequested`, whose
-`exit_code` is 130 for SIGINT and 143 for SIGTERM, as a shell reports a process those signals ended. A
-second signal stops at once (the default action of that signal). Outside `on_signals()` nothing changes.
-A sweep's trials are asked through aimray.launch.stop.RayStop, a Stop that polls the sweep driver's flag.
+merge, or the evaluation of one task) in progress, writes a checkpoint, marks its manifest "stopped" and
+raises `StopRequested`, whose `exit_code` is 130 for SIGINT and 143 for SIGTERM, as a shell reports a
+process those signals ended. A second signal stops at once (the default action of that signal). Outside
+`on_signals()` nothing changes. A sweep's trials are asked through aimray.launch.stop.RayStop, a Stop that
+polls the sweep driver's flag.
 """
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StopRequested(Exception):
-    """A run stopped on request at a step boundary, its checkpoint written."""
+    """A run stopped on request at a step boundary or between the cells of an evaluation, its checkpoint
+    written (`checkpointed` False: stopped while evaluating the untrained model, before its first one)."""
 
-    def __init__(self, signum: int, where: str) -> None:
+    def __init__(self, signum: int, where: str, checkpointed: bool = True) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name} at {where}")
-        self.signum, self.where = signum, where
+        self.signum, self.where, self.checkpointed = signum, where, checkpointed
 
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+    def line(self) -> str:
+        """What the CLI prints: where it stopped and how to continue."""
+        if self.checkpointed:
+            return f"[run] stopped at {self.where}, checkpoint written: the same command continues"
+        return f"[run] stopped at {self.where}, nothing to keep yet: the same command starts again"
 
 
 @dataclass

@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from aimray.events import SCHEMAS
+import pytest
+
+import aimray.loop
+from aimray.events import SCHEMAS, read_events
 from aimray.loop import run
+from aimray.stopping import Stop, StopRequested
 from tests.test_loop import TINY, comparable, quiet, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +61,48 @@ def test_sigterm_and_sigint_stop_a_run_with_a_checkpoint_and_the_same_command_co
     assert json.loads((out / "manifest.json").read_text())["status"] == "success"
     whole = tmp_path / "whole"
     run(tiny_config(tiny_causal), whole, log=quiet)
+    for kind in SCHEMAS:
+        assert comparable(whole, kind) == comparable(out, kind), kind
+
+
+def test_a_stop_while_evaluating_keeps_the_trained_task_and_scores_it_again(tiny_causal, tmp_path, monkeypatch):
+    """Asked to stop while the base model or a trained task is being scored: the run stops after the task it
+    is scoring (not after the whole round), keeps what training it has done and records none of the round;
+    the same call continues to exactly the events of an uninterrupted run."""
+    stop, where, scored = Stop(), {"after": -1, "cells": 0}, aimray.loop.score_modes
+    stops = [(0, 2), (2, 2)]  # (after task, cell): SIGTERM arrives as the second task's scores are computed
+    evaluate = aimray.loop.evaluate_tasks
+
+    def evaluating(r, after_index, *args, **kwargs):
+        where.update(after=after_index, cells=0)
+        return evaluate(r, after_index, *args, **kwargs)
+
+    def scoring(*args, **kwargs):
+        where["cells"] += 1
+        if stops and (where["after"], where["cells"]) == stops[0]:
+            stop.signum = signal.SIGTERM
+            stops.pop(0)
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(aimray.loop, "evaluate_tasks", evaluating)
+    monkeypatch.setattr(aimray.loop, "score_modes", scoring)
+    out, cfg = tmp_path / "run", tiny_config(tiny_causal)
+    with pytest.raises(StopRequested) as base:
+        run(cfg, out, log=quiet, stop=stop)
+    assert base.value.where == "the base model's evaluation" and not base.value.checkpointed
+    assert "nothing to keep yet" in base.value.line() and not (out / "checkpoints").exists()
+    stop.signum = None
+    with pytest.raises(StopRequested) as trained:
+        run(cfg, out, log=quiet, stop=stop)
+    assert trained.value.where == "the evaluation after task 2/4 (amazon; its training kept)", trained.value.where
+    assert json.loads((out / "manifest.json").read_text())["status"] == "stopped"
+    assert set(read_events(out, "evals").column("after_index").to_pylist()) == {0, 1}  # none of task 2's round
+    monkeypatch.undo()
+    lines = []
+    run(cfg, out, log=lines.append)
+    assert "[run] task 2 (amazon): trained before the stop; evaluating" in lines, lines
+    whole = tmp_path / "whole"
+    run(cfg, whole, log=quiet)
     for kind in SCHEMAS:
         assert comparable(whole, kind) == comparable(out, kind), kind
 

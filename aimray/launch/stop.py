@@ -34,7 +34,8 @@ T = TypeVar("T")
 def grace_seconds() -> float:
     """How long the driver waits for its running trials to checkpoint before Tune stops them:
     $AIMRAY_SWEEP_GRACE_S (default 25, inside the 30 s a Kubernetes pod gets by default). A trial still busy
-    then (evaluating, say) is ended by Tune and redoes the steps since its last checkpoint on --resume."""
+    then (a step or one task's evaluation slower than that) is ended by Tune and redoes the steps since its
+    last checkpoint on --resume."""
     return float(os.environ.get("AIMRAY_SWEEP_GRACE_S", "25"))
 
 

@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from aimray import plugins
-from aimray.checkpoint import checkpoint_name
+from aimray.checkpoint import Checkpointer, checkpoint_name
 from aimray.config import RunConfig as AimRunConfig
 from aimray.config import config_from_dict
 from aimray.distributed import Dist
@@ -261,5 +261,6 @@ def run_with_ray_train(
     if remote is not None:
         remote_folder(*remote).restore(out)  # rank 0 ran on another node: its copy comes to the driver
     if status_of(out) == "stopped":  # the workers stopped on request (a sweep's stop flag), checkpointed
-        raise StopRequested(asked.signum or signal.SIGTERM, f"{out} (Ray Train workers)")
+        kept = Checkpointer(out / "checkpoints").latest() is not None  # none: stopped in the base model's evaluation
+        raise StopRequested(asked.signum or signal.SIGTERM, f"{out} (Ray Train workers)", checkpointed=kept)
     return collect(out)
