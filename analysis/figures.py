@@ -27,12 +27,13 @@ TRIGGER_COLOURS = {
 
 
 def save(fig: Figure, out: str | Path, name: str) -> list[Path]:
-    """Write `name`.png (150 dpi) and `name`.pdf under `out`; returns the paths."""
+    """Write `name`.png (150 dpi) and `name`.pdf under `out`; returns the paths. The same figure gives the
+    same bytes (no creation date in the PDF), so a regenerated report changes only the figures that changed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for p in paths:
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 

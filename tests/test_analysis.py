@@ -187,6 +187,9 @@ def test_every_figure_draws_and_saves(study, tmp_path) -> None:
     assert len(fig.axes) == 3 and fig.axes[0].get_lines()
     assert F.save(fig, tmp_path, "traj") == [tmp_path / "traj.png", tmp_path / "traj.pdf"]
     assert (tmp_path / "traj.png").stat().st_size > 1000 and (tmp_path / "traj.pdf").stat().st_size > 1000
+    first = [p.read_bytes() for p in (tmp_path / "traj.png", tmp_path / "traj.pdf")]
+    F.save(F.trajectory(s, "aimmerging"), tmp_path, "traj")
+    assert [p.read_bytes() for p in (tmp_path / "traj.png", tmp_path / "traj.pdf")] == first  # reports diff cleanly
     heat = F.accuracy_heatmaps(s)
     assert sum(bool(ax.images) for ax in heat.axes) == len(METHODS)
     curves = F.forgetting_curves(s)
