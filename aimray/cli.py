@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aimray import plugins, stopping
 from aimray.assets import AssetMissingError
@@ -28,6 +29,9 @@ from aimray.cliargs import (
 from aimray.files import DiskFullError, now, read_json, write_json_atomic
 from aimray.tasks import BENCHMARKS, TASKS, SplitSizes, get_benchmark, get_task
 from aimray.tasks.offline import inventory as offline_inventory
+
+if TYPE_CHECKING:
+    from aimray.config import RunConfig
 
 # The default backbone's zero-shot scores on the offline tasks, measured with `python -m aimray eval`
 # (its "command" says how); `tasks -v` prints them.
@@ -192,20 +196,10 @@ def eval_rows(bb, spec, examples: list, args: argparse.Namespace) -> list[dict]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """One continual-learning run; prints progress, then the accuracy matrix and the CL metrics."""
-    from aimray.config import make_config
     from aimray.loop import run
 
     check_out_dir(args.out)
-    overrides = model_overrides(args)
-    cfg = make_config(
-        args.preset,
-        overrides,
-        method=args.method,
-        benchmark=args.benchmark,
-        order=args.order,
-        seed=args.seed,
-        data_dir=args.data_dir,
-    )
+    cfg = config_of(args)
     t0 = time.time()
     if args.verbose:  # Train workers read it (aimray.launch.train.quiet_train_logs)
         os.environ["AIMRAY_RAY_LOG_LEVEL"] = "INFO"
@@ -234,6 +228,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def config_of(args: argparse.Namespace) -> RunConfig:
+    """The run's config: the preset, the flags given over it (a flag left out keeps the preset's value: `--preset
+    long` runs offline-long order 4), then --model and the key=value overrides."""
+    from aimray.config import make_config
+
+    flags = {k: getattr(args, k, None) for k in ("method", "benchmark", "order", "seed", "data_dir")}
+    return make_config(args.preset, model_overrides(args), **flags)
+
+
 def model_overrides(args: argparse.Namespace) -> dict:
     """The key=value overrides, with --model as model.name_or_path (an override of the same key wins)."""
     from aimray.config import parse_overrides
@@ -247,11 +250,8 @@ def model_overrides(args: argparse.Namespace) -> dict:
 def cmd_plan(args: argparse.Namespace) -> int:
     """What a run needs in memory and the micro-batch it would use (aimray.plan)."""
     from aimray import plan
-    from aimray.config import make_config
 
-    cfg = make_config(
-        args.preset, model_overrides(args), method=args.method, benchmark=args.benchmark, order=args.order
-    )
+    cfg = config_of(args)
     memory = plan.parse_bytes(args.memory) if args.memory else None
     result = plan.make_plan(cfg, args.device, memory)
     print(plan.to_json(result) if args.json else "\n".join(plan.describe(result)))
@@ -345,11 +345,9 @@ def add_run_parser(sub) -> None:
         epilog="overrides: dotted config keys, e.g. train.lr=1e-3 controller.threshold_factor=2.5 data.train=64. "
         f"Presets: {', '.join(_presets())}.",
     )
-    p.add_argument("--method", default="aimmerging", help=f"one of {', '.join(_methods())}")
-    p.add_argument(
-        "--benchmark", default="offline-standard", help=f"one of {', '.join(BENCHMARKS)} (default offline-standard)"
-    )
-    p.add_argument("--order", type=int, default=1, help="task order of the benchmark (default 1)")
+    p.add_argument("--method", help=f"one of {', '.join(_methods())} (default aimmerging)")
+    p.add_argument("--benchmark", help=f"one of {', '.join(BENCHMARKS)} (default: the preset's, else offline-standard)")
+    p.add_argument("--order", type=int, help="task order of the benchmark (default: the preset's, else 1)")
     p.add_argument(
         "--preset",
         help="smoke (about 2 min here), demo, bench, sweep, study, paper (the paper's sizes) or reference "
@@ -361,7 +359,7 @@ def add_run_parser(sub) -> None:
         help="the backbone: 'smollm2' (the offline default, SmolLM2-135M-Instruct), a model folder or an HF id "
         "(the paper used t5-large, which no registry package ships: pass its folder); = model.name_or_path",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of data splits, adapter and batches (default 0)")
+    p.add_argument("--seed", type=int, help="seed of data splits, adapter and batches (default: the preset's, else 0)")
     p.add_argument("--data-dir", help="folder with the paper's data (for standard, long, superni)")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds a checkpoint)")
     p.add_argument(
@@ -405,9 +403,11 @@ def add_plan_parser(sub) -> None:
     p.add_argument(
         "--model", help="'smollm2' (default), a model folder, an HF id, or t5-large / llama-2-7b / llama-2-13b"
     )
-    p.add_argument("--method", default="aimmerging", help="the method (default aimmerging)")
-    p.add_argument("--benchmark", default="offline-standard", help="whose tasks set the label count for scoring")
-    p.add_argument("--order", type=int, default=1, help="task order of the benchmark (default 1)")
+    p.add_argument("--method", help="the method (default aimmerging)")
+    p.add_argument(
+        "--benchmark", help="whose tasks set the label count for scoring (default: the preset's, else offline-standard)"
+    )
+    p.add_argument("--order", type=int, help="task order of the benchmark (default: the preset's, else 1)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="default cuda")
     p.add_argument(
         "--memory",

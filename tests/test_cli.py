@@ -60,6 +60,22 @@ def test_list_flags_name_themselves() -> None:
         assert proc.returncode == 2 and "argument --orders: '1,x' is not a comma-separated list" in proc.stderr
 
 
+def test_flags_left_out_keep_the_presets_values() -> None:
+    """`--preset long` runs offline-long order 4 (the preset's), not the flags' defaults; a flag given wins."""
+    from aimray.cli import build_parser, config_of
+
+    parse = build_parser().parse_args
+    cfg = config_of(parse(["run", "--preset", "long", "--out", "x"]))
+    assert (cfg.method, cfg.benchmark, cfg.order, cfg.seed) == ("aimmerging", "offline-long", 4, 0)
+    cfg = config_of(
+        parse(["run", "--preset", "long", "--order", "5", "--seed", "2", "--method", "replay", "--out", "x"])
+    )
+    assert (cfg.method, cfg.benchmark, cfg.order, cfg.seed) == ("replay", "offline-long", 5, 2)
+    cfg = config_of(parse(["run", "--preset", "smoke", "--out", "x"]))
+    assert (cfg.benchmark, cfg.order) == ("offline-standard", 1)
+    assert config_of(parse(["plan", "--preset", "long"])).order == 4
+
+
 def test_help_explains() -> None:
     proc = run("eval", "--help")
     assert proc.returncode == 0 and "--limit" in proc.stdout and "label word" in proc.stdout
