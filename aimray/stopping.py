@@ -98,7 +98,8 @@ def on_signals(log: Callable[[str], None] = print, stop: Stop = STOP) -> Iterato
 
     def say(signum: int) -> None:
         name = signal.Signals(signum).name
-        log(f"[run] {name}: stopping after the current step, with a checkpoint (again to stop at once)")
+        what = "the current step (or the task being scored), with a checkpoint (again to stop at once)"
+        log(f"[run] {name}: stopping after {what}")
 
     try:
         with first_signal(stop, say):
