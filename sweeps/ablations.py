@@ -1,6 +1,6 @@
 """AimMerging, its ablations and the baselines over task orders x seeds, in parallel on Ray.
 
-    python sweeps/ablations.py [--methods m1,m2] [--benchmark offline-standard] [--data-dir DIR] [--orders 1,2,3]
+    python sweeps/ablations.py [--methods m1,m2] [--benchmark B] [--data-dir DIR] [--orders 1,2,3]
         [--seeds 0] [--preset smoke] [--cpus-per-run 1] [--out runs/ablations] [key=value ...]
 
 Every run lands in <out>/runs/<method>/o<order>-s<seed>-<config hash>/ with its events, manifest and
@@ -20,7 +20,7 @@ from aimray.cliargs import ArgumentParser, add_plugins_arg, check_out_dir, error
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
-    parser.add_argument("--benchmark", default="offline-standard", help="benchmark (default offline-standard)")
+    parser.add_argument("--benchmark", help="benchmark (default: the preset's, else offline-standard)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
     parser.add_argument("--orders", type=int_list, help="comma-separated (default: every order of the benchmark)")
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from aimray import plugins
     from aimray.assets import AssetMissingError
-    from aimray.config import parse_overrides
+    from aimray.config import make_config, parse_overrides
     from aimray.launch.ablations import DEFAULT_METHODS, StudyInterrupted, configs, run_study
     from aimray.tasks import get_benchmark
 
@@ -49,11 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.cpus_per_run > 0:
             raise ValueError(f"--cpus-per-run={args.cpus_per_run} must be > 0")
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
-        bench = get_benchmark(args.benchmark)
+        overrides = parse_overrides(args.overrides)
+        bench = get_benchmark(args.benchmark or make_config(args.preset, overrides).benchmark)
         orders, seeds = args.orders or list(bench.orders), args.seeds
-        cfgs = configs(
-            args.preset, methods, args.benchmark, orders, seeds, parse_overrides(args.overrides), args.data_dir
-        )
+        cfgs = configs(args.preset, methods, bench.name, orders, seeds, overrides, args.data_dir)
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)
         return 2

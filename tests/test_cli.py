@@ -60,7 +60,7 @@ def test_list_flags_name_themselves() -> None:
         assert proc.returncode == 2 and "argument --orders: '1,x' is not a comma-separated list" in proc.stderr
 
 
-def test_flags_left_out_keep_the_presets_values() -> None:
+def test_flags_left_out_keep_the_presets_values(tmp_path) -> None:
     """`--preset long` runs offline-long order 4 (the preset's), not the flags' defaults; a flag given wins."""
     from aimray.cli import build_parser, config_of
 
@@ -74,6 +74,10 @@ def test_flags_left_out_keep_the_presets_values() -> None:
     cfg = config_of(parse(["run", "--preset", "smoke", "--out", "x"]))
     assert (cfg.benchmark, cfg.order) == ("offline-standard", 1)
     assert config_of(parse(["plan", "--preset", "long"])).order == 4
+    ablations = Path(__file__).resolve().parent.parent / "sweeps" / "ablations.py"  # its --benchmark too
+    cmd = [sys.executable, str(ablations), "--preset", "long", "--orders", "1", "--out", str(tmp_path / "a")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "benchmark 'offline-long' has no order 1" in proc.stderr, proc.stderr
 
 
 def test_help_explains() -> None:
