@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", help="comma-separated (default: AimMerging, its 4 ablations, 6 baselines)")
     parser.add_argument("--benchmark", help="benchmark (default: the preset's, else offline-standard)")
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
-    parser.add_argument("--orders", type=int_list, help="comma-separated (default: every order of the benchmark)")
+    parser.add_argument("--orders", type=int_list, help="comma-separated (default: the benchmark's paper orders)")
     parser.add_argument("--seeds", type=int_list, default=[0], help="comma-separated seeds (default 0)")
     parser.add_argument("--preset", default="smoke", help="run preset (default smoke)")
     parser.add_argument(
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
         overrides = parse_overrides(args.overrides)
         bench = get_benchmark(args.benchmark or make_config(args.preset, overrides).benchmark)
-        orders, seeds = args.orders or list(bench.orders), args.seeds
+        orders, seeds = args.orders or list(bench.main_orders), args.seeds
         cfgs = configs(args.preset, methods, bench.name, orders, seeds, overrides, args.data_dir)
     except (ValueError, KeyError, FileNotFoundError, AssetMissingError) as err:
         print(f"error: {error_text(err)}", file=sys.stderr)

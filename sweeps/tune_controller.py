@@ -5,9 +5,9 @@
         [--objectives dev_op,dev_bwt,compute] [--holdout-orders 3]
         [--address ADDR] [--storage URI] [--resume] [key=value ...]
 
-Each trial runs one sampled config over every order of the benchmark (Ray Train workers with --workers,
-else one process per trial) and is scored on dev data only; test metrics are recorded beside. The output
-folder holds trials.parquet, best.md and every run's trajectory. See aimray/launch/tune.py.
+Each trial runs one sampled config over the benchmark's paper orders (the config's benchmark, else the
+preset's) in Ray Train workers with --workers, else one process per trial, and is scored on dev data only;
+test metrics are recorded beside. The output folder holds trials.parquet, best.md and every run's trajectory. See aimray/launch/tune.py.
 
 --objectives searches several objectives at once (Optuna's multi-objective TPE; ASHA stops trials on the
 first): trials.parquet marks the Pareto front (`pareto`) and best.md lists it. --holdout-orders leaves
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from aimray.cliargs import ArgumentParser, add_plugins_arg, error_text, int_list
+from aimray.config import preset_names
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "controller.yaml"
 # errors a user's input or setting causes: one line and exit 2 (with aimray's own, imported in main)
@@ -43,7 +44,11 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep spec YAML (search space etc.)")
     parser.add_argument("--out", help="output folder (default runs/sweep)")
-    parser.add_argument("--preset", help="run preset of every trial: sweep (default), smoke, demo, paper")
+    parser.add_argument(
+        "--preset",
+        help=f"run preset of every trial (default sweep): {', '.join(preset_names())}; the benchmark is the "
+        "preset's unless the sweep config names one",
+    )
     parser.add_argument("--num-samples", type=int, dest="num_samples", help="number of trials")
     parser.add_argument("--concurrency", type=int, help="trials at once (default: sized to the cluster)")
     parser.add_argument(
@@ -79,7 +84,9 @@ def build_parser() -> ArgumentParser:
         help="comma-separated orders left out of the search; the best config(s) and the defaults run on them after",
     )
     parser.add_argument("--scheduler", help="asha (default), hyperband or none")
-    parser.add_argument("--orders", type=int_list, help="comma-separated orders (default: all of the benchmark)")
+    parser.add_argument(
+        "--orders", type=int_list, help="comma-separated orders (default: the benchmark's paper orders)"
+    )
     parser.add_argument("--data-dir", dest="data_dir", help="the paper's data, for standard/long/superni")
     add_cluster_args(parser)
     add_plugins_arg(parser)

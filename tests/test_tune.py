@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aimray.launch.tune import define_by_run, load_sweep, parse_space, tpe_sampler
+from aimray.launch.tune import define_by_run, load_sweep, parse_space, tpe_sampler, trial_config
 from aimray.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +123,23 @@ def test_sweep_spec_errors_name_the_field(tmp_path) -> None:
         load_sweep(SMOKE, [], orders=(7,))
     spec = load_sweep(SMOKE, ["num_samples=3", "train.lr=0.01"], out=str(tmp_path))
     assert spec.num_samples == 3 and spec.overrides["train"]["lr"] == 0.01 and spec.all_orders() == (1, 2, 3)
+
+
+def test_sweep_benchmark_is_the_presets_unless_named(tmp_path) -> None:
+    """A sweep config that names no benchmark sweeps the preset's (`--preset long`: offline-long on the paper's
+    orders 4-6, not the 20 seeded permutations); one the config or a key=value names wins."""
+    controller = ROOT / "sweeps" / "configs" / "controller.yaml"
+    out = str(tmp_path / "sweep")
+    spec = load_sweep(controller, [], out=out)
+    assert spec.benchmark == "offline-standard" and spec.all_orders() == (1, 2, 3)
+    spec = load_sweep(controller, [], preset="long", out=out)
+    assert spec.benchmark == "offline-long" and spec.all_orders() == (4, 5, 6) and spec.num_tasks() == 15
+    assert trial_config(spec, 5, {}).benchmark == "offline-long"
+    assert trial_config(spec, 5, {}).eval.splits == ("test", "dev")  # the long preset scores test only
+    assert load_sweep(controller, ["benchmark=offline-standard"], preset="long", out=out).all_orders() == (1, 2, 3)
+    named = load_sweep(SMOKE, [], preset="long", out=out)  # smoke.yaml names offline-standard
+    assert named.benchmark == "offline-standard" and trial_config(named, 1, {}).benchmark == "offline-standard"
+    assert load_sweep(controller, [], preset="long", orders=(101,), out=out).all_orders() == (101,)
 
 
 def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:

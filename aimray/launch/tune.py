@@ -82,8 +82,8 @@ class Param:
 @dataclass(frozen=True)
 class SweepSpec:
     method: str = "aimmerging"
-    benchmark: str = "offline-standard"
-    orders: tuple[int, ...] = ()  # empty: all orders of the benchmark
+    benchmark: str | None = None  # None: the preset's (load_sweep resolves it; offline-standard if it names none)
+    orders: tuple[int, ...] = ()  # empty: the benchmark's paper orders (not its seeded permutations, 101+)
     preset: str | None = "sweep"
     seed: int = 0
     data_dir: str | None = None
@@ -117,7 +117,7 @@ class SweepSpec:
 
     def all_orders(self) -> tuple[int, ...]:
         bench = get_benchmark(self.benchmark)
-        return self.orders or tuple(bench.orders)
+        return self.orders or bench.main_orders
 
     def tune_orders(self) -> tuple[int, ...]:
         """The orders trials run on: every order but the held-out ones."""
@@ -188,6 +188,8 @@ def load_sweep(path: str | Path | None, overrides: list[str], **flags: Any) -> S
     raw = spec_values(read_yaml(path) if path else {}, parse_overrides(overrides), flags)
     raw["plugins"] = tuple(plugins.load(raw.get("plugins")))  # before any config names what they register
     spec = SweepSpec(**raw)
+    if spec.benchmark is None:  # the preset's, as `python -m aimray run --preset P` takes it
+        spec = replace(spec, benchmark=make_config(spec.preset, spec.overrides, method=spec.method).benchmark)
     if spec.objectives:
         spec = replace(spec, objective=spec.objectives[0])
     check_spec(spec)
@@ -323,16 +325,14 @@ def check_expressible(spec: SweepSpec) -> None:
 
 
 def trial_config(spec: SweepSpec, order: int, sampled: dict[str, Any]):
+    """A trial's run config on `order`; dev joins eval.splits where the preset scores test only (the long
+    preset): a sweep is scored on dev."""
     overrides = deep_merge(spec.overrides, nest(sampled))
-    return make_config(
-        spec.preset,
-        overrides,
-        method=spec.method,
-        benchmark=spec.benchmark,
-        order=order,
-        seed=spec.seed,
-        data_dir=spec.data_dir,
-    )
+    top = dict(method=spec.method, benchmark=spec.benchmark, order=order, seed=spec.seed, data_dir=spec.data_dir)
+    cfg = make_config(spec.preset, overrides, **top)
+    if "dev" in cfg.eval.splits:
+        return cfg
+    return make_config(spec.preset, deep_merge(overrides, {"eval": {"splits": [*cfg.eval.splits, "dev"]}}), **top)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from aimray.tasks.offline import OFFLINE_TASKS
 from aimray.tasks.offline_long import LONG_TASKS
 from aimray.tasks.registry import (
     BENCHMARKS,
+    EXTRA_ORDERS_FROM,
     TASKS,
     Benchmark,
     benchmark_tasks,
@@ -112,7 +113,7 @@ LONG_ORDERS = {
 }
 # Orders beyond the paper's three, for studies that need more (the order is the main source of variance):
 # order 100+k is order 4 shuffled by the key "long/<k>", the same sequence on every machine.
-RANDOM_ORDERS = range(101, 121)
+RANDOM_ORDERS = range(EXTRA_ORDERS_FROM + 1, EXTRA_ORDERS_FROM + 21)
 LONG_ORDERS |= {k: permuted_order(LONG_ORDERS[4], f"long/{k - 100}") for k in RANDOM_ORDERS}
 register_benchmark(
     Benchmark(
@@ -196,6 +197,7 @@ register_benchmark(
 
 __all__ = [
     "BENCHMARKS",
+    "EXTRA_ORDERS_FROM",
     "TASKS",
     "Benchmark",
     "Example",

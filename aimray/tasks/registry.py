@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aimray.tasks.spec import TaskSpec
 
+EXTRA_ORDERS_FROM = 100  # orders numbered above it are seeded permutations added for studies, not the paper's
 TASKS: dict[str, TaskSpec] = {}
 BENCHMARKS: dict[str, Benchmark] = {}
 
@@ -29,6 +30,12 @@ class Benchmark:
     def tasks(self) -> tuple[str, ...]:
         """Every task of the benchmark, in first-seen order."""
         return tuple(dict.fromkeys(t for order in self.orders.values() for t in order))
+
+    @property
+    def main_orders(self) -> tuple[int, ...]:
+        """The paper's orders: what "every order" means to a sweep (the seeded permutations are for studies
+        that ask for more pairs)."""
+        return tuple(k for k in self.orders if k <= EXTRA_ORDERS_FROM) or tuple(self.orders)
 
     def order(self, k: int) -> tuple[str, ...]:
         if k not in self.orders:
