@@ -53,6 +53,9 @@ class Costs:
     monitor_seconds: float = 0.0  # part of wall_seconds spent on forgetting-signal passes
     merge_seconds: float = 0.0  # part of wall_seconds spent merging: rehearsal bursts and fusion
     wall_seconds: float = 0.0
+    # processor seconds of the run's process (rank 0's; all its threads) over the task: its compute, which other
+    # work on the machine does not inflate as it does wall_seconds (a study planner's cost); NaN on a GPU
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -71,14 +74,16 @@ class TaskState:
     best_score: float = -math.inf
     costs: Costs = field(default_factory=Costs)
     t_start: float = field(default_factory=time.time)
+    cpu_start: float = field(default_factory=time.process_time)
     trained: bool = False  # steps and the task-end merge done: a checkpoint now resumes at the evaluation
     shared: bool = False  # a stage other runs compute too (aimray.stagecache; not checkpointed)
 
     def lap(self) -> None:
-        """Add the wall time since the last lap to the costs."""
-        now = time.time()
+        """Add the wall and processor time since the last lap to the costs."""
+        now, cpu = time.time(), time.process_time()
         self.costs.wall_seconds += now - self.t_start
-        self.t_start = now
+        self.costs.cpu_seconds += cpu - self.cpu_start
+        self.t_start, self.cpu_start = now, cpu
 
     def state_dict(self) -> tuple[dict[str, Tensors], dict, dict]:
         """(tensor groups, optimizer states, JSON state)."""

@@ -16,7 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 3  # 2: costs.eval_seconds; 3: evals.mode, evals.subsample, costs.monitor/merge_seconds
+# 2: costs.eval_seconds; 3: evals.mode, evals.subsample, costs.monitor/merge_seconds. A column added since
+# (costs.cpu_seconds) is read as null from parts without it and left out by readers that predate it, so it
+# keeps the version: a study's driver still running older code reads the runs newer code writes.
+SCHEMA_VERSION = 3
 READABLE_VERSIONS = (2, 3)  # a version-2 run reads as version 3 (upgrade)
 
 _f64, _i32, _i64, _str = pa.float64(), pa.int32(), pa.int64(), pa.string()
@@ -91,6 +94,7 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("monitor_seconds", _f64),
             ("merge_seconds", _f64),
             ("wall_seconds", _f64),
+            ("cpu_seconds", _f64),
         ]
     ),
 }
@@ -154,7 +158,7 @@ class EventWriter:
 
 
 # Columns that differ between two runs that computed the same thing (comparisons leave them out).
-TIMINGS = ("wall_seconds", "eval_seconds", "monitor_seconds", "merge_seconds")
+TIMINGS = ("wall_seconds", "eval_seconds", "monitor_seconds", "merge_seconds", "cpu_seconds")
 
 
 def upgrade(table: pa.Table, kind: str, eval_mode: str) -> pa.Table:

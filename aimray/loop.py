@@ -317,6 +317,8 @@ def finish_stage(r: Run, stage: Stage, task: TaskState) -> dict:
         save_checkpoint(r)
         raise StopRequested(stop.signum, f"{stop.where} ({stage.name}; its training kept)") from None
     task.lap()
+    if r.bb.device.type != "cpu":  # on an accelerator the processor's seconds are not the run's compute
+        task.costs.cpu_seconds = math.nan
     r.events.add("costs", task_index=stage.index, task=stage.name, **vars(task.costs))
     if r.method.remembers and stage.index < len(r.stages) - 1:
         r.memory.add_task(stage.name, stage.train)

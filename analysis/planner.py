@@ -191,21 +191,32 @@ def leading_pairs(runs: pd.DataFrame, method: str, sequence: Sequence[tuple[int,
     return n
 
 
+def cost_clock(runs: pd.DataFrame) -> str:
+    """What a run costs is read on: "cpu" (processor seconds, which other work on the machine does not
+    inflate) when every run counted them, else "wall" (a study begun before the loop counted them stays on
+    wall time, so that its hours add up on one clock)."""
+    cpu = runs.get("cpu_seconds")
+    return "cpu" if cpu is not None and len(cpu) and cpu.notna().all() else "wall"
+
+
 def standing(runs: pd.DataFrame | None, sequence, design: Design, budget_hours: float) -> dict:
     """Where a planned study stands, from its finished runs (analysis.tables.run_metrics): run hours spent
-    ("spent", each run's wall time), a run's mean hours per method ("hours"), every method's leading pairs
-    ("pairs"), the plan from here ("plan": None until the pilot is complete, [] once nothing is left) and the
-    comparisons ("table": final once nothing is left to plan)."""
+    ("spent"), a run's mean hours per method ("hours"), the clock they are read on ("clock": `cost_clock`),
+    every method's leading pairs ("pairs"), the plan from here ("plan": None until the pilot is complete, []
+    once nothing is left) and the comparisons ("table": final once nothing is left to plan)."""
     if runs is None or runs.empty:
-        return {"runs": None, "plan": None, "spent": 0.0}
+        return {"runs": None, "plan": None, "spent": 0.0, "clock": "wall"}
     methods = list(dict.fromkeys(runs.method))
-    hours_of = runs.groupby("method").wall_seconds.mean() / 3600
+    clock = cost_clock(runs)
+    seconds = runs[f"{clock}_seconds"]
+    hours_of = seconds.groupby(runs.method).mean() / 3600
     hours = {m: float(hours_of[m]) for m in methods}
     pairs = {m: leading_pairs(runs, m, sequence) for m in methods}
-    spent = float(runs.wall_seconds.sum() / 3600)
+    spent = float(seconds.sum() / 3600)
     table = comparisons(runs, sequence, design, final=False)
     compared = list(dict.fromkeys(table.method)) if len(table) else []
     state = {"runs": runs, "plan": None, "spent": spent, "hours": hours, "pairs": pairs, "table": table}
+    state["clock"] = clock
     if REFERENCE not in pairs or any(pairs[m] < design.pilot for m in [REFERENCE, *compared]):
         return state
     sd0 = {m: dict(zip(table[table.method == m].metric, table[table.method == m].sd0, strict=True)) for m in compared}

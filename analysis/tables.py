@@ -49,7 +49,8 @@ def matrix(study: Study, path: str, split: str = "test") -> tuple[np.ndarray, np
 def run_metrics(study: Study) -> pd.DataFrame:
     """One row per finished run: identity (path, method, order, seed, trial), test OP / BWT / forgetting /
     FWT (paper: against the study's single_task run of the same order and seed; base: against the
-    untrained model), dev OP / BWT, merges (all triggers), wall seconds, rehearsal examples used."""
+    untrained model), dev OP / BWT, merges (all triggers), wall and processor seconds (cpu_seconds: NaN for a
+    run written before the loop counted them), rehearsal examples used."""
     done = study.runs[study.runs.status == "success"]
     rows = []
     for run in done.itertuples():
@@ -63,6 +64,7 @@ def run_metrics(study: Study) -> pd.DataFrame:
         row["merges"] = len(merges)
         row["merges_per_task"] = len(merges) / len(run.tasks)
         row["wall_seconds"] = float(costs.wall_seconds.sum())
+        row["cpu_seconds"] = float(costs.cpu_seconds.sum()) if costs.cpu_seconds.notna().all() else math.nan
         row["eval_seconds"] = float(costs.eval_seconds.sum())
         row["rehearsal_examples"] = int(costs.burst_examples.sum() + costs.replay_examples.sum())
         row["test"] = test

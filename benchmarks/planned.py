@@ -4,10 +4,10 @@ on Ray a round at a time, until every comparison is decided or the budget is spe
 The pairs are (order, seed) in a fixed sequence: the study's orders at its seeds (the pilot), then the
 benchmark's other orders (the long benchmark's seeded permutations 101-120) at the first seed, then every
 order at the next seeds. A round plans from the finished runs alone (the pilot's spreads and the runs' mean
-wall hours), starts as many runs as run side by side, and plans again: stop it at any time and run the same
-command to continue (finished runs are cached by config hash, an interrupted one resumes). <out>/plan.json
-records the design, the budget and every round; a changed design is refused (its readings would be a new
-look at the same pairs).
+hours: processor time where every run counted it, else wall time), starts as many runs as run side by side,
+and plans again: stop it at any time and run the same command to continue (finished runs are cached by
+config hash, an interrupted one resumes). <out>/plan.json records the design, the budget and every round; a
+changed design is refused (its readings would be a new look at the same pairs).
 """
 
 from __future__ import annotations
@@ -196,6 +196,12 @@ def open_questions(table) -> list[str]:
     return lines
 
 
+CLOCKS = {
+    "wall": "run wall time",  # some runs did not count processor time (or ran on a GPU)
+    "cpu": "run processor time",
+}
+
+
 def hours(h: float) -> str:
     """Hours as a reader takes them in: "2.45 h", or minutes below a tenth of an hour."""
     return f"{h:.2f} h" if h >= 0.1 else f"{60 * h:.1f} min"
@@ -229,11 +235,12 @@ def decisions_section(state: dict, design: P.Design, budget: float, sequence, by
     table = state["table"]
     fixed = P.fixed_design_hours(table, state["hours"])
     planned = state["plan"] or []
+    clock = CLOCKS[state["clock"]]
     lines += [
         "",
-        f"Hours: {hours(state['spent'])} spent of a {hours(budget)} budget (run wall time, pilot included); a fixed "
+        f"Hours: {hours(state['spent'])} spent of a {hours(budget)} budget ({clock}, pilot included); a fixed "
         f"grid giving every compared method the {int(table.pairs.max())} pairs the most-run comparison has would cost "
-        f"{hours(fixed)}. A run's mean wall time: "
+        f"{hours(fixed)}. A run's mean {clock}: "
         + ", ".join(f"{m} {hours(h)}" for m, h in state["hours"].items())
         + ". "
         + (

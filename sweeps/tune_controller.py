@@ -7,7 +7,8 @@
 
 Each trial runs one sampled config over the benchmark's paper orders (the config's benchmark, else the
 preset's) in Ray Train workers with --workers, else one process per trial, and is scored on dev data only;
-test metrics are recorded beside. The output folder holds trials.parquet, best.md and every run's trajectory. See aimray/launch/tune.py.
+test metrics are recorded beside. The output folder holds trials.parquet, best.md and every run's
+trajectory. See aimray/launch/tune.py.
 
 --objectives searches several objectives at once (Optuna's multi-objective TPE; ASHA stops trials on the
 first): trials.parquet marks the Pareto front (`pareto`) and best.md lists it. --holdout-orders leaves

@@ -106,6 +106,7 @@ def test_aimmerging_events_follow_the_controller(tiny_causal, tmp_path, monkeypa
     costs = read_events(tmp_path, "costs").to_pandas()
     assert costs.burst_examples.sum() == 4 * len(merges) and costs.merges.sum() == len(merges)
     assert (costs.monitor_examples[1:] == 8 * 4).all()  # one memory batch of 4 per step, 8 steps
+    assert (costs.cpu_seconds > 0).all() and costs.cpu_seconds.notna().all()  # processor time, on the CPU
     evals = read_events(tmp_path, "evals").to_pandas()
     assert sorted(evals.after_index.unique()) == [0, 1, 2, 3, 4] and set(evals.split) == {"test", "dev"}
     progress = [line for line in lines if ": step " in line]

@@ -125,3 +125,19 @@ def test_standing_plans_once_the_pilot_is_complete_and_reads_finally_when_the_bu
     spent = P.standing(_runs(values), sequence, design, budget_hours=9.0)  # not one more pair fits
     assert spent["plan"] == [] and set(spent["table"].decision) <= {"difference", "equivalent", "open"}
     assert P.standing(None, sequence, design, 9.0)["plan"] is None
+
+
+def test_standing_reads_costs_on_processor_time_once_every_run_counted_it():
+    """A run's processor seconds are its compute (a suite running beside it inflates wall time, not them):
+    the planner reads hours on them when every run has them, else on wall time (a study begun before the
+    loop counted them, or a GPU run, whose processor time is not its compute: NaN)."""
+    design, sequence = P.Design(pilot=4), [(o, 0) for o in (4, 5, 6, 101, 102, 103, 104)]
+    values = {"aimmerging": {4: 60, 5: 62, 6: 61, 101: 66}, "seqlora": {4: 55, 5: 58, 6: 57, 101: 58}}
+    runs = _runs(values).assign(cpu_seconds=[1800.0] * 4 + [900.0] * 4)  # walls inflated to 1 h each
+    state = P.standing(runs, sequence, design, budget_hours=12.0)
+    assert state["clock"] == "cpu" and state["spent"] == 3.0 and state["hours"] == {"aimmerging": 0.5, "seqlora": 0.25}
+    assert len(state["plan"]) > 4  # a pair costs 0.75 h, not 2 h: more of them fit in the 9 h left
+    older = runs.assign(cpu_seconds=[math.nan] + [1800.0] * 7)
+    wall = P.standing(older, sequence, design, budget_hours=12.0)
+    assert wall["clock"] == "wall" and wall["spent"] == 8.0 and wall["hours"]["seqlora"] == 1.0
+    assert P.standing(_runs(values), sequence, design, 12.0)["clock"] == "wall"  # no column at all
