@@ -109,7 +109,8 @@ class TaskState:
         version, internal, gauss = state["mem_rng"]
         self.mem_rng.setstate((version, tuple(internal), gauss))
         self.schedule.load_state_dict(state["schedule"])
-        self.step, self.best_score, self.costs = state["step"], state["best_score"], Costs(**state["costs"])
+        self.step, self.best_score = state["step"], state["best_score"]
+        self.costs = Costs(**{"cpu_seconds": math.nan, **state["costs"]})  # not counted before 2026-12-07: unknown
         self.trained = state.get("trained", False)  # absent from checkpoints written before 2026-12-07
 
 

@@ -50,7 +50,7 @@ def run_metrics(study: Study) -> pd.DataFrame:
     """One row per finished run: identity (path, method, order, seed, trial), test OP / BWT / forgetting /
     FWT (paper: against the study's single_task run of the same order and seed; base: against the
     untrained model), dev OP / BWT, merges (all triggers), wall and processor seconds (cpu_seconds: NaN for a
-    run written before the loop counted them), rehearsal examples used."""
+    run on a GPU, or one begun or resumed before the loop counted them), rehearsal examples used."""
     done = study.runs[study.runs.status == "success"]
     rows = []
     for run in done.itertuples():

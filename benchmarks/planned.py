@@ -105,6 +105,7 @@ def run_planned(
             {
                 "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "spent_hours": round(state["spent"], 3),
+                "clock": state["clock"],  # the hours' clock (analysis.planner.cost_clock)
                 "planned": [[m, *sequence[i]] for m, i in state["plan"]],
             }
         )

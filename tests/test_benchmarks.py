@@ -155,7 +155,9 @@ def test_quality_script_caches_runs_and_writes_the_results(tiny_causal, tmp_path
     started = {f"{m}/o{o}-s{s}" for rnd in record["rounds"] for m, o, s in rnd["planned"][:1]}  # a round's first
     assert {"aimmerging/o1-s1", "seqlora/o1-s1"} | started <= done
     assert 1 <= len(record["rounds"]) <= 2 and "--max-runs 2 reached in this sitting" in proc.stdout  # one pair
+    assert {rnd["clock"] for rnd in record["rounds"]} == {"cpu"}  # every run counted its processor seconds
     text = (tmp_path / "planned.md").read_text()
+    assert "budget (run processor time, pilot included)" in text
     assert "## AimMerging against each method: decisions" in text and "| seqlora | OP |" in text
     assert "Stein's two-stage" in text and "Hours:" in text and "| seqlora | OP |" in text
     other = subprocess.run([*planned, "--margin", "2", "--report-only"], cwd=ROOT, capture_output=True, text=True)

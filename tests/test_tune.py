@@ -241,7 +241,8 @@ def test_two_trial_sweep_on_local_ray(tiny_causal, tmp_path) -> None:
 def stop_midway_with_sigterm(out: Path, model: str, extra: list[str]) -> None:
     """Start the sweep and SIGTERM its driver once a run has checkpointed: the running trials' runs finish
     their step and checkpoint (manifest "stopped"), Tune saves its state, and the driver exits 143 with one
-    line saying how to continue; no tables are written, nothing is dumped on the terminal."""
+    line saying how to continue; no tables are written, nothing is dumped on the terminal. The same command
+    with --resume and another seed is refused."""
     proc = sweep_cli(out, model, *extra, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     while time.time() < deadline and not list(out.glob("runs/*/order1/checkpoints/latest")):
@@ -257,6 +258,10 @@ def stop_midway_with_sigterm(out: Path, model: str, extra: list[str]) -> None:
     assert not (out / "best.md").exists() and not (out / "trials.parquet").exists()
     statuses = [Manifest.read(p.parent).status for p in out.glob("runs/*/order*/manifest.json")]
     assert "stopped" in statuses and "running" not in statuses and "failed" not in statuses, statuses
+    # --resume under other settings would mix two searches in one study: refused, naming what differs
+    again = sweep_cli(out, model, "--resume", *extra, "seed=1", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stdout, _ = again.communicate(timeout=300)
+    assert again.returncode == 2 and "holds a sweep begun with other settings (seed was 0, now 1)" in stdout, stdout
 
 
 def analyse(study: Path, headline: str) -> set[str]:

@@ -1,9 +1,11 @@
 """Ray Tune + Optuna over the AimMerging controller and the rehearsal sizes, each trial across task orders.
 
 A sweep spec (YAML, sweeps/configs/) names the method, benchmark, orders, preset, fixed overrides and the
-search space. Each trial runs the same config over every order (in the trial's process, or in a
-TorchTrainer with N workers) and reports after every task: `tasks_done` (the fidelity for ASHA or
-HyperBand) and `objective` (dev data only; aimray.objective). Test metrics are recorded for reporting.
+search space. Each trial runs the same config over the spec's orders (empty: the benchmark's paper orders;
+the benchmark: the spec's, else the preset's), in the trial's process or in a TorchTrainer with N workers,
+and reports after every task: `tasks_done` (the fidelity for ASHA or HyperBand) and `objective` (dev data
+only; aimray.objective). Test metrics are recorded for reporting. `--resume` continues the sweep in --out
+only with the settings it began with (sweep.json; `check_resumed`).
 
 Output under --out:
     trials.parquet          one row per trial: config columns, objective(s), Pareto front, status, wall time
@@ -41,7 +43,7 @@ from ray.tune.search.optuna import OptunaSearch
 from aimray import plugins
 from aimray.cliargs import check_out_dir
 from aimray.config import RunConfig, _coerce, deep_merge, make_config, nest, parse_overrides, read_yaml
-from aimray.files import locked, pid_alive, write_parquet_atomic
+from aimray.files import locked, pid_alive, read_json, write_parquet_atomic
 from aimray.launch import storage as storage_lib
 from aimray.launch.cluster import ensure_ray, link_ray_logs
 from aimray.launch.stop import RayStop, StopFlag, driver_signals, flag_name, quiet_tune_hints
@@ -221,7 +223,7 @@ def spec_values(raw: dict, extra: dict, flags: dict) -> dict:
         orders = raw.get(key) or ()
         if not isinstance(orders, list | tuple):
             raise ValueError(
-                f"{key}={orders!r} must be a list of order numbers" + " (empty: every order)" * (key == "orders")
+                f"{key}={orders!r} must be a list of order numbers" + " (empty: the paper's orders)" * (key == "orders")
             )
         raw[key] = tuple(_coerce(v, int, key) for v in orders)
     for key in ("objectives", "callbacks", "plugins"):
@@ -482,11 +484,48 @@ def sweep(
         restorable = tune.Tuner.can_restore(experiment, storage_filesystem=fs)
         if resume and not restorable:
             raise FileNotFoundError(f"no sweep to resume in {experiment}; run without --resume first")
+        if resume:
+            check_resumed(spec, out / "sweep.json")
         if not resume and restorable:
             raise FileExistsError(f"{out} already holds a sweep: pass --resume to continue it, or use another --out")
         ensure_ray(address, dashboard=dashboard is not None, dashboard_host=dashboard or "127.0.0.1")
         check_resources(spec, ray.cluster_resources())  # before anything but the lock is written
         return run_sweep(spec, out, fs, storage, storage_path, resume, verbose)
+
+
+# What a sweep's trials are: resuming with another value would mix two searches in one study.
+SWEEP_IDENTITY = (
+    "method",
+    "benchmark",
+    "orders",
+    "holdout_orders",
+    "preset",
+    "seed",
+    "data_dir",
+    "overrides",
+    "space",
+    "objective",
+    "objectives",
+)
+
+
+def check_resumed(spec: SweepSpec, path: Path) -> None:
+    """ValueError naming every field of SWEEP_IDENTITY in which `spec` differs from the sweep the folder
+    began (its sweep.json): e.g. a sweep begun when an unnamed benchmark meant offline-standard, resumed
+    under a preset that names another."""
+    if not path.is_file():
+        return
+    stored = read_json(path)
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path}: expected a JSON object (the sweep's spec), got {type(stored).__name__}")
+    now = json.loads(json.dumps(asdict(spec), default=str))
+    changed = [k for k in SWEEP_IDENTITY if k in stored and stored[k] != now[k]]
+    if changed:
+        diffs = "; ".join(f"{k} was {stored[k]!r}, now {now[k]!r}" for k in changed)
+        raise ValueError(
+            f"--resume: {path.parent} holds a sweep begun with other settings ({diffs}): resume it with the "
+            "settings it began with, or start this one in another --out"
+        )
 
 
 @contextlib.contextmanager
