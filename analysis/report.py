@@ -132,6 +132,9 @@ def paired_cells(pairs: pd.DataFrame, reference: str = "aimmerging", metrics_sho
     return pd.DataFrame(cols)
 
 
+POWER_SHOWN = 1000  # pairs; beyond it the power column says "over 1,000"
+
+
 def decision_cells(table: pd.DataFrame, hours: dict | None = None) -> pd.DataFrame:
     """analysis.planner.comparisons as display cells: AimMerging minus the method (points) with the design's
     interval, pairs read of the pairs the design wants, the decision, and the pairs (hours, given run `hours`
@@ -142,6 +145,8 @@ def decision_cells(table: pd.DataFrame, hours: dict | None = None) -> pd.DataFra
     def need(r) -> str:
         if r.power_pairs is None or r.power_pairs != r.power_pairs:
             return "–"
+        if r.power_pairs > POWER_SHOWN:  # a mean near 0: no study of this kind would find it
+            return f"over {POWER_SHOWN:,}"
         text = f"{int(r.power_pairs)}"
         if hours and r.method in hours:
             text += f" ({int(r.power_pairs) * (hours[r.method] + hours['aimmerging']):.1f} h)"

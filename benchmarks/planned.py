@@ -198,8 +198,8 @@ def open_questions(table) -> list[str]:
 
 
 CLOCKS = {
-    "wall": "run wall time",  # some runs did not count processor time (or ran on a GPU)
-    "cpu": "run processor time",
+    "wall": "wall time",  # some runs did not count processor time (or ran on a GPU)
+    "cpu": "processor time",
 }
 
 
@@ -239,7 +239,7 @@ def decisions_section(state: dict, design: P.Design, budget: float, sequence, by
     clock = CLOCKS[state["clock"]]
     lines += [
         "",
-        f"Hours: {hours(state['spent'])} spent of a {hours(budget)} budget ({clock}, pilot included); a fixed "
+        f"Hours: {hours(state['spent'])} spent of a {hours(budget)} budget (run {clock}, pilot included); a fixed "
         f"grid giving every compared method the {int(table.pairs.max())} pairs the most-run comparison has would cost "
         f"{hours(fixed)}. A run's mean {clock}: "
         + ", ".join(f"{m} {hours(h)}" for m, h in state["hours"].items())

@@ -141,3 +141,22 @@ def test_standing_reads_costs_on_processor_time_once_every_run_counted_it():
     wall = P.standing(older, sequence, design, budget_hours=12.0)
     assert wall["clock"] == "wall" and wall["spent"] == 8.0 and wall["hours"]["seqlora"] == 1.0
     assert P.standing(_runs(values), sequence, design, 12.0)["clock"] == "wall"  # no column at all
+
+
+def test_decision_cells_show_the_reading_and_what_an_open_comparison_would_need():
+    from analysis import report as R
+
+    table = pd.DataFrame(
+        [
+            {"method": "seqlora", "metric": "op", "pairs": 4, "mean": 4.35, "lo": 1.69, "hi": 7.01, "target": 113}
+            | {"decision": "running", "power_pairs": 4},
+            {"method": "fixed_interval", "metric": "op", "pairs": 4, "mean": -0.01, "lo": -2.38, "hi": 2.36}
+            | {"target": 90, "decision": "running", "power_pairs": 553724},  # a mean near 0
+            {"method": "replay", "metric": "bwt", "pairs": 2, "mean": -2.5, "lo": math.nan, "hi": math.nan}
+            | {"target": None, "decision": "pilot", "power_pairs": None},
+        ]
+    )
+    cells = R.decision_cells(table, {"aimmerging": 1.0, "seqlora": 0.75, "fixed_interval": 1.0, "replay": 0.8})
+    assert list(cells["aimmerging − method"]) == ["+4.35 [+1.69, +7.01]", "-0.01 [-2.38, +2.36]", "-2.50"]
+    assert list(cells["pairs / target"]) == ["4 / 113", "4 / 90", "2 / –"]
+    assert list(cells["pairs for power at the mean"]) == ["4 (7.0 h)", "over 1,000", "–"]
