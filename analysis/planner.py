@@ -35,6 +35,7 @@ import pandas as pd
 from scipy import stats as st
 
 REFERENCE = "aimmerging"
+NOT_COMPARED = ("mtl", "single_task")  # an upper bound and FWT's reference: run, never compared
 PLANNED_METRICS = ("op", "bwt")
 
 
@@ -165,7 +166,7 @@ def comparisons(
     observed mean."""
     rows = []
     keyed = {(r.method, r.order, r.seed): r for r in runs.itertuples()}
-    for method in [m for m in dict.fromkeys(runs.method) if m not in (reference, "mtl", "single_task")]:
+    for method in [m for m in dict.fromkeys(runs.method) if m not in (reference, *NOT_COMPARED)]:
         for metric in metrics:
             diffs = []
             for order, seed in pair_sequence:
@@ -199,25 +200,28 @@ def cost_clock(runs: pd.DataFrame) -> str:
     return "cpu" if cpu is not None and len(cpu) and cpu.notna().all() else "wall"
 
 
-def standing(runs: pd.DataFrame | None, sequence, design: Design, budget_hours: float) -> dict:
+def standing(
+    runs: pd.DataFrame | None, sequence, design: Design, budget_hours: float, methods: Sequence[str] | None = None
+) -> dict:
     """Where a planned study stands, from its finished runs (analysis.tables.run_metrics): run hours spent
     ("spent"), a run's mean hours per method ("hours"), the clock they are read on ("clock": `cost_clock`),
     every method's leading pairs ("pairs"), the plan from here ("plan": None until the pilot is complete, []
-    once nothing is left) and the comparisons ("table": final once nothing is left to plan)."""
+    once nothing is left) and the comparisons ("table": final once nothing is left to plan). `methods`: the
+    study's, when some may have no finished run yet (their pilot is not complete either)."""
     if runs is None or runs.empty:
         return {"runs": None, "plan": None, "spent": 0.0, "clock": "wall"}
-    methods = list(dict.fromkeys(runs.method))
+    ran = list(dict.fromkeys(runs.method))
     clock = cost_clock(runs)
     seconds = runs[f"{clock}_seconds"]
     hours_of = seconds.groupby(runs.method).mean() / 3600
-    hours = {m: float(hours_of[m]) for m in methods}
-    pairs = {m: leading_pairs(runs, m, sequence) for m in methods}
+    hours = {m: float(hours_of[m]) for m in ran}
+    pairs = {m: leading_pairs(runs, m, sequence) for m in ran}
     spent = float(seconds.sum() / 3600)
     table = comparisons(runs, sequence, design, final=False)
     compared = list(dict.fromkeys(table.method)) if len(table) else []
-    state = {"runs": runs, "plan": None, "spent": spent, "hours": hours, "pairs": pairs, "table": table}
-    state["clock"] = clock
-    if REFERENCE not in pairs or any(pairs[m] < design.pilot for m in [REFERENCE, *compared]):
+    state = {"runs": runs, "plan": None, "spent": spent, "hours": hours, "pairs": pairs, "table": table, "clock": clock}
+    queued = [m for m in methods or () if m not in (REFERENCE, *NOT_COMPARED)]
+    if any(pairs.get(m, 0) < design.pilot for m in [REFERENCE, *compared, *queued]):
         return state
     sd0 = {m: dict(zip(table[table.method == m].metric, table[table.method == m].sd0, strict=True)) for m in compared}
     plan = plan_next(pairs, sd0, hours, budget_hours - spent, design, limit=len(sequence))
@@ -240,7 +244,7 @@ def progress(root) -> dict | None:
     design = Design(**record["design"])
     runs = T.run_metrics(open_study(root))
     sequence = [tuple(pair) for pair in record["sequence"]]
-    state = standing(runs, sequence, design, record["budgets"][-1])
+    state = standing(runs, sequence, design, record["budgets"][-1], record.get("methods"))
     return state | {"design": design, "budget": record["budgets"][-1], "rounds": len(record["rounds"])}
 
 

@@ -44,17 +44,26 @@ def read_state(out: Path, sequence, methods: list[str], design: P.Design, budget
         runs = T.run_metrics(open_study(out, mode=mode))
     except NotAStudyError:
         return P.standing(None, sequence, design, budget_hours)
-    return P.standing(runs[runs.method.isin(methods)] if len(runs) else runs, sequence, design, budget_hours)
+    mine = runs[runs.method.isin(methods)] if len(runs) else runs
+    return P.standing(mine, sequence, design, budget_hours, methods)
 
 
-def check_plan_file(out: Path, design: P.Design, budget_hours: float, sequence) -> dict:
-    """<out>/plan.json, made or read: a design other than the recorded one is refused (naming the field)."""
+def check_plan_file(out: Path, design: P.Design, budget_hours: float, sequence, methods: list[str]) -> dict:
+    """<out>/plan.json, made or read: a design other than the recorded one is refused (naming the field); the
+    study's methods are recorded (the notebook's progress view counts a method without runs as pilot)."""
     from aimray.files import read_json
 
     path = out / PLAN_FILE
     if not path.exists():
-        return {"design": design.to_dict(), "budgets": [budget_hours], "sequence": sequence, "rounds": []}
+        return {
+            "design": design.to_dict(),
+            "budgets": [budget_hours],
+            "sequence": sequence,
+            "methods": list(methods),
+            "rounds": [],
+        }
     record = read_json(path)
+    record["methods"] = list(methods)
     for key, value in design.to_dict().items():
         if record["design"].get(key) != value:
             raise ValueError(

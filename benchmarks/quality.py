@@ -215,7 +215,7 @@ def adaptive(args, cfgs, out: Path, methods, orders, seeds, overrides, preset, c
         def make(method: str, order: int, seed: int):
             return configs(args.preset, [method], preset["benchmark"], [order], [seed], overrides)[0]
 
-        record = planned.check_plan_file(out, design, args.budget_hours, sequence)  # a report reads it too
+        record = planned.check_plan_file(out, design, args.budget_hours, sequence, methods)  # a report reads it too
         if not args.report_only:
             try:
                 planned.run_planned(cfgs, out, make, args, design, sequence, methods, record)
