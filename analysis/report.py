@@ -430,18 +430,25 @@ def holdout_lines(holdout: pd.DataFrame, dev_per_order: int | None = None) -> li
 # ------------------------------------------------------------------------------------------ claims
 
 
-def claims(table) -> list[str]:
+def claims(table, pairs: int | None = None, behind: dict | None = None) -> list[str]:
     """The paper's claims (+1.9 OP, +5.5 BWT and +2.9 FWT over the best baseline, fewer merges than a fixed
     interval) against this table, in plain words (FWT: the paper's variant, against single-task runs, where the
     study has them); baselines are the methods that are not AimMerging's ablations or the single-task / joint
-    references."""
+    references. `pairs`: the order-seed pairs the table is read on; `behind`: {method: its pairs} for the
+    methods left out for having fewer."""
     rows = table.set_index("method")
     if "aimmerging" not in rows.index:
         return []
     baselines = [m for m in rows.index if not m.startswith("aimmerging") and m not in ("single_task", "mtl")]
     if not baselines:
         return []
-    lines = ["", "## Against the paper's claims", "", "On the order-seed pairs every method has finished.", ""]
+    where = "On the order-seed pairs every method " + ("has finished" if pairs is None else "here has finished")
+    if pairs is not None:
+        where = where.replace("the order-seed", f"the {pairs} order-seed")
+    if behind:
+        left = ", ".join(f"{m} ({n} of {pairs})" for m, n in behind.items())
+        where += f"; left out until they have them: {left}"
+    lines = ["", "## Against the paper's claims", "", where + ".", ""]
     aim = rows.loc["aimmerging"]
     for metric, name, paper in (("op", "OP", 1.9), ("bwt", "BWT", 5.5), ("fwt_paper", "FWT", 2.9)):
         have = rows.loc[baselines, f"{metric}/mean"].dropna() if f"{metric}/mean" in rows else rows.iloc[:0]

@@ -174,7 +174,7 @@ def study_markdown(out: Path, args, design: P.Design, sequence, methods: list[st
     body += open_questions(state.get("table"))
     study = open_study(out).select(list(runs.path))
     body += quality.controller_section(study, out, Path(args.results))
-    body += R.claims(T.method_table(quality.common_pairs(runs)))
+    body += R.claims(*quality.claims_inputs(runs))
     return "\n".join([*head, *body]) + "\n"
 
 

@@ -304,7 +304,7 @@ def results_markdown(
         "",
         R.markdown(cells),
         *reading(runs, table, test_per_task),
-        *R.claims(T.method_table(common_pairs(runs))),
+        *R.claims(*claims_inputs(runs)),
         *controller_section(study, out, results),
         *cache_section(study, list(done.path)),
     ]
@@ -337,14 +337,29 @@ def controller_section(study, out: Path, results: Path) -> list[str]:
     ]
 
 
-def common_pairs(runs):
-    """The runs on the (order, seed) pairs that every method of the study has finished (mtl aside: an upper
-    bound, not a continual learner, outside the claims): while a study is incomplete, means over different
-    pairs would compare different orders and seeds."""
+def claims_inputs(runs) -> tuple:
+    """analysis.report.claims' arguments for a study's runs: the method table on the common pairs, how many
+    pairs that is, and the methods left out for having fewer."""
+    from analysis import tables as T
+
+    chosen, behind = common_pairs(runs)
+    return T.method_table(chosen), len(set(zip(chosen.order, chosen.seed, strict=True))), behind
+
+
+def common_pairs(runs) -> tuple:
+    """(runs, behind): the runs on the (order, seed) pairs shared by the methods with the most finished pairs
+    (mtl aside: an upper bound, not a continual learner, outside the claims), and {method: its pairs} for
+    the methods left out for having fewer. While a study is incomplete, means over different pairs would
+    compare different orders and seeds, and a method queued behind the others (one pair of four) would
+    otherwise shrink every comparison to its one pair."""
     learners = runs[runs.method != "mtl"]
-    pairs = learners.groupby(["order", "seed"]).method.nunique()
-    full = set(pairs[pairs == learners.method.nunique()].index)
-    return learners[[(o, s) in full for o, s in zip(learners.order, learners.seed, strict=True)]]
+    pairs = {m: set(zip(g.order, g.seed, strict=True)) for m, g in learners.groupby("method", sort=False)}
+    most = max((len(p) for p in pairs.values()), default=0)
+    kept = [m for m, p in pairs.items() if len(p) == most]
+    shared = set.intersection(*(pairs[m] for m in kept)) if kept else set()
+    keys = zip(learners.order, learners.seed, strict=True)
+    chosen = learners[learners.method.isin(kept).to_numpy() & [k in shared for k in keys]]
+    return chosen, {m: len(p) for m, p in pairs.items() if m not in kept}
 
 
 def cache_section(study, paths: list[str]) -> list[str]:

@@ -278,3 +278,24 @@ def test_rerun_script_finds_a_run_identical_and_a_changed_one_not(tiny_causal, t
     (committed / "matrix.json").write_text(json.dumps(matrix))
     assert rerun.main([str(committed)]) == 1
     assert capsys.readouterr().out.startswith(f"{committed}: differs in matrix.json,")
+
+
+def test_the_claims_leave_out_a_method_queued_behind_the_others() -> None:
+    """A method with one pair of the others' four (single_task queued behind them) is left out of the claims
+    and named, not allowed to shrink every comparison to its one pair; mtl is never in them."""
+    from analysis import report as R
+    from benchmarks import quality
+    from tests.test_planner import _runs
+
+    four = {4: 60, 5: 62, 6: 61, 101: 63}
+    runs = _runs({"aimmerging": four, "replay": four, "seqlora": four, "single_task": {4: 70}, "mtl": {4: 72}})
+    chosen, behind = quality.common_pairs(runs)
+    assert set(chosen.method) == {"aimmerging", "replay", "seqlora"} and len(chosen) == 12
+    assert behind == {"single_task": 1}
+    nan = float("nan")
+    table, pairs, behind = quality.claims_inputs(runs.assign(fwt_paper=nan, fwt_base=nan, forgetting=nan))
+    lines = R.claims(table, pairs, behind)
+    assert "On the 4 order-seed pairs every method here has finished; left out until they have them: " in lines[3]
+    assert lines[3].endswith("single_task (1 of 4).")
+    uneven = _runs({"aimmerging": four, "replay": {4: 59, 5: 60, 101: 61, 102: 60}})  # 4 pairs each, 3 shared
+    assert len(set(zip(*[quality.common_pairs(uneven)[0][k] for k in ("order", "seed")], strict=True))) == 3
