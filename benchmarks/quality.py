@@ -339,11 +339,13 @@ def controller_section(study, out: Path, results: Path) -> list[str]:
 
 def claims_inputs(runs) -> tuple:
     """analysis.report.claims' arguments for a study's runs: the method table on the common pairs, how many
-    pairs that is, and the methods left out for having fewer."""
+    pairs that is, the methods left out for having fewer, and how many of the pairs FWT (paper) is read on."""
     from analysis import tables as T
 
     chosen, behind = common_pairs(runs)
-    return T.method_table(chosen), len(set(zip(chosen.order, chosen.seed, strict=True))), behind
+    pairs = len(set(zip(chosen.order, chosen.seed, strict=True)))
+    fwt = chosen[chosen.fwt_paper.notna()] if "fwt_paper" in chosen else chosen.iloc[:0]
+    return T.method_table(chosen), pairs, behind, len(set(zip(fwt.order, fwt.seed, strict=True)))
 
 
 def common_pairs(runs) -> tuple:

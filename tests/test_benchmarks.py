@@ -293,9 +293,13 @@ def test_the_claims_leave_out_a_method_queued_behind_the_others() -> None:
     assert set(chosen.method) == {"aimmerging", "replay", "seqlora"} and len(chosen) == 12
     assert behind == {"single_task": 1}
     nan = float("nan")
-    table, pairs, behind = quality.claims_inputs(runs.assign(fwt_paper=nan, fwt_base=nan, forgetting=nan))
-    lines = R.claims(table, pairs, behind)
+    keys = zip(runs.method, runs.order, strict=True)
+    fwt = [0.01 if (m, o) == ("aimmerging", 4) else 0.02 if o == 4 else nan for m, o in keys]
+    lines = R.claims(*quality.claims_inputs(runs.assign(fwt_paper=fwt, fwt_base=nan, forgetting=nan)))
     assert "On the 4 order-seed pairs every method here has finished; left out until they have them: " in lines[3]
     assert lines[3].endswith("single_task (1 of 4).")
+    fwt_line = next(line for line in lines if line.startswith("- FWT:"))  # single_task has order 4 only
+    assert "-1.00 points (AimMerging behind; the paper: +2.9 on its benchmarks); " in fwt_line
+    assert fwt_line.endswith("; read on 1 of the 4 pairs, those with a single_task run.")
     uneven = _runs({"aimmerging": four, "replay": {4: 59, 5: 60, 101: 61, 102: 60}})  # 4 pairs each, 3 shared
     assert len(set(zip(*[quality.common_pairs(uneven)[0][k] for k in ("order", "seed")], strict=True))) == 3
