@@ -443,9 +443,10 @@ def claims(table, pairs: int | None = None, behind: dict | None = None, fwt_pair
     baselines = [m for m in rows.index if not m.startswith("aimmerging") and m not in ("single_task", "mtl")]
     if not baselines:
         return []
-    where = "On the order-seed pairs every method " + ("has finished" if pairs is None else "here has finished")
-    if pairs is not None:
-        where = where.replace("the order-seed", f"the {pairs} order-seed")
+    if pairs is None:
+        where = "On the order-seed pairs every method has finished"
+    else:
+        where = f"On the {pairs} order-seed pairs every method here has finished"
     if behind:
         left = ", ".join(f"{m} ({n} of {pairs})" for m, n in behind.items())
         where += f"; left out until they have them: {left}"

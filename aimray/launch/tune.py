@@ -509,6 +509,11 @@ SWEEP_IDENTITY = (
 )
 
 
+def spec_record(spec: SweepSpec) -> dict:
+    """The spec as <out>/sweep.json holds it (tuples as lists, anything else JSON lacks as text)."""
+    return json.loads(json.dumps(asdict(spec), default=str))
+
+
 def check_resumed(spec: SweepSpec, path: Path) -> None:
     """ValueError naming every field of SWEEP_IDENTITY in which `spec` differs from the sweep the folder
     began (its sweep.json): e.g. a sweep begun when an unnamed benchmark meant offline-standard, resumed
@@ -518,7 +523,7 @@ def check_resumed(spec: SweepSpec, path: Path) -> None:
     stored = read_json(path)
     if not isinstance(stored, dict):
         raise ValueError(f"{path}: expected a JSON object (the sweep's spec), got {type(stored).__name__}")
-    now = json.loads(json.dumps(asdict(spec), default=str))
+    now = spec_record(spec)
     changed = [k for k in SWEEP_IDENTITY if k in stored and stored[k] != now[k]]
     if changed:
         diffs = "; ".join(f"{k} was {stored[k]!r}, now {now[k]!r}" for k in changed)
@@ -560,7 +565,7 @@ def run_sweep(
         print(f"[sweep] Ray's own logs: {logs} (linked as {out / 'ray-logs'})", flush=True)
     per_trial = spec.cpus_per_trial or 1.0  # CPUs per in-process trial, or per Train worker
     spec = replace(spec, cpus_per_trial=per_trial, out=str(out), storage=storage or "")
-    (out / "sweep.json").write_text(json.dumps(asdict(spec), indent=1, default=str))
+    (out / "sweep.json").write_text(json.dumps(spec_record(spec), indent=1))
     t0 = time.time()
     flag = StopFlag.start(stop_name(spec))
     quiet_tune_hints()
